@@ -1,0 +1,3 @@
+from onnxkd.cli import main
+
+main()

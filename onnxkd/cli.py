@@ -1,0 +1,324 @@
+"""The `onnxkd` command line: parse, build a config, call one library function, print.
+
+Stage modules are imported inside the commands so that `onnxkd --help` (and every `--help`)
+imports neither torch nor onnxruntime.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from onnxkd import __version__
+from onnxkd.errors import OnnxkdError
+
+
+class OnnxkdGroup(click.Group):
+    """Turns user errors into one line on stderr: exit 1 for runtime errors, 130 on Ctrl-C."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except OnnxkdError as e:
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted; rerun the same command to resume", err=True)
+            ctx.exit(130)
+
+
+class FloatList(click.ParamType):
+    name = "FLOATS"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            return tuple(float(v) for v in str(value).split(","))
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of numbers", param, ctx)
+
+
+class Size(click.ParamType):
+    name = "HxW"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            parts = [int(v) for v in str(value).lower().split("x")]
+        except ValueError:
+            parts = []
+        if len(parts) == 1:
+            parts *= 2
+        if len(parts) != 2 or min(parts) < 1:
+            self.fail(f"{value!r} is not a size like 32 or 32x32", param, ctx)
+        return tuple(parts)
+
+
+class Shard(click.ParamType):
+    name = "i/n"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            i, n = (int(v) for v in str(value).split("/"))
+        except ValueError:
+            self.fail(f"{value!r} is not a shard like 0/4", param, ctx)
+        if not (n >= 1 and 0 <= i < n):
+            self.fail(f"shard {value!r} needs 0 <= i < n", param, ctx)
+        return (i, n)
+
+
+def _torchrun_shard() -> tuple[int, int]:
+    """Rank and world size from torchrun's environment, so each rank caches its slice."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return (int(os.environ.get("RANK", "0")), world) if world > 1 else (0, 1)
+
+
+workdir_option = click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default="onnxkd-out",
+    show_default=True,
+    help="Workspace folder whose state.json records the latest artifacts.",
+)
+
+
+@click.group(cls=OnnxkdGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="onnxkd")
+def main() -> None:
+    """Knowledge distillation around ONNX: cache a teacher's soft targets, train a small
+    student on them, quantize it, and benchmark it where it will run."""
+
+
+@main.command("cache-teacher")
+@click.argument("teacher", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--data",
+    required=True,
+    help="digits, an MNIST IDX folder, a CIFAR-10 python "
+    "folder, an .npz file, or an image folder (one subfolder per class).",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["train", "test"]),
+    default="train",
+    show_default=True,
+    help="Split to cache with its views; the other one is cached too (one clean view) "
+    "for validation unless --no-eval.",
+)
+@click.option(
+    "--holdout",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    help="Split by a seeded random holdout of this fraction (the test split) even "
+    "where the data has its own split. Data without one uses 0.2.",
+)
+@click.option("--split-seed", type=int, default=0, show_default=True)
+@click.option("--x-key", help=".npz array holding the samples of the chosen split.")
+@click.option("--y-key", help=".npz array holding the labels of the chosen split.")
+@click.option("--image-size", type=Size(), help="Image folders: resize every image to HxW.")
+@click.option("--eval/--no-eval", "eval_split", default=True, show_default=True)
+@click.option(
+    "--views",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Augmented views per sample (about one per planned student epoch).",
+)
+@click.option(
+    "--augment",
+    type=click.Choice(["none", "crop", "crop-flip", "strong"]),
+    default=None,
+    help="Augmentation policy of the views [default: none for 1 view, "
+    "crop for more; use crop-flip for natural images].",
+)
+@click.option("--pad", type=click.IntRange(0), help="Crop padding in pixels [default: side/8].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Augmentation seed.")
+@click.option(
+    "--topk",
+    type=click.IntRange(1),
+    help="Store only the top-k classes (log-probs, indices and the residual mass) instead of all.",
+)
+@click.option(
+    "--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True
+)
+@click.option("--teacher-output", help="Teacher output holding class scores, when it has several.")
+@click.option("--features", help="Comma-separated intermediate tensor names to cache too.")
+@click.option(
+    "--feature-pool",
+    type=click.Choice(["none", "avg"]),
+    default="none",
+    show_default=True,
+    help="avg: global average pool features over spatial axes.",
+)
+@click.option(
+    "--layout",
+    type=click.Choice(["NCHW", "NHWC", "NHW", "flat"]),
+    help="Teacher input layout, when its shape does not make it obvious.",
+)
+@click.option("--size", type=Size(), help="Teacher input size HxW, when its shape is dynamic.")
+@click.option(
+    "--scale",
+    type=float,
+    help="Multiply raw values by this [default: 1/255 for "
+    "8-bit images, the data's own range where known].",
+)
+@click.option("--mean", type=FloatList(), help="Per-channel mean subtracted after scaling.")
+@click.option("--std", type=FloatList(), help="Per-channel std divided after the mean.")
+@click.option(
+    "--ep",
+    default="cpu",
+    show_default=True,
+    help="Execution provider: cpu, cuda, tensorrt, openvino, dml, coreml, nnapi, …",
+)
+@click.option("--threads", type=click.IntRange(1), help="onnxruntime intra-op threads.")
+@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Cache folder [default: a folder in the workspace named after the inputs].",
+)
+@click.option(
+    "--shard",
+    type=Shard(),
+    help="Write slice i of n (torchrun's RANK/WORLD_SIZE "
+    "are used when set); the cache completes when every slice is written.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace a cache made from other inputs.")
+@workdir_option
+def cache_teacher_cmd(
+    teacher,
+    data,
+    split,
+    holdout,
+    split_seed,
+    x_key,
+    y_key,
+    image_size,
+    eval_split,
+    views,
+    augment,
+    pad,
+    seed,
+    topk,
+    dtype,
+    teacher_output,
+    features,
+    feature_pool,
+    layout,
+    size,
+    scale,
+    mean,
+    std,
+    ep,
+    threads,
+    batch_size,
+    out,
+    shard,
+    overwrite,
+    workdir,
+):
+    """Run TEACHER (.onnx) once over the data and cache its soft targets."""
+    from onnxkd.data.source import DataRef
+    from onnxkd.teacher.cache_teacher import CacheConfig, cache_teacher
+    from onnxkd.teacher.input_spec import SpecOptions
+
+    cfg = CacheConfig(
+        teacher=teacher,
+        data=DataRef(data, split, holdout, split_seed, x_key, y_key, image_size),
+        out=out,
+        workdir=workdir,
+        eval_split=eval_split,
+        views=views,
+        augment=augment or ("none" if views == 1 else "crop"),
+        pad=pad,
+        seed=seed,
+        topk=topk,
+        dtype=dtype,
+        teacher_output=teacher_output,
+        features=tuple(f.strip() for f in features.split(",") if f.strip()) if features else (),
+        feature_pool=feature_pool,
+        spec=SpecOptions(layout, size, scale, mean, std),
+        ep=ep,
+        threads=threads,
+        batch_size=batch_size,
+        shard=shard or _torchrun_shard(),
+        overwrite=overwrite,
+    )
+    result = cache_teacher(cfg, log=lambda s: click.echo(s, err=True), progress=_progress_bar)
+    from onnxkd.teacher.summary import summarize
+
+    click.echo(summarize(result.path, result.manifest, result.seconds))
+
+
+def _progress_bar(total: int, done: int):
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=total,
+        initial=done,
+        unit="sample-view",
+        file=sys.stderr,
+        disable=None,
+        dynamic_ncols=True,
+        leave=False,
+    )
+
+    def tick(n: int) -> None:
+        bar.update(n)
+        if bar.n >= total:
+            bar.close()
+
+    return tick
+
+
+@main.command("cache-info")
+@click.argument("cache", type=click.Path(file_okay=False, path_type=Path), required=False)
+@click.option(
+    "--verify/--no-verify",
+    default=True,
+    show_default=True,
+    help="Check every array's shape, dtype and checksum.",
+)
+@workdir_option
+def cache_info_cmd(cache, verify, workdir):
+    """Summarize CACHE (default: the workspace's latest) and verify its arrays."""
+    from onnxkd.teacher.cache_reader import CacheReader
+    from onnxkd.teacher.summary import summarize
+    from onnxkd.workspace import Workspace
+
+    path = cache or Workspace(workdir).latest("cache")
+    reader = CacheReader(path)
+    click.echo(summarize(path, reader.manifest))
+    if verify:
+        problems = reader.verify()
+        if problems:
+            for p in problems:
+                click.echo(f"problem: {p}", err=True)
+            raise click.exceptions.Exit(1)
+        click.echo("integrity: every array matches its shape, dtype and sha256")
+
+
+@main.command("cache-merge")
+@click.argument("cache", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def cache_merge_cmd(cache):
+    """Complete a sharded CACHE once every shard has written its slice."""
+    from onnxkd.errors import CacheError
+    from onnxkd.teacher.cache_reader import incomplete_status
+    from onnxkd.teacher.cache_teacher import finalize
+    from onnxkd.teacher.summary import summarize
+
+    manifest = finalize(cache)
+    if manifest is None:
+        raise CacheError(f"cache {cache} still misses shards ({incomplete_status(cache)})")
+    click.echo(summarize(cache, manifest))
+
+
+if __name__ == "__main__":
+    main()

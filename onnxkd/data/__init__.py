@@ -1,0 +1,1 @@
+"""Data sources, the input spec, and replayable augmentation."""

@@ -1,0 +1,207 @@
+"""The input spec: how raw samples become model input.
+
+Preprocessing is data, not code: the spec is recorded in the cache manifest, reused by every
+later stage and written into every exported model's `metadata_props` under `METADATA_KEY`, so a
+model carries its own preprocessing and teacher/student mismatches cannot happen silently.
+
+Raw samples are what data sources yield: images as (H, W, C) arrays (uint8 or float), flat
+feature vectors as (D,) arrays. `InputSpec.apply` turns a batch of them into model input.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+
+from onnxkd.errors import SpecError
+
+METADATA_KEY = "onnxkd.input_spec"
+
+# NHW: single-channel images fed without a channel axis (some MNIST models); flat: vectors.
+LAYOUTS = ("NCHW", "NHWC", "NHW", "flat")
+DTYPES = ("float32", "float64", "float16", "int64", "int32", "uint8")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How a raw sample becomes one row of model input.
+
+    `x = ((raw * scale) - mean) / std`, laid out as `layout`, cast to `dtype`. `mean`/`std` hold
+    one value, or one per channel (images) or per feature (flat).
+
+    Example:
+        >>> spec = InputSpec(layout="NCHW", size=(8, 8), channels=1, scale=1 / 16)
+        >>> spec.apply(np.zeros((2, 8, 8, 1), np.uint8)).shape
+        (2, 1, 8, 8)
+    """
+
+    layout: str
+    size: tuple[int, int] | None = None  # (H, W) for images
+    channels: int = 1  # image channels; for flat inputs, the number of features
+    scale: float = 1.0
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    dtype: str = "float32"
+    label_names: tuple[str, ...] | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise SpecError(f"layout {self.layout!r} is not one of {', '.join(LAYOUTS)}")
+        if self.dtype not in DTYPES:
+            raise SpecError(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if self.layout != "flat" and (self.size is None or len(self.size) != 2):
+            raise SpecError(f"an image layout ({self.layout}) needs size (H, W), got {self.size}")
+        if self.layout == "NHW" and self.channels != 1:
+            raise SpecError("layout NHW has no channel axis, so channels must be 1")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) not in (1, self.channels):
+                raise SpecError(
+                    f"{name} has {len(values)} values; give 1 or one per channel ({self.channels})"
+                )
+        if any(s == 0 for s in self.std):
+            raise SpecError("std must not contain 0")
+
+    @property
+    def is_image(self) -> bool:
+        return self.layout != "flat"
+
+    @property
+    def raw_shape(self) -> tuple[int, ...]:
+        """Shape of one raw sample as data sources yield it."""
+        if self.layout == "flat":
+            return (self.channels,)
+        return (self.size[0], self.size[1], self.channels)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one row of model input (no batch axis)."""
+        if self.layout == "flat":
+            return (self.channels,)
+        h, w = self.size
+        return {
+            "NCHW": (self.channels, h, w),
+            "NHWC": (h, w, self.channels),
+            "NHW": (h, w),
+        }[self.layout]
+
+    def apply(self, raw: np.ndarray) -> np.ndarray:
+        """Turn a batch of raw samples into model input, vectorized over the batch."""
+        if tuple(raw.shape[1:]) != self.raw_shape:
+            raise SpecError(
+                f"raw samples have shape {tuple(raw.shape[1:])}, the input spec expects "
+                f"{self.raw_shape}"
+            )
+        x = raw.astype(np.float32, copy=False) * np.float32(self.scale)
+        mean = np.asarray(self.mean, np.float32)
+        std = np.asarray(self.std, np.float32)
+        if not (mean.size == 1 and mean[0] == 0.0 and std.size == 1 and std[0] == 1.0):
+            x = (x - mean) / std  # broadcasts over the last axis: channels or features
+        if self.layout == "NCHW":
+            x = x.transpose(0, 3, 1, 2)
+        elif self.layout == "NHW":
+            x = x[..., 0]
+        if self.dtype.startswith(("int", "uint")):
+            x = np.rint(x)
+        return np.ascontiguousarray(x, dtype=np.dtype(self.dtype))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["size"] = list(self.size) if self.size else None
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        d["label_names"] = list(self.label_names) if self.label_names else None
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> InputSpec:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise SpecError(
+                f"unknown input-spec keys {sorted(unknown)}; valid keys: {sorted(known)}"
+            )
+        d = dict(d)
+        if d.get("size") is not None:
+            d["size"] = tuple(int(v) for v in d["size"])
+        for key in ("mean", "std"):
+            if key in d:
+                d[key] = tuple(float(v) for v in np.atleast_1d(d[key]))
+        if d.get("label_names") is not None:
+            d["label_names"] = tuple(str(v) for v in d["label_names"])
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> InputSpec:
+        try:
+            return cls.from_dict(json.loads(text))
+        except (ValueError, TypeError) as e:
+            raise SpecError(f"input spec is not valid JSON of the expected form: {e}") from e
+
+    def with_labels(self, label_names: Sequence[str] | None) -> InputSpec:
+        return replace(self, label_names=tuple(label_names) if label_names else None)
+
+
+def detect_layout(shape: Sequence[int | str | None]) -> str | None:
+    """Guess the layout of a model input from its shape (batch axis first).
+
+    A 1- or 3-channel axis right after the batch axis means NCHW, at the end NHWC. Returns None
+    when the shape does not decide it (e.g. both ends are 3).
+    """
+    rank = len(shape)
+    if rank == 2:
+        return "flat"
+    if rank == 3:
+        return "NHW"
+    if rank != 4:
+        return None
+    first, last = shape[1], shape[3]
+    first_is_c = isinstance(first, int) and first in (1, 3, 4)
+    last_is_c = isinstance(last, int) and last in (1, 3, 4)
+    if first_is_c and not last_is_c:
+        return "NCHW"
+    if last_is_c and not first_is_c:
+        return "NHWC"
+    return None
+
+
+def spec_geometry(layout: str, shape: Sequence[int | str | None]) -> dict:
+    """The size/channels a model input shape fixes for a layout (unknown dims omitted)."""
+    dims = [d if isinstance(d, int) and d > 0 else None for d in shape[1:]]
+    if layout == "flat":
+        return {"channels": dims[0]} if dims and dims[0] else {}
+    if layout == "NHW":
+        h, w = dims
+        c = 1
+    elif layout == "NCHW":
+        c, h, w = dims
+    else:
+        h, w, c = dims
+    out: dict = {}
+    if h and w:
+        out["size"] = (h, w)
+    if c:
+        out["channels"] = c
+    return out
+
+
+def check_spec_fits(spec: InputSpec, shape: Sequence[int | str | None], what: str) -> None:
+    """Refuse a spec whose input shape disagrees with a model input's fixed dimensions."""
+    expected = spec.input_shape
+    dims = list(shape[1:])
+    if len(dims) != len(expected):
+        raise SpecError(
+            f"{what} takes rank-{len(shape)} input {list(shape)}, but the input spec "
+            f"({spec.layout}) makes rank-{len(expected) + 1} input"
+        )
+    for got, want in zip(dims, expected, strict=True):
+        if isinstance(got, int) and got > 0 and got != want:
+            raise SpecError(
+                f"{what} takes input {list(shape)}, but the input spec makes "
+                f"[N, {', '.join(map(str, expected))}]; fix --layout/--size or the data"
+            )

@@ -1,0 +1,1 @@
+"""The teacher stage: onnxruntime runner, graph passes, cache writer and reader."""

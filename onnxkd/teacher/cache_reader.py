@@ -1,0 +1,248 @@
+"""Reading a cache: targets and augmentation parameters by sample index and view.
+
+Arrays are opened with memory mapping and gathered row by row, so a reader never loads the
+whole cache into RAM. This module imports neither torch nor onnxruntime.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from onnxkd.data.augment import Augmentation
+from onnxkd.data.source import Source
+from onnxkd.data.spec import InputSpec
+from onnxkd.errors import CacheError
+from onnxkd.teacher.cache_files import (
+    FORMAT,
+    MANIFEST,
+    PART_DONE,
+    PENDING,
+    PROGRESS,
+    VERSION,
+    read_json,
+    safe_name,
+    sha256_file,
+)
+
+
+def incomplete_status(path: Path) -> str:
+    """A sentence on how far an unfinished cache got."""
+    pending = read_json(path / PENDING)
+    shards = pending["shards"]
+    lines = []
+    for name, section in pending["sections"].items():
+        done = total = 0
+        for i in range(shards):
+            part = path / name / f"part-{i}-of-{shards}"
+            n = int(np.ceil(section["n"] / shards))
+            total += n
+            if (part / PART_DONE).exists():
+                done += n
+            elif (part / PROGRESS).exists():
+                chunks = read_json(part / PROGRESS)["chunks_done"]
+                done += min(chunks * pending["config"]["batch_size"], n)
+        lines.append(f"{name} ~{done}/{total} samples")
+    return ", ".join(lines)
+
+
+class CacheReader:
+    """A complete cache, opened for reading.
+
+    Example:
+        >>> cache = CacheReader(Path("onnxkd-out/caches/digits_cnn-digits-01234"))  # doctest: +SKIP
+        >>> train = cache.section("train")  # doctest: +SKIP
+        >>> train.log_probs(np.arange(4), view=0, temperature=4.0).shape  # doctest: +SKIP
+        (4, 10)
+    """
+
+    def __init__(self, path: Path | str, manifest: dict | None = None) -> None:
+        self.path = Path(path)
+        if manifest is None:
+            manifest = self._load_manifest()
+        self.manifest = manifest
+
+    def _load_manifest(self) -> dict:
+        if not self.path.is_dir():
+            raise CacheError(f"cache folder {self.path} does not exist")
+        if not (self.path / MANIFEST).exists():
+            if (self.path / PENDING).exists():
+                raise CacheError(
+                    f"cache {self.path} is incomplete ({incomplete_status(self.path)}); rerun "
+                    "the same cache-teacher command to finish it"
+                )
+            raise CacheError(f"{self.path} is not an onnxkd cache (no {MANIFEST})")
+        try:
+            manifest = read_json(self.path / MANIFEST)
+        except ValueError as e:
+            raise CacheError(f"{self.path / MANIFEST} is corrupt: {e}") from e
+        if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+            raise CacheError(
+                f"{self.path} has format {manifest.get('format')} v{manifest.get('version')}; "
+                f"this onnxkd reads {FORMAT} v{VERSION}"
+            )
+        if not manifest.get("complete"):
+            raise CacheError(f"cache {self.path} is marked incomplete")
+        return manifest
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return InputSpec.from_dict(self.manifest["input_spec"])
+
+    @property
+    def num_classes(self) -> int:
+        return self.manifest["targets"]["num_classes"]
+
+    @property
+    def sections(self) -> list[str]:
+        return list(self.manifest["sections"])
+
+    def section(self, name: str = "train") -> CacheSection:
+        if name not in self.manifest["sections"]:
+            raise CacheError(f"cache {self.path} has no section {name!r}; it has {self.sections}")
+        return CacheSection(self, name)
+
+    def check_data(self, source: Source, section: str = "train") -> None:
+        """Refuse data that is not what the teacher saw for this section."""
+        recorded = self.manifest["sections"][section]
+        found = source.fingerprint()
+        if found != recorded["fingerprint"]:
+            raise CacheError(
+                f"the data given ({source.ref.data}, {source.ref.split}, {len(source)} samples) "
+                f"is not the data this cache was made from ({recorded['data_ref']['data']}, "
+                f"{recorded['n']} samples): fingerprints differ"
+            )
+
+    def verify(self) -> list[str]:
+        """Check every array against the manifest (shape, dtype, sha256); return the problems."""
+        problems = []
+        for name, section in self.manifest["sections"].items():
+            for part in section["parts"]:
+                for file, want in part["files"].items():
+                    path = self.path / part["dir"] / file
+                    if not path.exists():
+                        problems.append(f"{name}: {part['dir']}/{file} is missing")
+                        continue
+                    try:
+                        arr = np.load(path, mmap_mode="r")
+                    except Exception as e:
+                        problems.append(f"{part['dir']}/{file} cannot be read: {e}")
+                        continue
+                    if list(arr.shape) != want["shape"] or str(arr.dtype) != want["dtype"]:
+                        problems.append(
+                            f"{part['dir']}/{file} is {list(arr.shape)} {arr.dtype}, the manifest "
+                            f"says {want['shape']} {want['dtype']}"
+                        )
+                    elif sha256_file(path) != want["sha256"]:
+                        problems.append(f"{part['dir']}/{file} does not match its checksum")
+        return problems
+
+
+class CacheSection:
+    """One section (`train` with its views, or `eval`) of a cache."""
+
+    def __init__(self, cache: CacheReader, name: str) -> None:
+        self.cache = cache
+        self.name = name
+        self.meta = cache.manifest["sections"][name]
+        self.n = self.meta["n"]
+        self.views = self.meta["views"]
+        self.parts = self.meta["parts"]
+        self._starts = np.array([p["start"] for p in self.parts])
+        self._open: dict[tuple[int, str], np.ndarray] = {}
+        targets = cache.manifest["targets"]
+        self.storage = targets["storage"]
+        self.num_classes = targets["num_classes"]
+        self.augmentation = Augmentation(**self.meta["augmentation"])
+
+    def _array(self, part: int, file: str) -> np.ndarray:
+        key = (part, file)
+        if key not in self._open:
+            path = self.cache.path / self.parts[part]["dir"] / file
+            try:
+                self._open[key] = np.load(path, mmap_mode="r")
+            except (OSError, ValueError) as e:
+                raise CacheError(f"cache array {path} cannot be read ({e}); run cache-info") from e
+        return self._open[key]
+
+    def _gather(self, file: str, indices: np.ndarray, view: int | None) -> np.ndarray:
+        indices = np.asarray(indices, dtype=np.int64)
+        if indices.size and (indices.min() < 0 or indices.max() >= self.n):
+            raise CacheError(f"sample index out of range [0, {self.n}) for section {self.name}")
+        if view is not None and not 0 <= view < self.views:
+            raise CacheError(f"view {view} out of range: section {self.name} has {self.views}")
+        which = np.searchsorted(self._starts, indices, side="right") - 1
+        out = None
+        for part in np.unique(which):
+            mask = which == part
+            local = indices[mask] - self.parts[part]["start"]
+            arr = self._array(int(part), file)
+            rows = arr[local] if view is None else arr[view][local]
+            if out is None:
+                out = np.empty((len(indices), *rows.shape[1:]), dtype=rows.dtype)
+            out[mask] = rows
+        if out is None:
+            arr = self._array(0, file)
+            shape = arr.shape[1:] if view is None else arr.shape[2:]
+            out = np.empty((0, *shape), dtype=arr.dtype)
+        return out
+
+    def labels(self, indices: np.ndarray | None = None) -> np.ndarray:
+        idx = np.arange(self.n) if indices is None else indices
+        return self._gather("labels.npy", idx, None)
+
+    def aug_params(self, indices: np.ndarray, view: int) -> np.ndarray:
+        return self._gather("aug_params.npy", indices, view)
+
+    def topk(self, indices: np.ndarray, view: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Top-k log-probabilities, their class indices and the residual probability mass."""
+        if self.storage != "topk":
+            raise CacheError("this cache stores every class, not top-k; use log_probs()")
+        values = self._gather("topk_values.npy", indices, view).astype(np.float32)
+        classes = self._gather("topk_indices.npy", indices, view).astype(np.int64)
+        residual = self._gather("residual.npy", indices, view)
+        return values, classes, residual
+
+    def scores(self, indices: np.ndarray, view: int) -> np.ndarray:
+        """Teacher scores over every class at temperature 1, up to a per-row constant.
+
+        Full storage returns what was stored (logits, or log-probs for probability teachers).
+        Top-k storage returns log-probs with the residual mass spread evenly over the classes
+        outside the top k, the maximum-entropy guess that keeps the total mass right.
+        """
+        if self.storage == "full":
+            return self._gather("targets.npy", indices, view).astype(np.float32)
+        values, classes, residual = self.topk(indices, view)
+        others = self.num_classes - values.shape[1]
+        fill = np.log(np.maximum(residual, 1e-12) / others).astype(np.float32)
+        full = np.repeat(fill[:, None], self.num_classes, axis=1)
+        np.put_along_axis(full, classes, values, axis=1)
+        return full
+
+    def log_probs(self, indices: np.ndarray, view: int, temperature: float = 1.0) -> np.ndarray:
+        """Teacher log-probabilities softened by `temperature`, shape (len(indices), classes)."""
+        z = self.scores(indices, view) / np.float32(temperature)
+        z = z - z.max(axis=1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+    def argmax(self, indices: np.ndarray, view: int) -> np.ndarray:
+        if self.storage == "topk":
+            return self._gather("topk_indices.npy", indices, view)[:, 0].astype(np.int64)
+        return self._gather("targets.npy", indices, view).argmax(axis=1)
+
+    def features(self, name: str, indices: np.ndarray, view: int) -> np.ndarray:
+        if name not in self.cache.manifest["features"]:
+            raise CacheError(
+                f"cache has no feature {name!r}; it has {list(self.cache.manifest['features'])}"
+            )
+        return self._gather(f"features/{safe_name(name)}.npy", indices, view)
+
+    def raw_view(self, source: Source, indices: np.ndarray, view: int) -> np.ndarray:
+        """Rebuild the raw pixels the teacher saw for these samples and view."""
+        raw, _ = source.read(indices)
+        return self.augmentation.apply(raw, self.aug_params(indices, view))
+
+    def model_input(self, source: Source, indices: np.ndarray, view: int) -> np.ndarray:
+        """Exactly the teacher's input for these samples and view."""
+        return self.cache.input_spec.apply(self.raw_view(source, indices, view))

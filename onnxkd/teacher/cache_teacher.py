@@ -1,0 +1,436 @@
+"""`cache_teacher`: run a teacher once over a data set (and replayable augmented views of it)
+and store its soft targets in a resumable, memory-mapped cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from onnxkd.data.loaders import open_source
+
+from onnxkd import __version__
+from onnxkd.data.augment import Augmentation
+from onnxkd.data.source import DataRef, Source
+from onnxkd.errors import CacheError, DataError, TeacherError
+from onnxkd.teacher.cache_files import (
+    FORMAT,
+    MANIFEST,
+    PART_DONE,
+    PENDING,
+    VERSION,
+    part_dir,
+    read_json,
+    safe_name,
+    write_json_atomic,
+)
+from onnxkd.teacher.cache_writer import PartJob, TargetLayout, write_part
+from onnxkd.teacher.input_spec import SpecOptions, resolve_input_spec
+from onnxkd.teacher.model import load_teacher, numeric_kind, output_kind
+from onnxkd.teacher.runner import TeacherRunner
+from onnxkd.workspace import DEFAULT_WORKDIR, Workspace
+
+BIG_FEATURES = 1 << 30  # print a size warning above 1 GiB of features
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Everything `cache-teacher` needs; defaults are the CLI's."""
+
+    teacher: Path
+    data: DataRef
+    out: Path | None = None  # None: a folder in the workspace named after the inputs
+    workdir: Path = DEFAULT_WORKDIR
+    eval_split: bool = True  # also cache the other split (one clean view) for validation
+    views: int = 1
+    augment: str = "none"
+    pad: int | None = None  # None: an eighth of the image side
+    seed: int = 0
+    topk: int | None = None  # None: store every class
+    dtype: str = "float16"
+    teacher_output: str | None = None
+    features: tuple[str, ...] = ()
+    feature_pool: str = "none"
+    spec: SpecOptions = field(default_factory=SpecOptions)
+    ep: str = "cpu"
+    threads: int | None = None
+    batch_size: int = 256
+    shard: tuple[int, int] = (0, 1)
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.views < 1:
+            raise CacheError(f"--views must be at least 1, got {self.views}")
+        if self.batch_size < 1:
+            raise CacheError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.dtype not in ("float16", "float32"):
+            raise CacheError(f"--dtype must be float16 or float32, got {self.dtype}")
+        if self.topk is not None and self.topk < 1:
+            raise CacheError(f"--topk must be at least 1, got {self.topk}")
+        if self.feature_pool not in ("none", "avg"):
+            raise CacheError(f"--feature-pool must be none or avg, got {self.feature_pool}")
+        i, n = self.shard
+        if not (n >= 1 and 0 <= i < n):
+            raise CacheError(f"--shard must be i/n with 0 <= i < n, got {i}/{n}")
+
+
+@dataclass
+class CacheResult:
+    path: Path
+    complete: bool
+    resumed: bool
+    manifest: dict
+    seconds: float
+
+
+class _Plan:
+    """The resolved inputs of a cache run: teacher, sources, spec, layout and the run key."""
+
+    def __init__(self, cfg: CacheConfig, log: Callable[[str], None]) -> None:
+        self.teacher = load_teacher(cfg.teacher, cfg.teacher_output, list(cfg.features))
+        self.sources: dict[str, Source] = {"train": open_source(cfg.data)}
+        if cfg.eval_split:
+            other = "test" if cfg.data.split == "train" else "train"
+            try:
+                self.sources["eval"] = open_source(cfg.data.with_split(other))
+            except DataError as e:
+                log(f"note: no {other} split to cache for validation ({e})")
+        self.spec, self.spec_origin = resolve_input_spec(
+            self.teacher, self.sources["train"], cfg.spec
+        )
+        train = self.sources["train"]
+        if cfg.augment != "none" and not self.spec.is_image:
+            raise DataError(
+                f"--augment {cfg.augment} needs images; this data holds feature vectors"
+            )
+        pad = (
+            cfg.pad
+            if cfg.pad is not None
+            else (Augmentation.default_pad(self.spec.size) if self.spec.is_image else 0)
+        )
+        self.augmentations = {
+            "train": Augmentation(cfg.augment, pad if cfg.augment != "none" else 0, cfg.seed),
+            "eval": Augmentation("none"),
+        }
+        if cfg.views > 1 and cfg.augment == "none":
+            log(f"note: --views {cfg.views} with --augment none stores {cfg.views} equal views")
+        self.runner = TeacherRunner(self.teacher, cfg.ep, cfg.threads)
+        probe_raw, _ = train.read(np.arange(min(len(train), 16)))
+        probe = self.spec.apply(probe_raw)
+        if len(probe) < 2:
+            raise DataError(f"{cfg.data.data}: the split has {len(train)} sample(s); need 2+")
+        self.runner.prepare(probe)
+        outputs = self.runner.run(probe)
+        self.layout = self._layout(cfg, outputs)
+        self.fingerprints = {name: src.fingerprint() for name, src in self.sources.items()}
+        self.key_material = {
+            "teacher_sha256": self.teacher.sha256,
+            "teacher_output": self.teacher.output,
+            "data": {
+                name: {"ref": src.ref.to_dict(), "fingerprint": self.fingerprints[name]}
+                for name, src in self.sources.items()
+            },
+            "input_spec": self.spec.to_dict(),
+            "views": cfg.views,
+            "augmentation": self.augmentations["train"].to_dict(),
+            "topk": cfg.topk,
+            "dtype": cfg.dtype,
+            "features": list(cfg.features),
+            "feature_pool": cfg.feature_pool,
+            "ep": cfg.ep,
+            "batch_size": cfg.batch_size,
+            "shards": cfg.shard[1],
+        }
+        blob = json.dumps(self.key_material, sort_keys=True).encode()
+        self.key = hashlib.sha256(blob).hexdigest()
+
+    def _layout(self, cfg: CacheConfig, outputs: dict[str, np.ndarray]) -> TargetLayout:
+        scores = outputs[self.teacher.output]
+        if scores.ndim != 2:
+            raise TeacherError(
+                f"teacher output {self.teacher.output!r} has shape {list(scores.shape)} for a "
+                "batch; expected [batch, classes] (pass --teacher-output to pick another)"
+            )
+        num_classes = scores.shape[1]
+        names = self.spec.label_names
+        if names and len(names) != num_classes:
+            raise TeacherError(
+                f"teacher output {self.teacher.output!r} has {num_classes} classes, the data "
+                f"{len(names)} ({', '.join(names[:12])})"
+            )
+        if cfg.topk is not None and cfg.topk >= num_classes:
+            raise CacheError(
+                f"--topk {cfg.topk} keeps every class of a {num_classes}-class teacher; "
+                "drop --topk to store all of them"
+            )
+        self.source_kind = output_kind(self.teacher.model, self.teacher.output)
+        self.kind_detected_by = "graph (final op)"
+        if self.source_kind is None:
+            self.source_kind = numeric_kind(scores)
+            self.kind_detected_by = "values"
+        features = {}
+        for name in cfg.features:
+            value = outputs[name]
+            if value.ndim < 2 or value.shape[0] != len(scores):
+                raise TeacherError(f"feature {name!r} has shape {list(value.shape)}, no batch axis")
+            pooled = (
+                value.mean(axis=tuple(range(2, value.ndim)))
+                if (cfg.feature_pool == "avg" and value.ndim > 2)
+                else value
+            )
+            features[name] = tuple(int(d) for d in pooled.shape[1:])
+        return TargetLayout(
+            output=self.teacher.output,
+            kind="logits" if self.source_kind == "logits" else "log_probs",
+            from_probs=self.source_kind == "probs",
+            num_classes=num_classes,
+            topk=cfg.topk,
+            dtype=cfg.dtype,
+            features=features,
+            feature_pool=cfg.feature_pool,
+        )
+
+    def views(self, section: str, cfg: CacheConfig) -> int:
+        return cfg.views if section == "train" else 1
+
+    def bytes_needed(self, cfg: CacheConfig) -> tuple[int, int]:
+        """(all arrays, features alone) in bytes, over every section and shard."""
+        total = features = 0
+        for section, src in self.sources.items():
+            arrays = self.layout.arrays(len(src), self.views(section, cfg))
+            for name, (shape, dtype) in arrays.items():
+                size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+                total += size
+                features += size if name.startswith("features/") else 0
+        return total, features
+
+
+def _default_out(cfg: CacheConfig, plan: _Plan) -> Path:
+    data_name = Path(cfg.data.data).stem or "data"
+    return cfg.workdir / "caches" / f"{cfg.teacher.stem}-{data_name}-{plan.key[:10]}"
+
+
+def _claim(out: Path, key: str, overwrite: bool, material: dict) -> str:
+    """'complete', 'resume' or 'new'; refuses to clobber anything that is not ours to replace."""
+    for name, state in ((MANIFEST, "complete"), (PENDING, "resume")):
+        path = out / name
+        if not path.exists():
+            continue
+        found = read_json(path)
+        if found.get("key") == key:
+            return state
+        if overwrite:
+            shutil.rmtree(out)
+            return "new"
+        differs = sorted(k for k in material if found.get("config", {}).get(k) != material[k])
+        what = "a complete cache" if state == "complete" else "an unfinished cache"
+        raise CacheError(
+            f"{out} holds {what} made with other inputs (differs in: {', '.join(differs)}); "
+            "pass --overwrite to replace it, or -o another folder"
+        )
+    if out.exists() and any(out.iterdir()):
+        raise CacheError(f"{out} exists and is not an onnxkd cache; refusing to write into it")
+    return "new"
+
+
+def _jobs(cfg: CacheConfig, plan: _Plan, out: Path) -> list[PartJob]:
+    shard, shards = cfg.shard
+    jobs = []
+    for section, src in plan.sources.items():
+        bounds = np.linspace(0, len(src), shards + 1).astype(int)
+        for i in range(shards):
+            jobs.append(
+                PartJob(
+                    root=out,
+                    dirname=part_dir(section, i, shards),
+                    source=src,
+                    start=int(bounds[i]),
+                    stop=int(bounds[i + 1]),
+                    views=plan.views(section, cfg),
+                    augmentation=plan.augmentations[section],
+                    batch_size=cfg.batch_size,
+                )
+            )
+    return jobs
+
+
+def cache_teacher(
+    cfg: CacheConfig,
+    log: Callable[[str], None] = print,
+    progress: Callable[[int, int], Callable[[int], None]] | None = None,
+) -> CacheResult:
+    """Cache a teacher's soft targets over a data set.
+
+    Args:
+        cfg: what to cache and where.
+        log: receives one-line notes (plan, sizes, decisions).
+        progress: given (total, done) sample-views, returns a callback taking increments.
+
+    Returns:
+        Where the cache is and its manifest; `complete` is False when other shards are missing.
+
+    Example:
+        >>> cfg = CacheConfig(Path("models/digits_cnn.onnx"), DataRef("digits"))  # doctest: +SKIP
+        >>> cache_teacher(cfg).manifest["sections"]["train"]["teacher_accuracy"]  # doctest: +SKIP
+    """
+    started = time.perf_counter()
+    plan = _Plan(cfg, log)
+    out = Path(cfg.out) if cfg.out else _default_out(cfg, plan)
+    state = _claim(out, plan.key, cfg.overwrite, plan.key_material)
+    if state == "complete":
+        log(f"cache {out} is already complete for these inputs; nothing to do")
+        return CacheResult(out, True, False, read_json(out / MANIFEST), 0.0)
+    total_bytes, feature_bytes = plan.bytes_needed(cfg)
+    if feature_bytes > BIG_FEATURES:
+        log(
+            f"features will take {feature_bytes / 2**30:.1f} GiB on disk "
+            "(--feature-pool avg stores one value per channel)"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(out).free
+    if state == "new" and total_bytes > free:
+        raise CacheError(
+            f"the cache needs {total_bytes / 2**30:.2f} GiB and {out} has "
+            f"{free / 2**30:.2f} GiB free; use --topk, --feature-pool avg or another -o"
+        )
+    draft = _draft_manifest(cfg, plan)
+    if state == "new":
+        write_json_atomic(out / PENDING, draft)
+    log(_plan_line(cfg, plan, out, total_bytes, resumed=state == "resume"))
+    jobs = [
+        j
+        for j in _jobs(cfg, plan, out)
+        if j.dirname.endswith(f"part-{cfg.shard[0]}-of-{cfg.shard[1]}")
+    ]
+    total = sum(j.n * j.views for j in jobs)
+    done = sum(min(j.chunks_done() * j.batch_size, j.n) * j.views for j in jobs)
+    done = total if all(j.is_done() for j in jobs) else done
+    tick = progress(total, done) if progress else (lambda n: None)
+    for job in jobs:
+        write_part(job, plan.spec, plan.runner, plan.layout, on_chunk=tick)
+    manifest = finalize(out)
+    seconds = time.perf_counter() - started
+    if manifest is not None:
+        Workspace(cfg.workdir).record(teacher=cfg.teacher, cache=out)
+        return CacheResult(out, True, state == "resume", manifest, seconds)
+    log(f"shard {cfg.shard[0]}/{cfg.shard[1]} done; the cache completes when every shard is")
+    return CacheResult(out, False, state == "resume", draft, seconds)
+
+
+def _plan_line(cfg: CacheConfig, plan: _Plan, out: Path, size: int, resumed: bool) -> str:
+    parts = ", ".join(
+        f"{name} {len(src)} x {plan.views(name, cfg)} view(s)" for name, src in plan.sources.items()
+    )
+    verb = "resuming" if resumed else "caching"
+    return (
+        f"{verb} {plan.teacher.path.name} -> {out} ({parts}; {plan.layout.num_classes} classes "
+        f"as {plan.layout.kind}, {'top-' + str(cfg.topk) if cfg.topk else 'all'}, "
+        f"{cfg.dtype}; {size / 2**20:.1f} MiB; batching: {plan.runner.batching})"
+    )
+
+
+def _draft_manifest(cfg: CacheConfig, plan: _Plan) -> dict:
+    import onnxruntime as ort
+
+    sections = {}
+    for name, src in plan.sources.items():
+        sections[name] = {
+            "n": len(src),
+            "views": plan.views(name, cfg),
+            "augmentation": plan.augmentations[name].to_dict(),
+            "data_ref": src.ref.to_dict(),
+            "split_info": src.split_info,
+            "fingerprint": plan.fingerprints[name],
+            "sample_shape": list(src.sample_shape),
+            "sample_dtype": str(src.dtype),
+            "parts": [],
+        }
+    layout = plan.layout
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "complete": False,
+        "key": plan.key,
+        "config": plan.key_material,
+        "created_by": {
+            "onnxkd": __version__,
+            "onnxruntime": ort.__version__,
+            "ep": cfg.ep,
+            "providers": plan.runner.providers,
+            "threads": cfg.threads,
+            "batching": plan.runner.batching,
+        },
+        "teacher": plan.teacher.describe(),
+        "input_spec": plan.spec.to_dict(),
+        "input_spec_origin": plan.spec_origin,
+        "targets": {
+            "output": layout.output,
+            "kind": layout.kind,
+            "teacher_output_kind": plan.source_kind,
+            "detected_by": plan.kind_detected_by,
+            "storage": "full" if layout.topk is None else "topk",
+            "k": layout.topk,
+            "dtype": layout.dtype,
+            "num_classes": layout.num_classes,
+        },
+        "features": {
+            name: {
+                "file": f"features/{safe_name(name)}.npy",
+                "shape": list(shape),
+                "pool": layout.feature_pool,
+            }
+            for name, shape in layout.features.items()
+        },
+        "shards": cfg.shard[1],
+        "sections": sections,
+    }
+
+
+def finalize(out: Path) -> dict | None:
+    """Write `manifest.json` once every part of every shard is done; None while some are not.
+
+    Safe to call from several shards at once: each writes the same manifest atomically.
+    """
+    if (out / MANIFEST).exists():
+        return read_json(out / MANIFEST)
+    pending = out / PENDING
+    if not pending.exists():
+        raise CacheError(f"{out} is not an onnxkd cache (no {MANIFEST} or {PENDING})")
+    manifest = read_json(pending)
+    shards = manifest["shards"]
+    for name, section in manifest["sections"].items():
+        records = []
+        for i in range(shards):
+            done = out / part_dir(name, i, shards) / PART_DONE
+            if not done.exists():
+                return None
+            records.append(read_json(done))
+        section["parts"] = records
+        section["teacher_accuracy"] = _accuracy_per_view(out, manifest, name)
+    manifest["complete"] = True
+    write_json_atomic(out / MANIFEST, manifest)
+    # Another shard may have finalized at the same moment and removed it already.
+    pending.unlink(missing_ok=True)
+    return manifest
+
+
+def _accuracy_per_view(out: Path, manifest: dict, section: str) -> list[float]:
+    """Teacher top-1 accuracy of each stored view, read back from the arrays in chunks."""
+    from onnxkd.teacher.cache_reader import CacheReader
+
+    reader = CacheReader(out, manifest=manifest)
+    part = reader.section(section)
+    labels = part.labels()
+    accs = []
+    for view in range(part.views):
+        hits = 0
+        for lo in range(0, part.n, 8192):
+            idx = np.arange(lo, min(lo + 8192, part.n))
+            hits += int((part.argmax(idx, view) == labels[idx]).sum())
+        accs.append(round(hits / max(part.n, 1), 6))
+    return accs

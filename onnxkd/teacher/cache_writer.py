@@ -1,0 +1,224 @@
+"""Writing one part of a cache: chunks of samples, every view of each, resumable after a kill.
+
+A chunk is `batch_size` consecutive samples of the part. For each chunk the raw samples are
+read once, then every view is augmented, preprocessed, run through the teacher and written in
+place. Only after every array is synced does `progress.json` move forward, so a run killed at
+any point resumes from the last whole chunk and rewrites the same bytes: the final cache is
+bit-identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from onnxkd.data.augment import PARAM_DTYPE, Augmentation
+from onnxkd.data.source import Source
+from onnxkd.data.spec import InputSpec
+from onnxkd.errors import CacheError
+from onnxkd.teacher.cache_files import (
+    PART_DONE,
+    PROGRESS,
+    NpyWriter,
+    describe_file,
+    read_json,
+    safe_name,
+    write_json_atomic,
+)
+from onnxkd.teacher.runner import TeacherRunner
+
+FP16_MAX = 65504.0
+
+
+@dataclass(frozen=True)
+class TargetLayout:
+    """What is stored per sample and view."""
+
+    output: str
+    kind: str  # stored values: "logits" or "log_probs"
+    from_probs: bool  # the teacher outputs probabilities; log() is taken before storing
+    num_classes: int
+    topk: int | None  # None: all classes
+    dtype: str  # "float16" or "float32"
+    features: dict[str, tuple[int, ...]]  # tensor name -> per-sample shape as stored
+    feature_pool: str  # "none" or "avg"
+
+    @property
+    def index_dtype(self) -> np.dtype:
+        return np.dtype(np.int16 if self.num_classes < 2**15 else np.int32)
+
+    def arrays(self, n: int, views: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """File name -> (shape, dtype) of every array of a part with n samples."""
+        out = {
+            "labels.npy": ((n,), np.dtype(np.int64)),
+            "aug_params.npy": ((views, n), PARAM_DTYPE),
+        }
+        if self.topk is None:
+            out["targets.npy"] = ((views, n, self.num_classes), np.dtype(self.dtype))
+        else:
+            out["topk_values.npy"] = ((views, n, self.topk), np.dtype(self.dtype))
+            out["topk_indices.npy"] = ((views, n, self.topk), self.index_dtype)
+            out["residual.npy"] = ((views, n), np.dtype(np.float32))
+        for name, shape in self.features.items():
+            out[f"features/{safe_name(name)}.npy"] = ((views, n, *shape), np.dtype(self.dtype))
+        return out
+
+    def encode(self, scores: np.ndarray) -> dict[str, np.ndarray]:
+        """Teacher scores for a batch -> what is written (before dtype conversion)."""
+        x = scores.astype(np.float32, copy=False)
+        if self.from_probs:
+            x = np.log(np.maximum(x, np.float32(1e-30)))
+        if self.topk is None:
+            if self.dtype == "float16" and np.abs(x).max() > FP16_MAX:
+                raise CacheError(
+                    f"teacher output {self.output!r} has values beyond float16's range "
+                    f"({np.abs(x).max():.3g}); pass --dtype float32"
+                )
+            return {"targets.npy": x}
+        log_probs = x - _logsumexp(x)
+        idx = np.argpartition(-log_probs, self.topk - 1, axis=1)[:, : self.topk]
+        top = np.take_along_axis(log_probs, idx, axis=1)
+        order = np.argsort(-top, axis=1, kind="stable")
+        idx = np.take_along_axis(idx, order, axis=1)
+        top = np.take_along_axis(top, order, axis=1)
+        probs = np.exp(log_probs)
+        np.put_along_axis(probs, idx, 0.0, axis=1)
+        return {
+            "topk_values.npy": top,
+            "topk_indices.npy": idx,
+            "residual.npy": probs.sum(axis=1),
+        }
+
+    def encode_feature(self, value: np.ndarray) -> np.ndarray:
+        if self.feature_pool == "avg" and value.ndim > 2:
+            return value.mean(axis=tuple(range(2, value.ndim)))
+        return value
+
+
+def _logsumexp(x: np.ndarray) -> np.ndarray:
+    top = x.max(axis=1, keepdims=True)
+    return top + np.log(np.exp(x - top).sum(axis=1, keepdims=True))
+
+
+@dataclass
+class PartJob:
+    """One slice [start, stop) of one section, written to `root/dirname`."""
+
+    root: Path
+    dirname: str
+    source: Source
+    start: int
+    stop: int
+    views: int
+    augmentation: Augmentation
+    batch_size: int
+
+    @property
+    def path(self) -> Path:
+        return self.root / self.dirname
+
+    @property
+    def n(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def chunks(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def is_done(self) -> bool:
+        return (self.path / PART_DONE).exists()
+
+    def chunks_done(self) -> int:
+        progress = self.path / PROGRESS
+        return read_json(progress)["chunks_done"] if progress.exists() else 0
+
+
+def write_part(
+    job: PartJob,
+    spec: InputSpec,
+    runner: TeacherRunner,
+    layout: TargetLayout,
+    on_chunk: Callable[[int], None] = lambda n: None,
+) -> dict:
+    """Fill a part's arrays from where its progress left off; return its `part.json` record."""
+    if job.is_done():
+        return read_json(job.path / PART_DONE)
+    done = job.chunks_done()
+    (job.path / "features").mkdir(parents=True, exist_ok=True)
+    writers = {
+        name: NpyWriter(job.path / name, shape, dtype, create=done == 0)
+        for name, (shape, dtype) in layout.arrays(job.n, job.views).items()
+    }
+    started = time.perf_counter()
+    try:
+        # Preprocessing of the next view runs in a thread while onnxruntime (which releases
+        # the GIL) computes the current one, so the teacher is never waiting on numpy.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            tasks = [(c, v) for c in range(done, job.chunks) for v in range(job.views)]
+            raw_cache: dict = {}
+            pending = pool.submit(_prepare, job, spec, *tasks[0], raw_cache) if tasks else None
+            for i, (chunk, view) in enumerate(tasks):
+                x, params, labels = pending.result()
+                if i + 1 < len(tasks):
+                    pending = pool.submit(_prepare, job, spec, *tasks[i + 1], raw_cache)
+                outputs = runner.run(x)
+                row = chunk * job.batch_size
+                _write_view(writers, layout, view, row, outputs, params)
+                if view == job.views - 1:
+                    writers["labels.npy"].write(None, row, labels)
+                    for w in writers.values():
+                        w.sync()
+                    write_json_atomic(job.path / PROGRESS, {"chunks_done": chunk + 1})
+                    on_chunk(len(labels) * job.views)
+    finally:
+        for w in writers.values():
+            w.close()
+    record = {
+        "dir": job.dirname,
+        "start": job.start,
+        "stop": job.stop,
+        "files": {name: describe_file(job.path / name) for name in writers},
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    write_json_atomic(job.path / PART_DONE, record)
+    (job.path / PROGRESS).unlink(missing_ok=True)
+    return record
+
+
+def _prepare(job: PartJob, spec: InputSpec, chunk: int, view: int, raw_cache: dict):
+    """Model input, augmentation parameters and labels for one chunk and view; the chunk's raw
+    samples are read once and kept in `raw_cache` for its other views."""
+    if raw_cache.get("chunk") != chunk:
+        lo = job.start + chunk * job.batch_size
+        indices = np.arange(lo, min(lo + job.batch_size, job.stop), dtype=np.int64)
+        raw, labels = job.source.read(indices)
+        raw_cache.clear()
+        raw_cache.update(chunk=chunk, indices=indices, raw=raw, labels=labels)
+    raw, indices = raw_cache["raw"], raw_cache["indices"]
+    augmented, params = job.augmentation.view(raw, indices, view)
+    return spec.apply(augmented), params, raw_cache["labels"]
+
+
+def _write_view(
+    writers: dict[str, NpyWriter],
+    layout: TargetLayout,
+    view: int,
+    row: int,
+    outputs: dict[str, np.ndarray],
+    params: np.ndarray,
+) -> None:
+    for name, values in layout.encode(outputs[layout.output]).items():
+        writers[name].write(view, row, values)
+    writers["aug_params.npy"].write(view, row, params)
+    for feature in layout.features:
+        value = layout.encode_feature(outputs[feature])
+        if layout.dtype == "float16" and np.abs(value).max(initial=0.0) > FP16_MAX:
+            raise CacheError(
+                f"feature {feature!r} has values beyond float16's range; pass --dtype float32"
+            )
+        writers[f"features/{safe_name(feature)}.npy"].write(view, row, value)

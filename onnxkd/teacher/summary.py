@@ -1,0 +1,61 @@
+"""A human-readable summary of a cache manifest (no torch, no onnxruntime)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _disk_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*.npy"))
+
+
+def summarize(path: Path, manifest: dict, seconds: float | None = None) -> str:
+    """Lines describing what a cache holds and how good its teacher is on each section."""
+    t = manifest["targets"]
+    teacher = manifest["teacher"]
+    spec = manifest["input_spec"]
+    storage = "all classes" if t["storage"] == "full" else f"top-{t['k']} + residual mass"
+    geometry = (
+        f"{spec['size'][0]}x{spec['size'][1]}x{spec['channels']}"
+        if spec["size"]
+        else (f"{spec['channels']} features")
+    )
+    lines = [
+        f"cache:    {path}",
+        f"teacher:  {Path(teacher['path']).name} (sha256 {teacher['sha256'][:12]}…, output "
+        f"{t['output']!r}, {t['teacher_output_kind']} -> stored as {t['kind']})",
+        f"input:    {spec['layout']} {geometry} {spec['dtype']}, scale {spec['scale']:.6g}, "
+        f"mean {spec['mean']}, std {spec['std']} (from {manifest.get('input_spec_origin')})",
+        f"targets:  {t['num_classes']} classes, {storage}, {t['dtype']}",
+    ]
+    for name, section in manifest["sections"].items():
+        aug = section["augmentation"]
+        accs = section.get("teacher_accuracy") or []
+        acc = (
+            (
+                f"teacher accuracy {100 * sum(accs) / len(accs):.2f}%"
+                + (" (mean over views)" if len(accs) > 1 else "")
+            )
+            if accs
+            else ""
+        )
+        split = section["split_info"]
+        how = (
+            f"holdout {split['fraction']} seed {split['seed']}"
+            if split.get("method") == "holdout"
+            else "native split"
+        )
+        lines.append(
+            f"{name + ':':9} {section['n']} samples ({section['data_ref']['split']}, {how}) x "
+            f"{section['views']} view(s), augment {aug['policy']}; {acc}"
+        )
+    if manifest.get("features"):
+        feats = ", ".join(f"{k} {v['shape']}" for k, v in manifest["features"].items())
+        lines.append(f"features: {feats}")
+    lines.append(f"size:     {_disk_size(path) / 2**20:.2f} MiB on disk")
+    if seconds:
+        total = sum(s["n"] * s["views"] for s in manifest["sections"].values())
+        lines.append(f"time:     {seconds:.1f} s ({total / seconds:.0f} sample-views/s)")
+    if any("loop" in p or "one sample" in p for p in teacher.get("passes", [])):
+        lines.append("note:     the teacher hard-codes batch 1, so it ran one sample at a time")
+    return "\n".join(lines)
