@@ -83,6 +83,10 @@ class Source(Protocol):
 class ArraySource:
     """A source over arrays: in memory, or memory-mapped `.npy` for data larger than RAM."""
 
+    # The largest raw value where it is not the dtype's (digits' pixels go to 16); the default
+    # input scale is its inverse.
+    pixel_max: float | None = None
+
     def __init__(
         self,
         ref: DataRef,

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from onnxkd.data.loaders import open_source
 
 from onnxkd import __version__
 from onnxkd.data.augment import Augmentation
+from onnxkd.data.loaders import open_source
 from onnxkd.data.source import DataRef, Source
 from onnxkd.errors import CacheError, DataError, TeacherError
 from onnxkd.teacher.cache_files import (
@@ -91,10 +91,12 @@ class CacheResult:
 class _Plan:
     """The resolved inputs of a cache run: teacher, sources, spec, layout and the run key."""
 
-    def __init__(self, cfg: CacheConfig, log: Callable[[str], None]) -> None:
+    def __init__(
+        self, cfg: CacheConfig, log: Callable[[str], None], source: Source | None
+    ) -> None:
         self.teacher = load_teacher(cfg.teacher, cfg.teacher_output, list(cfg.features))
-        self.sources: dict[str, Source] = {"train": open_source(cfg.data)}
-        if cfg.eval_split:
+        self.sources: dict[str, Source] = {"train": source or open_source(cfg.data)}
+        if cfg.eval_split and source is None:
             other = "test" if cfg.data.split == "train" else "train"
             try:
                 self.sources["eval"] = open_source(cfg.data.with_split(other))
@@ -263,6 +265,7 @@ def cache_teacher(
     cfg: CacheConfig,
     log: Callable[[str], None] = print,
     progress: Callable[[int, int], Callable[[int], None]] | None = None,
+    source: Source | None = None,
 ) -> CacheResult:
     """Cache a teacher's soft targets over a data set.
 
@@ -270,6 +273,8 @@ def cache_teacher(
         cfg: what to cache and where.
         log: receives one-line notes (plan, sizes, decisions).
         progress: given (total, done) sample-views, returns a callback taking increments.
+        source: a data source of your own (any object with the `Source` interface) to cache
+            instead of opening `cfg.data`; no eval section is cached then.
 
     Returns:
         Where the cache is and its manifest; `complete` is False when other shards are missing.
@@ -279,7 +284,7 @@ def cache_teacher(
         >>> cache_teacher(cfg).manifest["sections"]["train"]["teacher_accuracy"]  # doctest: +SKIP
     """
     started = time.perf_counter()
-    plan = _Plan(cfg, log)
+    plan = _Plan(cfg, log, source)
     out = Path(cfg.out) if cfg.out else _default_out(cfg, plan)
     state = _claim(out, plan.key, cfg.overwrite, plan.key_material)
     if state == "complete":
@@ -411,26 +416,10 @@ def finalize(out: Path) -> dict | None:
                 return None
             records.append(read_json(done))
         section["parts"] = records
-        section["teacher_accuracy"] = _accuracy_per_view(out, manifest, name)
+        hits = np.sum([r["teacher_hits"] for r in records], axis=0)
+        section["teacher_accuracy"] = [round(int(h) / section["n"], 6) for h in hits]
     manifest["complete"] = True
     write_json_atomic(out / MANIFEST, manifest)
     # Another shard may have finalized at the same moment and removed it already.
     pending.unlink(missing_ok=True)
     return manifest
-
-
-def _accuracy_per_view(out: Path, manifest: dict, section: str) -> list[float]:
-    """Teacher top-1 accuracy of each stored view, read back from the arrays in chunks."""
-    from onnxkd.teacher.cache_reader import CacheReader
-
-    reader = CacheReader(out, manifest=manifest)
-    part = reader.section(section)
-    labels = part.labels()
-    accs = []
-    for view in range(part.views):
-        hits = 0
-        for lo in range(0, part.n, 8192):
-            idx = np.arange(lo, min(lo + 8192, part.n))
-            hits += int((part.argmax(idx, view) == labels[idx]).sum())
-        accs.append(round(hits / max(part.n, 1), 6))
-    return accs

@@ -137,6 +137,10 @@ class PartJob:
         progress = self.path / PROGRESS
         return read_json(progress)["chunks_done"] if progress.exists() else 0
 
+    def hits_so_far(self) -> list[int]:
+        progress = self.path / PROGRESS
+        return read_json(progress)["hits"] if progress.exists() else [0] * self.views
+
 
 def write_part(
     job: PartJob,
@@ -149,6 +153,9 @@ def write_part(
     if job.is_done():
         return read_json(job.path / PART_DONE)
     done = job.chunks_done()
+    # Teacher hits per view are counted as chunks are written, and saved with the progress,
+    # so accuracy never needs a second pass over the arrays.
+    hits = job.hits_so_far()
     (job.path / "features").mkdir(parents=True, exist_ok=True)
     writers = {
         name: NpyWriter(job.path / name, shape, dtype, create=done == 0)
@@ -169,11 +176,14 @@ def write_part(
                 outputs = runner.run(x)
                 row = chunk * job.batch_size
                 _write_view(writers, layout, view, row, outputs, params)
+                hits[view] += int((outputs[layout.output].argmax(axis=1) == labels).sum())
                 if view == job.views - 1:
                     writers["labels.npy"].write(None, row, labels)
                     for w in writers.values():
                         w.sync()
-                    write_json_atomic(job.path / PROGRESS, {"chunks_done": chunk + 1})
+                    write_json_atomic(
+                        job.path / PROGRESS, {"chunks_done": chunk + 1, "hits": hits}
+                    )
                     on_chunk(len(labels) * job.views)
     finally:
         for w in writers.values():
@@ -183,6 +193,7 @@ def write_part(
         "start": job.start,
         "stop": job.stop,
         "files": {name: describe_file(job.path / name) for name in writers},
+        "teacher_hits": hits,
         "seconds": round(time.perf_counter() - started, 3),
     }
     write_json_atomic(job.path / PART_DONE, record)

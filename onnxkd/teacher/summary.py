@@ -28,7 +28,7 @@ def summarize(path: Path, manifest: dict, seconds: float | None = None) -> str:
         f"mean {spec['mean']}, std {spec['std']} (from {manifest.get('input_spec_origin')})",
         f"targets:  {t['num_classes']} classes, {storage}, {t['dtype']}",
     ]
-    for name, section in manifest["sections"].items():
+    for name, section in sorted(manifest["sections"].items(), key=lambda kv: kv[0] != "train"):
         aug = section["augmentation"]
         accs = section.get("teacher_accuracy") or []
         acc = (

@@ -1,0 +1,37 @@
+"""Shared fixtures: the real data folder, the project root, and a CLI runner in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = (ROOT / ".." / "shared" / "data").resolve()
+MODELS = ROOT / "models"
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `onnxkd ARGS` as a user would, in a fresh interpreter."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "onnxkd", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+@pytest.fixture
+def cli(tmp_path):
+    """`cli(*args)` runs onnxkd in tmp_path (so the workspace lands there)."""
+
+    def invoke(*args: str, cwd: Path | None = None, timeout: float = 300):
+        return run_cli(*args, cwd=cwd or tmp_path, timeout=timeout)
+
+    return invoke
