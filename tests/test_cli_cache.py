@@ -1,0 +1,139 @@
+"""`onnxkd cache-teacher` as a user types it: the zoo teacher, kill and resume, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from conftest import MODELS, SHARED_DATA
+
+from onnxkd.data.loaders import open_source
+from onnxkd.data.source import DataRef
+from onnxkd.teacher.cache_reader import CacheReader
+
+DIGITS_TEACHER = MODELS / "digits_cnn.onnx"
+
+
+def test_help_imports_neither_torch_nor_onnxruntime():
+    commands = ["", "cache-teacher", "cache-info", "cache-merge"]
+    code = (
+        "import sys\n"
+        "from onnxkd.cli import main\n"
+        f"for cmd in {commands!r}:\n"
+        "    try:\n"
+        "        main([*cmd.split(), '--help'])\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code == 0, (cmd, e.code)\n"
+        "print('torch' in sys.modules, 'onnxruntime' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "Usage: " in out.stdout and "--views" in out.stdout and "--verify" in out.stdout
+    assert out.stdout.strip().splitlines()[-1] == "False False"
+
+
+def test_zoo_digits_teacher_cache_agrees_with_the_teacher(cli, tmp_path):
+    result = cli("cache-teacher", DIGITS_TEACHER, "--data", "digits")
+    assert result.returncode == 0, result.stderr
+    assert "teacher accuracy" in result.stdout
+    state = json.loads((tmp_path / "onnxkd-out" / "state.json").read_text())
+    cache = CacheReader(state["cache"])
+    sess = ort.InferenceSession(str(DIGITS_TEACHER), providers=["CPUExecutionProvider"])
+    for section, split in (("train", "train"), ("eval", "test")):
+        part = cache.section(section)
+        source = open_source(DataRef("digits", split=split))
+        idx = np.arange(part.n)
+        direct = sess.run(None, {"input": cache.input_spec.apply(source.read(idx)[0])})[0]
+        assert (part.argmax(idx, 0) == direct.argmax(1)).all()  # 100% agreement
+    assert cache.manifest["input_spec_origin"] == "teacher metadata"
+    info = cli("cache-info")
+    assert info.returncode == 0, info.stderr
+    assert "integrity: every array matches" in info.stdout
+
+
+def _start(out: Path, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "onnxkd", "cache-teacher", str(DIGITS_TEACHER), "--data",
+         "digits", "--views", "48", "--augment", "crop", "--batch-size", "32", "--dtype",
+         "float32", "-o", str(out)],
+        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _interrupt_midway(proc: subprocess.Popen, out: Path, sig: int) -> None:
+    progress = out / "train" / "part-0-of-1" / "progress.json"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if progress.exists() and json.loads(progress.read_text())["chunks_done"] >= 3:
+            break
+        assert proc.poll() is None, "the run finished before it could be interrupted"
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    os.kill(proc.pid, sig)
+    proc.wait(timeout=60)
+
+
+def _arrays(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.npy"))}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+def test_interrupted_run_resumes_to_an_identical_cache(cli, tmp_path, sig):
+    reference = cli("cache-teacher", DIGITS_TEACHER, "--data", "digits", "--views", "48",
+                    "--augment", "crop", "--batch-size", "32", "--dtype", "float32",
+                    "-o", tmp_path / "whole")
+    assert reference.returncode == 0, reference.stderr
+    out = tmp_path / "resumed"
+    proc = _start(out, tmp_path)
+    _interrupt_midway(proc, out, sig)
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130
+        assert "interrupted; rerun the same command to resume" in proc.stderr.read()
+    assert not (out / "manifest.json").exists()
+    info = cli("cache-info", out)
+    assert info.returncode == 1 and "is incomplete" in info.stderr
+    assert "Traceback" not in info.stderr
+    resumed = cli("cache-teacher", DIGITS_TEACHER, "--data", "digits", "--views", "48",
+                  "--augment", "crop", "--batch-size", "32", "--dtype", "float32", "-o", out)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stderr
+    assert _arrays(out) == _arrays(tmp_path / "whole")
+    whole = json.loads((tmp_path / "whole" / "manifest.json").read_text())
+    again = json.loads((out / "manifest.json").read_text())
+    assert whole["sections"]["train"]["teacher_accuracy"] == again["sections"]["train"][
+        "teacher_accuracy"]
+
+
+BAD_INPUTS = [
+    (["missing.onnx", "--data", "digits"], "does not exist"),
+    (["NOT_ONNX", "--data", "digits"], "is not an ONNX model"),
+    (["DIGITS", "--data", "no/such/data"], "no/such/data"),
+    (["DIGITS", "--data", "digits", "--ep", "cuda"], "available: cpu"),
+    (["DIGITS", "--data", "digits", "--ep", "warp-drive"], "unknown execution provider"),
+    (["DIGITS", "--data", "digits", "--topk", "10"], "keeps every class"),
+    (["DIGITS", "--data", "digits", "--scale", "0.5"], "metadata_props"),
+    (["DIGITS", "--data", "CIFAR"], "needs raw samples of shape (8, 8, 1)"),
+    (["DIGITS", "--data", "digits", "--features", "nope"], "no tensor named 'nope'"),
+    (["DIGITS", "--data", "digits", "--teacher-output", "probs"], "no output 'probs'"),
+    (["DIGITS", "--data", "digits", "--augment", "crop", "--pad", "-1"], "Invalid value"),
+    (["DIGITS", "--data", "digits", "--shard", "3/2"], "0 <= i < n"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_INPUTS, ids=[m for _, m in BAD_INPUTS])
+def test_bad_input_gives_one_clear_line(cli, tmp_path, args, message):
+    (tmp_path / "NOT_ONNX").write_text("this is a text file, not a model")
+    subst = {"DIGITS": str(DIGITS_TEACHER), "CIFAR": str(SHARED_DATA / "cifar10" /
+                                                         "cifar10-subset.npz")}
+    result = cli("cache-teacher", *[subst.get(a, a) for a in args])
+    assert result.returncode in (1, 2)
+    assert "Traceback" not in result.stderr
+    assert message in result.stderr
+    assert not (tmp_path / "onnxkd-out" / "state.json").exists()
