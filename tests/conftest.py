@@ -14,7 +14,9 @@ SHARED_DATA = (ROOT / ".." / "shared" / "data").resolve()
 MODELS = ROOT / "models"
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """Run `onnxkd ARGS` as a user would, in a fresh interpreter."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run(

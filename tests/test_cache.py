@@ -26,8 +26,9 @@ def teacher(tmp_path_factory) -> Path:
 
 
 def make(teacher: Path, out: Path, **kw) -> CacheReader:
-    cfg = CacheConfig(teacher, DataRef("digits"), out=out, spec=DIGITS_SPEC,
-                      workdir=out.parent / "ws", **kw)
+    cfg = CacheConfig(
+        teacher, DataRef("digits"), out=out, spec=DIGITS_SPEC, workdir=out.parent / "ws", **kw
+    )
     cache_teacher(cfg, log=lambda s: None)
     return CacheReader(out)
 
@@ -38,8 +39,7 @@ def direct(teacher: Path, x: np.ndarray) -> np.ndarray:
 
 
 def test_full_targets_equal_the_teacher_on_every_view(teacher, tmp_path):
-    cache = make(teacher, tmp_path / "c", views=3, augment="crop", dtype="float32",
-                 batch_size=100)
+    cache = make(teacher, tmp_path / "c", views=3, augment="crop", dtype="float32", batch_size=100)
     train = cache.section("train")
     source = open_source(DataRef("digits"))
     cache.check_data(source)
@@ -84,7 +84,8 @@ def test_topk_keeps_the_top_classes_and_the_residual_mass(teacher, tmp_path):
     # At T=1 the reconstruction keeps the top-k probabilities exactly.
     np.testing.assert_allclose(
         np.take_along_axis(np.exp(top.log_probs(idx, 0)), classes, 1),
-        np.exp(values), atol=1e-5,
+        np.exp(values),
+        atol=1e-5,
     )
 
 
@@ -92,8 +93,17 @@ def test_sharded_cache_equals_the_unsharded_one(teacher, tmp_path):
     whole = make(teacher, tmp_path / "whole", views=2, augment="crop", batch_size=64)
     out = tmp_path / "sharded"
     for i in range(3):
-        cfg = CacheConfig(teacher, DataRef("digits"), out=out, spec=DIGITS_SPEC, views=2,
-                          augment="crop", batch_size=64, shard=(i, 3), workdir=tmp_path / "ws")
+        cfg = CacheConfig(
+            teacher,
+            DataRef("digits"),
+            out=out,
+            spec=DIGITS_SPEC,
+            views=2,
+            augment="crop",
+            batch_size=64,
+            shard=(i, 3),
+            workdir=tmp_path / "ws",
+        )
         result = cache_teacher(cfg, log=lambda s: None)
         assert result.complete == (i == 2)
         if i < 2:

@@ -56,8 +56,12 @@ SCRIPT = textwrap.dedent(
 def peak_rss_mb(n: int, tmp_path) -> int:
     out = tmp_path / f"n{n}" / "cache"
     out.parent.mkdir()
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(n), str(out)], capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(n), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     return int(done.stdout.strip().splitlines()[-1])
 

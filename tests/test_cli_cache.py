@@ -60,10 +60,29 @@ def test_zoo_digits_teacher_cache_agrees_with_the_teacher(cli, tmp_path):
 
 def _start(out: Path, cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "onnxkd", "cache-teacher", str(DIGITS_TEACHER), "--data",
-         "digits", "--views", "48", "--augment", "crop", "--batch-size", "32", "--dtype",
-         "float32", "-o", str(out)],
-        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "onnxkd",
+            "cache-teacher",
+            str(DIGITS_TEACHER),
+            "--data",
+            "digits",
+            "--views",
+            "48",
+            "--augment",
+            "crop",
+            "--batch-size",
+            "32",
+            "--dtype",
+            "float32",
+            "-o",
+            str(out),
+        ],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -86,9 +105,22 @@ def _arrays(root: Path) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
 def test_interrupted_run_resumes_to_an_identical_cache(cli, tmp_path, sig):
-    reference = cli("cache-teacher", DIGITS_TEACHER, "--data", "digits", "--views", "48",
-                    "--augment", "crop", "--batch-size", "32", "--dtype", "float32",
-                    "-o", tmp_path / "whole")
+    reference = cli(
+        "cache-teacher",
+        DIGITS_TEACHER,
+        "--data",
+        "digits",
+        "--views",
+        "48",
+        "--augment",
+        "crop",
+        "--batch-size",
+        "32",
+        "--dtype",
+        "float32",
+        "-o",
+        tmp_path / "whole",
+    )
     assert reference.returncode == 0, reference.stderr
     out = tmp_path / "resumed"
     proc = _start(out, tmp_path)
@@ -100,15 +132,31 @@ def test_interrupted_run_resumes_to_an_identical_cache(cli, tmp_path, sig):
     info = cli("cache-info", out)
     assert info.returncode == 1 and "is incomplete" in info.stderr
     assert "Traceback" not in info.stderr
-    resumed = cli("cache-teacher", DIGITS_TEACHER, "--data", "digits", "--views", "48",
-                  "--augment", "crop", "--batch-size", "32", "--dtype", "float32", "-o", out)
+    resumed = cli(
+        "cache-teacher",
+        DIGITS_TEACHER,
+        "--data",
+        "digits",
+        "--views",
+        "48",
+        "--augment",
+        "crop",
+        "--batch-size",
+        "32",
+        "--dtype",
+        "float32",
+        "-o",
+        out,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stderr
     assert _arrays(out) == _arrays(tmp_path / "whole")
     whole = json.loads((tmp_path / "whole" / "manifest.json").read_text())
     again = json.loads((out / "manifest.json").read_text())
-    assert whole["sections"]["train"]["teacher_accuracy"] == again["sections"]["train"][
-        "teacher_accuracy"]
+    assert (
+        whole["sections"]["train"]["teacher_accuracy"]
+        == again["sections"]["train"]["teacher_accuracy"]
+    )
 
 
 BAD_INPUTS = [
@@ -130,8 +178,10 @@ BAD_INPUTS = [
 @pytest.mark.parametrize(("args", "message"), BAD_INPUTS, ids=[m for _, m in BAD_INPUTS])
 def test_bad_input_gives_one_clear_line(cli, tmp_path, args, message):
     (tmp_path / "NOT_ONNX").write_text("this is a text file, not a model")
-    subst = {"DIGITS": str(DIGITS_TEACHER), "CIFAR": str(SHARED_DATA / "cifar10" /
-                                                         "cifar10-subset.npz")}
+    subst = {
+        "DIGITS": str(DIGITS_TEACHER),
+        "CIFAR": str(SHARED_DATA / "cifar10" / "cifar10-subset.npz"),
+    }
     result = cli("cache-teacher", *[subst.get(a, a) for a in args])
     assert result.returncode in (1, 2)
     assert "Traceback" not in result.stderr

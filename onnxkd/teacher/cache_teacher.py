@@ -91,9 +91,7 @@ class CacheResult:
 class _Plan:
     """The resolved inputs of a cache run: teacher, sources, spec, layout and the run key."""
 
-    def __init__(
-        self, cfg: CacheConfig, log: Callable[[str], None], source: Source | None
-    ) -> None:
+    def __init__(self, cfg: CacheConfig, log: Callable[[str], None], source: Source | None) -> None:
         self.teacher = load_teacher(cfg.teacher, cfg.teacher_output, list(cfg.features))
         self.sources: dict[str, Source] = {"train": source or open_source(cfg.data)}
         if cfg.eval_split and source is None:

@@ -181,9 +181,7 @@ def write_part(
                     writers["labels.npy"].write(None, row, labels)
                     for w in writers.values():
                         w.sync()
-                    write_json_atomic(
-                        job.path / PROGRESS, {"chunks_done": chunk + 1, "hits": hits}
-                    )
+                    write_json_atomic(job.path / PROGRESS, {"chunks_done": chunk + 1, "hits": hits})
                     on_chunk(len(labels) * job.views)
     finally:
         for w in writers.values():
