@@ -132,9 +132,9 @@ def load_teacher(
         raise TeacherError(f"{path} is not an ONNX model (no graph nodes found)")
     model = onnx.ModelProto()
     model.CopyFrom(original)
-    applied = [f"strip_zipmap: {n}" for n in passes.strip_zipmap(model)]
+    renamed = passes.strip_zipmap(model)
+    applied = [f"strip_zipmap: {old} -> {new} (ZipMap removed)" for old, new in renamed.items()]
     # A user naming the ZipMap output means the probabilities it held.
-    renamed = {n.split(" -> ")[0]: n.split(" -> ")[1].split(" ")[0] for n in applied}
     inputs = passes.graph_inputs(model)
     if len(inputs) != 1:
         raise TeacherError(

@@ -22,16 +22,15 @@ def graph_inputs(model: onnx.ModelProto) -> list[ValueInfoProto]:
     return [i for i in model.graph.input if i.name not in initializers]
 
 
-def strip_zipmap(model: onnx.ModelProto) -> list[str]:
+def strip_zipmap(model: onnx.ModelProto) -> dict[str, str]:
     """Replace ZipMap outputs (scikit-learn's sequence of maps) by the probability tensor.
 
-    Returns one note per replaced output, e.g. "output_probability -> probabilities (ZipMap
-    removed)". onnxruntime cannot batch a sequence of maps into an array; the tensor that feeds
-    ZipMap holds the same probabilities.
+    Returns {replaced output: tensor now output}. A sequence of maps cannot be batched into an
+    array; the tensor that feeds ZipMap holds the same probabilities.
     """
     graph = model.graph
     producers = {out: node for node in graph.node for out in node.output}
-    notes = []
+    replaced = {}
     for i, output in enumerate(list(graph.output)):
         node = producers.get(output.name)
         if node is None or node.op_type != "ZipMap":
@@ -41,8 +40,8 @@ def strip_zipmap(model: onnx.ModelProto) -> list[str]:
         new_output = helper.make_tensor_value_info(source, TensorProto.FLOAT, None)
         graph.output.remove(output)
         graph.output.insert(i, new_output)
-        notes.append(f"{output.name} -> {source} (ZipMap removed)")
-    return notes
+        replaced[output.name] = source
+    return replaced
 
 
 def fixed_batch_of_one(model: onnx.ModelProto) -> bool:
