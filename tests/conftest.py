@@ -15,10 +15,10 @@ MODELS = ROOT / "models"
 
 
 def run_cli(
-    *args: str, cwd: Path | None = None, timeout: float = 300
+    *args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None
 ) -> subprocess.CompletedProcess:
     """Run `onnxkd ARGS` as a user would, in a fresh interpreter."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "onnxkd", *map(str, args)],
         cwd=cwd,
@@ -33,7 +33,7 @@ def run_cli(
 def cli(tmp_path):
     """`cli(*args)` runs onnxkd in tmp_path (so the workspace lands there)."""
 
-    def invoke(*args: str, cwd: Path | None = None, timeout: float = 300):
-        return run_cli(*args, cwd=cwd or tmp_path, timeout=timeout)
+    def invoke(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None):
+        return run_cli(*args, cwd=cwd or tmp_path, timeout=timeout, env=env)
 
     return invoke

@@ -159,6 +159,21 @@ def test_interrupted_run_resumes_to_an_identical_cache(cli, tmp_path, sig):
     )
 
 
+def test_torchrun_ranks_each_write_a_slice_and_the_last_completes_it(cli, tmp_path):
+    out = tmp_path / "c"
+    args = ("cache-teacher", DIGITS_TEACHER, "--data", "digits", "-o", out)
+    first = cli(*args, env={"RANK": "0", "WORLD_SIZE": "2"})
+    assert first.returncode == 0, first.stderr
+    assert "the cache completes when every shard is" in first.stderr
+    assert not (out / "manifest.json").exists()
+    second = cli(*args, env={"RANK": "1", "WORLD_SIZE": "2"})
+    assert second.returncode == 0, second.stderr
+    cache = CacheReader(out)
+    assert cache.manifest["shards"] == 2 and cache.verify() == []
+    merged = cli("cache-merge", out)
+    assert merged.returncode == 0 and "teacher accuracy" in merged.stdout
+
+
 BAD_INPUTS = [
     (["missing.onnx", "--data", "digits"], "does not exist"),
     (["NOT_ONNX", "--data", "digits"], "is not an ONNX model"),

@@ -1,0 +1,225 @@
+"""cache-teacher throughput vs raw onnxruntime and eager PyTorch, and cache size full vs top-k.
+
+    .venv/bin/python benchmarks/cache_throughput.py [--rounds 3] [--threads 2]
+
+On the CIFAR-10 subset's 4,660 training images with the zoo's ResNet teacher, batch 256:
+  (a) raw `InferenceSession.run` over batches already preprocessed in memory (the ceiling),
+  (b) `cache_teacher` end to end over the same batches: reading, preprocessing, running,
+      writing and syncing the cache (its timed loop; set-up and fingerprinting are reported
+      apart),
+  (c) eager PyTorch forward of the same architecture (`CifarResNet` from the training script,
+      eval mode, inference_mode; speed does not depend on the weights' values).
+The three run in interleaved rounds (a b c a b c …) so machine noise hits each alike; ratios
+use the medians. Goals: (b)/(a) >= 0.95, (b)/(c) >= 1.5.
+
+Cache size: bytes per sample of full float16/float32 targets vs top-5 for the 10-class teacher
+and for a 1000-class teacher (a linear head on the same images), where top-k pays off.
+Results go to benchmarks/results/cache_throughput.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "models"))
+
+from onnxkd.data.loaders import open_source  # noqa: E402
+from onnxkd.data.source import DataRef  # noqa: E402
+from onnxkd.teacher.cache_reader import CacheReader  # noqa: E402
+from onnxkd.teacher.cache_teacher import CacheConfig, cache_teacher  # noqa: E402
+from onnxkd.teacher.model import load_teacher  # noqa: E402
+from onnxkd.teacher.runner import make_session  # noqa: E402
+
+TEACHER = ROOT / "models" / "cifar10_resnet.onnx"
+DATA = ROOT.parent / "shared" / "data" / "cifar10" / "cifar10-subset.npz"
+RESULTS = ROOT / "benchmarks" / "results" / "cache_throughput.json"
+BATCH = 256
+
+
+def time_raw_ort(session, batches: list[np.ndarray]) -> float:
+    start = time.perf_counter()
+    for x in batches:
+        session.run(None, {"input": x})
+    return time.perf_counter() - start
+
+
+def time_eager(model, batches: list) -> float:
+    import torch
+
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for x in batches:
+            model(x)
+    return time.perf_counter() - start
+
+
+def time_cache(out: Path, threads: int) -> tuple[float, float]:
+    """(timed write loop, whole call) in seconds for one uncached run."""
+    cfg = CacheConfig(
+        TEACHER,
+        DataRef(str(DATA)),
+        out=out,
+        eval_split=False,
+        threads=threads,
+        batch_size=BATCH,
+        workdir=out.parent / "ws",
+        overwrite=True,
+    )
+    start = time.perf_counter()
+    result = cache_teacher(cfg, log=lambda s: None)
+    whole = time.perf_counter() - start
+    loop = sum(p["seconds"] for p in result.manifest["sections"]["train"]["parts"])
+    return loop, whole
+
+
+def cache_bytes_per_sample(teacher: Path, work: Path, threads: int) -> dict[str, float]:
+    sizes = {}
+    for label, kw in {
+        "full float32": {"dtype": "float32"},
+        "full float16": {"dtype": "float16"},
+        "top-5 float16": {"topk": 5},
+    }.items():
+        out = work / f"size-{teacher.stem}-{label.replace(' ', '-')}"
+        cfg = CacheConfig(
+            teacher,
+            DataRef(str(DATA)),
+            out=out,
+            eval_split=False,
+            threads=threads,
+            workdir=work / "ws",
+            **kw,
+        )
+        cache_teacher(cfg, log=lambda s: None)
+        reader = CacheReader(out)
+        files = reader.manifest["sections"]["train"]["parts"][0]["files"]
+        target_files = [f for f in files if f.startswith(("targets", "topk_", "residual"))]
+        total = sum((out / "train" / "part-0-of-1" / f).stat().st_size for f in target_files)
+        sizes[label] = round(total / reader.section("train").n, 1)
+    return sizes
+
+
+def thousand_class_teacher(work: Path) -> Path:
+    import onnx
+    import torch
+
+    torch.manual_seed(0)
+    head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 1000))
+    path = work / "head1000.onnx"
+    torch.onnx.export(
+        head,
+        torch.zeros(1, 3, 32, 32),
+        str(path),
+        dynamo=False,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+    )
+    model = onnx.load(str(path))
+    spec = onnx.load(str(TEACHER)).metadata_props
+    model.metadata_props.extend(spec)  # same preprocessing as the ResNet teacher
+    onnx.save(model, str(path))
+    return path
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    import onnxruntime as ort
+    import torch
+    from train_cifar10_resnet import CifarResNet
+
+    torch.set_num_threads(args.threads)
+    source = open_source(DataRef(str(DATA)))
+    teacher = load_teacher(TEACHER)
+    from onnxkd.data.spec import InputSpec
+
+    spec = InputSpec.from_json(teacher.metadata_spec)
+    raw, _ = source.read(np.arange(len(source)))
+    batches = [spec.apply(raw[i : i + BATCH]) for i in range(0, len(raw), BATCH)]
+    session = make_session(teacher.model, "cpu", args.threads)
+    eager = CifarResNet().eval()
+    torch_batches = [torch.from_numpy(x) for x in batches]
+    n = len(raw)
+
+    times: dict[str, list[float]] = {"raw_ort": [], "cache_teacher": [], "eager_torch": []}
+    whole_calls = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        time_raw_ort(session, batches[:2])  # warm-up: first runs allocate
+        time_eager(eager, torch_batches[:2])
+        for r in range(args.rounds):
+            times["raw_ort"].append(time_raw_ort(session, batches))
+            loop, whole = time_cache(work / "cache", args.threads)
+            times["cache_teacher"].append(loop)
+            whole_calls.append(whole)
+            times["eager_torch"].append(time_eager(eager, torch_batches))
+            print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()))
+        sizes = {
+            "cifar10_resnet (10 classes)": cache_bytes_per_sample(TEACHER, work, args.threads),
+            "linear head (1000 classes)": cache_bytes_per_sample(
+                thousand_class_teacher(work), work, args.threads
+            ),
+        }
+
+    med = {k: statistics.median(v) for k, v in times.items()}
+    rate = {k: n / v for k, v in med.items()}
+    results = {
+        "machine": {
+            "cpu": cpu_model(),
+            "threads": args.threads,
+            "python": platform.python_version(),
+            "onnxruntime": ort.__version__,
+            "torch": torch.__version__,
+        },
+        "teacher": TEACHER.name,
+        "samples": n,
+        "batch": BATCH,
+        "rounds": args.rounds,
+        "seconds": times,
+        "samples_per_s_median": {k: round(v, 1) for k, v in rate.items()},
+        "ratio_cache_vs_raw_ort": round(rate["cache_teacher"] / rate["raw_ort"], 3),
+        "ratio_cache_vs_eager_torch": round(rate["cache_teacher"] / rate["eager_torch"], 3),
+        "cache_teacher_whole_call_s_median": round(statistics.median(whole_calls), 3),
+        "cache_bytes_per_sample": sizes,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"\n{n} images, batch {BATCH}, {args.threads} threads, median of {args.rounds} rounds")
+    for k, v in rate.items():
+        print(f"  {k:14} {v:8.0f} samples/s")
+    print(f"  cache/raw ORT   {results['ratio_cache_vs_raw_ort']:.3f}  (goal >= 0.95)")
+    print(f"  cache/eager     {results['ratio_cache_vs_eager_torch']:.3f}  (goal >= 1.5)")
+    print(
+        f"  whole cache-teacher call (set-up, fingerprint, run): "
+        f"{results['cache_teacher_whole_call_s_median']:.2f}s"
+    )
+    for teacher_name, s in sizes.items():
+        print(f"  bytes/sample {teacher_name}: " + ", ".join(f"{k} {v}" for k, v in s.items()))
+    print(f"written to {RESULTS.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
