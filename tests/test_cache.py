@@ -157,7 +157,19 @@ def test_features_are_cached_pooled(teacher, tmp_path):
 
     model = onnx.load(str(teacher))
     relu = next(n.output[0] for n in model.graph.node if n.op_type == "Relu")
-    cache = make(teacher, tmp_path / "c", features=(relu,), feature_pool="avg")
+    notes = []
+    cfg = CacheConfig(
+        teacher,
+        DataRef("digits"),
+        out=tmp_path / "c",
+        spec=DIGITS_SPEC,
+        workdir=tmp_path / "ws",
+        features=(relu,),
+        feature_pool="avg",
+    )
+    cache_teacher(cfg, log=notes.append)
+    assert any(n.startswith("features will take") and "MiB on disk" in n for n in notes)
+    cache = CacheReader(tmp_path / "c")
     manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
     shape = manifest["features"][relu]["shape"]
     assert len(shape) == 1  # pooled to one value per channel

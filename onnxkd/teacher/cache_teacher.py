@@ -35,7 +35,7 @@ from onnxkd.teacher.model import load_teacher, numeric_kind, output_kind
 from onnxkd.teacher.runner import TeacherRunner
 from onnxkd.workspace import DEFAULT_WORKDIR, Workspace
 
-BIG_FEATURES = 1 << 30  # print a size warning above 1 GiB of features
+BIG_FEATURES = 1 << 30  # above 1 GiB of features, suggest pooling them
 
 
 @dataclass(frozen=True)
@@ -289,11 +289,13 @@ def cache_teacher(
         log(f"cache {out} is already complete for these inputs; nothing to do")
         return CacheResult(out, True, False, read_json(out / MANIFEST), 0.0)
     total_bytes, feature_bytes = plan.bytes_needed(cfg)
-    if feature_bytes > BIG_FEATURES:
-        log(
-            f"features will take {feature_bytes / 2**30:.1f} GiB on disk "
-            "(--feature-pool avg stores one value per channel)"
+    if feature_bytes:
+        hint = (
+            " (--feature-pool avg keeps one value per channel)"
+            if (feature_bytes > BIG_FEATURES and cfg.feature_pool == "none")
+            else ""
         )
+        log(f"features will take {feature_bytes / 2**20:.1f} MiB on disk{hint}")
     out.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(out).free
     if state == "new" and total_bytes > free:
