@@ -1,0 +1,166 @@
+"""What the zoo's PyTorch training scripts share: seeding, augmentation on raw batches, export
+with the input spec in `metadata_props`, accuracy under onnxruntime, and the model card.
+
+Augmentation works on raw samples (uint8, HWC) before `InputSpec.apply`, so padding is raw zero
+and the pixels a model is trained on go through exactly the preprocessing it is exported with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import random
+import re
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from onnxkd.data.spec import METADATA_KEY, InputSpec
+
+MAX_BYTES = 5 * 1024 * 1024
+ZOO_README = Path(__file__).resolve().parent / "README.md"
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+def random_crop_flip(
+    raw: np.ndarray, pad: int, flip: bool, rng: np.random.Generator
+) -> np.ndarray:
+    """Random shift by up to `pad` pixels (zero padding) and optional horizontal flip.
+
+    Vectorized over the batch: one gather with per-sample row and column indices.
+    """
+    n, h, w, _ = raw.shape
+    padded = np.pad(raw, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    oy = rng.integers(0, 2 * pad + 1, n)
+    ox = rng.integers(0, 2 * pad + 1, n)
+    rows = oy[:, None] + np.arange(h)
+    cols = np.arange(w)[None, :].repeat(n, 0)
+    if flip:
+        mirrored = rng.random(n) < 0.5
+        cols[mirrored] = cols[mirrored, ::-1]
+    cols = ox[:, None] + cols
+    return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def export_teacher(
+    model: torch.nn.Module, spec: InputSpec, path: Path, doc_string: str
+) -> onnx.ModelProto:
+    """Export raw logits with a dynamic batch, the spec in metadata_props, one self-contained file.
+
+    The legacy (TorchScript) exporter is used on purpose: it folds BatchNorm into the convs at
+    opset 13 and gives a plain graph every onnxruntime build runs. torch 2.13 still ships it and
+    only warns that it is deprecated.
+    """
+    model = model.float().eval().to(memory_format=torch.contiguous_format)
+    dummy = torch.zeros((1, *spec.input_shape), dtype=torch.float32)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        torch.onnx.export(
+            model,
+            dummy,
+            str(path),
+            dynamo=False,
+            opset_version=13,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    proto = onnx.load(str(path))
+    for init in proto.graph.initializer:
+        if init.data_type != onnx.TensorProto.FLOAT and init.data_type != onnx.TensorProto.INT64:
+            raise RuntimeError(f"initializer {init.name} has data type {init.data_type}")
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            raise RuntimeError(f"initializer {init.name} is stored as external data")
+    del proto.metadata_props[:]
+    meta = proto.metadata_props.add()
+    meta.key = METADATA_KEY
+    meta.value = spec.to_json()
+    proto.producer_name = "pytorch"
+    proto.producer_version = torch.__version__.split("+")[0]
+    proto.doc_string = doc_string
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, str(path), save_as_external_data=False)
+    size = path.stat().st_size
+    if size >= MAX_BYTES:
+        raise RuntimeError(f"{path.name} is {size} bytes, over the zoo's 5 MB limit")
+    return proto
+
+
+def ort_accuracy(path: Path, raw: np.ndarray, labels: np.ndarray, batch: int = 256) -> float:
+    """Top-1 accuracy of the exported file under onnxruntime (CPU), preprocessing by the spec
+    read back from the file itself, so the metadata is checked along with the weights."""
+    proto = onnx.load(str(path), load_external_data=False)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    spec = InputSpec.from_json(meta[METADATA_KEY])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    correct = 0
+    for start in range(0, len(raw), batch):
+        x = spec.apply(raw[start : start + batch])
+        (logits,) = session.run(["logits"], {"input": x})
+        correct += int((logits.argmax(1) == labels[start : start + batch]).sum())
+    return correct / len(raw)
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def ir_version(path: Path) -> int:
+    return onnx.load(str(path), load_external_data=False).ir_version
+
+
+def versions() -> str:
+    return (
+        f"torch {torch.__version__}, onnx {onnx.__version__}, onnxruntime {ort.__version__}, "
+        f"numpy {np.__version__}, Python {platform.python_version()}"
+    )
+
+
+def spec_json(spec: InputSpec) -> str:
+    """The spec as stored in metadata_props, one key per line for reading."""
+    d = json.loads(spec.to_json())
+    return "{\n" + ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in d.items()) + "\n}"
+
+
+def write_card(path: Path, title: str, sections: Sequence[tuple[str, str]]) -> None:
+    text = [f"# {title}", "", "_Generated by the training script at the end of its run._", ""]
+    for heading, body in sections:
+        text += [f"## {heading}", "", body.strip(), ""]
+    path.write_text("\n".join(text))
+
+
+def update_zoo_readme(file_name: str, row: Sequence[str]) -> None:
+    """Replace (or add) the zoo table row for `file_name` in models/README.md."""
+    line = "| " + " | ".join(row) + " |"
+    lines = ZOO_README.read_text().splitlines() if ZOO_README.exists() else []
+    key = re.compile(rf"^\|\s*\[?`{re.escape(file_name)}`")
+    for i, old in enumerate(lines):
+        if key.match(old):
+            lines[i] = line
+            break
+    else:
+        # append after the last table row, or at the end when there is no table yet
+        last = max((i for i, old in enumerate(lines) if old.startswith("|")), default=None)
+        if last is None:
+            lines += ["", line]
+        else:
+            lines.insert(last + 1, line)
+    ZOO_README.write_text("\n".join(lines) + "\n")
