@@ -58,27 +58,14 @@ def test_zoo_digits_teacher_cache_agrees_with_the_teacher(cli, tmp_path):
     assert "integrity: every array matches" in info.stdout
 
 
+# A job of a few seconds, so there is time to interrupt it after a few chunks.
+LONG_JOB = ["cache-teacher", str(DIGITS_TEACHER), "--data", "digits", "--views", "48",
+            "--augment", "crop", "--batch-size", "32", "--dtype", "float32"]  # fmt: skip
+
+
 def _start(out: Path, cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "onnxkd",
-            "cache-teacher",
-            str(DIGITS_TEACHER),
-            "--data",
-            "digits",
-            "--views",
-            "48",
-            "--augment",
-            "crop",
-            "--batch-size",
-            "32",
-            "--dtype",
-            "float32",
-            "-o",
-            str(out),
-        ],
+        [sys.executable, "-m", "onnxkd", *LONG_JOB, "-o", str(out)],
         cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -105,22 +92,7 @@ def _arrays(root: Path) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
 def test_interrupted_run_resumes_to_an_identical_cache(cli, tmp_path, sig):
-    reference = cli(
-        "cache-teacher",
-        DIGITS_TEACHER,
-        "--data",
-        "digits",
-        "--views",
-        "48",
-        "--augment",
-        "crop",
-        "--batch-size",
-        "32",
-        "--dtype",
-        "float32",
-        "-o",
-        tmp_path / "whole",
-    )
+    reference = cli(*LONG_JOB, "-o", tmp_path / "whole")
     assert reference.returncode == 0, reference.stderr
     out = tmp_path / "resumed"
     proc = _start(out, tmp_path)
@@ -132,22 +104,7 @@ def test_interrupted_run_resumes_to_an_identical_cache(cli, tmp_path, sig):
     info = cli("cache-info", out)
     assert info.returncode == 1 and "is incomplete" in info.stderr
     assert "Traceback" not in info.stderr
-    resumed = cli(
-        "cache-teacher",
-        DIGITS_TEACHER,
-        "--data",
-        "digits",
-        "--views",
-        "48",
-        "--augment",
-        "crop",
-        "--batch-size",
-        "32",
-        "--dtype",
-        "float32",
-        "-o",
-        out,
-    )
+    resumed = cli(*LONG_JOB, "-o", out)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stderr
     assert _arrays(out) == _arrays(tmp_path / "whole")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,16 +12,9 @@ from onnx import TensorProto, helper
 from onnxkd.data.spec import METADATA_KEY
 from onnxkd.errors import TeacherError
 from onnxkd.teacher import passes
+from onnxkd.teacher.cache_files import sha256_file
 
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _shape(value: onnx.ValueInfoProto) -> list[int | str | None]:
@@ -161,7 +153,7 @@ def load_teacher(
     meta = {p.key: p.value for p in original.metadata_props}
     return Teacher(
         path=path,
-        sha256=file_sha256(path),
+        sha256=sha256_file(path),
         model=model,
         original=original,
         input_name=inp.name,
