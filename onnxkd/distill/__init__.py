@@ -1,0 +1,1 @@
+"""The distill stage: losses, trainer and export of the student."""

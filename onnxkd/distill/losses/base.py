@@ -1,0 +1,213 @@
+"""What every distillation loss shares: the registry, the key contract, errors, composition."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from onnxkd.errors import OnnxkdError
+from onnxkd.registry import Registry
+
+LOSSES: Registry[Callable[..., DistillLoss]] = Registry("loss")
+
+
+class LossConfigError(OnnxkdError):
+    """A loss was given an unknown, missing or out-of-range argument."""
+
+
+class LossInputError(OnnxkdError):
+    """The tensors handed to a loss do not have the shapes it needs."""
+
+
+class MissingOutputError(LossInputError):
+    """A loss reads a student or teacher output that was not handed to it."""
+
+
+class DistillLoss(nn.Module):
+    """Base of every registered loss.
+
+    Subclasses set `student_keys` and `teacher_keys` (what `forward` reads, so that the trainer
+    knows which hooks to register and which cached teacher outputs to load) and call
+    `_remember(...)` with their constructor arguments, which are then read-only in `hparams`.
+    """
+
+    name: ClassVar[str] = ""
+    student_keys: tuple[str, ...] = ()
+    teacher_keys: tuple[str, ...] = ()
+
+    def forward(
+        self, student: Mapping[str, Tensor], teacher: Mapping[str, Tensor], labels: Tensor
+    ) -> Tensor:
+        raise NotImplementedError
+
+    def set_epoch(self, epoch: int) -> None:
+        """Tell the loss which epoch (0-based) starts; only schedules (DKD warm-up) use it."""
+
+    @property
+    def hparams(self) -> Mapping[str, Any]:
+        return self._hparams
+
+    def config(self) -> dict[str, Any]:
+        """The registry name and every constructor argument: enough to rebuild this loss."""
+        return {"name": self.name, **self._hparams}
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self._hparams.items())
+
+    def _remember(self, **hparams: Any) -> None:
+        self._hparams = MappingProxyType(dict(hparams))
+
+    def _student(self, outputs: Mapping[str, Tensor], key: str) -> Tensor:
+        return _fetch(outputs, key, self.name, "student")
+
+    def _teacher(self, outputs: Mapping[str, Tensor], key: str, like: Tensor) -> Tensor:
+        """A teacher tensor on `like`'s device and, if floating point, in its dtype.
+
+        Caches may store float16; the student computes in float32 (or autocast's dtype).
+        """
+        value = _fetch(outputs, key, self.name, "teacher")
+        if value.is_floating_point():
+            return value.to(device=like.device, dtype=like.dtype)
+        return value.to(device=like.device)
+
+
+def register(name: str) -> Callable[[type[DistillLoss]], type[DistillLoss]]:
+    """Register a `DistillLoss` subclass under `name` and record the name on the class."""
+
+    def add(cls: type[DistillLoss]) -> type[DistillLoss]:
+        cls.name = name
+        return LOSSES.register(name)(cls)
+
+    return add
+
+
+def build_loss(name: str, **kwargs: Any) -> DistillLoss:
+    """Build a registered loss from keyword arguments; bad arguments name the valid ones.
+
+    Example:
+        >>> loss = build_loss("kd", alpha=0.5, temperature=2.0)
+        >>> loss.student_keys, loss.teacher_keys
+        (('logits',), ('logits',))
+    """
+    cls = LOSSES.get(name)
+    params = inspect.signature(cls).parameters
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        raise LossConfigError(
+            f"loss {name!r} has no argument {', '.join(unknown)}; "
+            f"its arguments are {', '.join(params) or '(none)'}"
+        )
+    missing = [
+        p for p, v in params.items() if v.default is inspect.Parameter.empty and p not in kwargs
+    ]
+    if missing:
+        raise LossConfigError(f"loss {name!r} needs argument {', '.join(missing)}")
+    return cls(**kwargs)
+
+
+def _fetch(outputs: Mapping[str, Tensor], key: str, loss: str, side: str) -> Tensor:
+    if key in outputs:
+        return outputs[key]
+    how = (
+        "capture that module with a forward hook or give the loss another student key"
+        if side == "student"
+        else "cache that teacher output or feature, or give the loss another teacher key"
+    )
+    raise MissingOutputError(
+        f"loss {loss!r} reads {side} output {key!r}, but the {side} outputs given are "
+        f"{sorted(outputs)}; {how}"
+    )
+
+
+def check(condition: bool, loss: str, message: str) -> None:
+    if not condition:
+        raise LossInputError(f"loss {loss!r}: {message}")
+
+
+def check_arg(condition: bool, loss: str, message: str) -> None:
+    if not condition:
+        raise LossConfigError(f"loss {loss!r}: {message}")
+
+
+class CompositeLoss(DistillLoss):
+    """Weighted sum of losses, reading the union of their keys and logging each term.
+
+    After each `forward`, `last_terms` maps each term's name to its value (unweighted, i.e.
+    as the term itself returns it, including any `weight` of its own), so that
+    `total == sum(w * last_terms[n])`. A name used twice gets a suffix: `fitnets`, `fitnets_1`.
+
+    Args:
+        terms: `(weight, loss)` pairs; a loss is any module with the distillation signature.
+
+    Example:
+        >>> loss = CompositeLoss([(1.0, build_loss("kd")), (0.5, build_loss("rkd"))])
+        >>> loss.student_keys
+        ('logits', 'embedding')
+    """
+
+    name = "composite"
+
+    def __init__(self, terms: Sequence[tuple[float, nn.Module]]) -> None:
+        super().__init__()
+        check_arg(len(terms) > 0, self.name, "needs at least one (weight, loss) term")
+        self.weights = tuple(float(w) for w, _ in terms)
+        self.terms = nn.ModuleList(m for _, m in terms)
+        names: list[str] = []
+        for _, module in terms:
+            base = getattr(module, "name", "") or type(module).__name__.lower()
+            label, n = base, 0
+            while label in names:
+                n += 1
+                label = f"{base}_{n}"
+            names.append(label)
+        self.term_names = tuple(names)
+        self.student_keys = _union(getattr(m, "student_keys", ()) for m in self.terms)
+        self.teacher_keys = _union(getattr(m, "teacher_keys", ()) for m in self.terms)
+        self.last_terms: dict[str, float] = {}
+        self._remember(weights=dict(zip(self.term_names, self.weights, strict=True)))
+
+    def forward(
+        self, student: Mapping[str, Tensor], teacher: Mapping[str, Tensor], labels: Tensor
+    ) -> Tensor:
+        total: Tensor | None = None
+        values: dict[str, float] = {}
+        for label, weight, term in zip(self.term_names, self.weights, self.terms, strict=True):
+            value = term(student, teacher, labels)
+            values[label] = float(value.detach())
+            total = weight * value if total is None else total + weight * value
+        self.last_terms = values
+        assert total is not None
+        return total
+
+    def set_epoch(self, epoch: int) -> None:
+        for term in self.terms:
+            if hasattr(term, "set_epoch"):
+                term.set_epoch(epoch)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "terms": [
+                {"weight": w, **(m.config() if hasattr(m, "config") else {"module": repr(m)})}
+                for w, m in zip(self.weights, self.terms, strict=True)
+            ],
+        }
+
+
+def _union(groups: Iterable[Iterable[str]]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(k for keys in groups for k in keys))
+
+
+def kl_batchmean(teacher_log_p: Tensor, student_log_q: Tensor) -> Tensor:
+    """KL(p ‖ q) summed over classes, averaged over rows, from log-probabilities.
+
+    Classes where p is exactly 0 contribute 0 (xlogy), so -inf teacher log-probs are safe.
+    """
+    p = teacher_log_p.exp()
+    terms = torch.where(p > 0, p * (teacher_log_p - student_log_q), torch.zeros_like(p))
+    return terms.sum() / teacher_log_p.shape[0]

@@ -1,0 +1,277 @@
+"""Losses on class scores: cross-entropy, KD, KD from top-k targets, decoupled KD."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from onnxkd.distill.losses.base import DistillLoss, check, check_arg, kl_batchmean, register
+
+# Same floor as the cache reader's uniform reconstruction, so both see the same residual.
+RESIDUAL_FLOOR = 1e-12
+
+
+def _check_kd_args(name: str, alpha: float, temperature: float) -> None:
+    check_arg(0.0 <= alpha <= 1.0, name, f"alpha must be in [0, 1], got {alpha}")
+    check_arg(temperature > 0, name, f"temperature must be > 0, got {temperature}")
+
+
+@register("ce")
+class CrossEntropy(DistillLoss):
+    """Cross-entropy of the student's logits against the labels; reads no teacher output.
+
+    Args:
+        student_key: student output holding (B, C) logits.
+        label_smoothing: ε in [0, 1); the target is (1 − ε)·one-hot + ε/C.
+
+    Example:
+        >>> loss = CrossEntropy(label_smoothing=0.1)
+        >>> round(float(loss({"logits": torch.zeros(2, 4)}, {}, torch.tensor([0, 3]))), 4)
+        1.3863
+    """
+
+    def __init__(self, student_key: str = "logits", label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        check_arg(0.0 <= label_smoothing < 1.0, self.name, "label_smoothing must be in [0, 1)")
+        self.student_key = student_key
+        self.label_smoothing = float(label_smoothing)
+        self.student_keys = (student_key,)
+        self._remember(student_key=student_key, label_smoothing=self.label_smoothing)
+
+    def forward(
+        self, student: Mapping[str, Tensor], teacher: Mapping[str, Tensor], labels: Tensor
+    ) -> Tensor:
+        s = self._student(student, self.student_key)
+        return F.cross_entropy(s, labels, label_smoothing=self.label_smoothing)
+
+
+@register("kd")
+class KD(DistillLoss):
+    """Hinton's KD: `(1 − α)·CE(s, y) + α·T²·KL(softmax(t/T) ‖ softmax(s/T))`, KL batchmean.
+
+    The teacher scores may be logits or log-probabilities: softmax ignores per-row constants.
+
+    Args:
+        alpha: α, the weight of the distillation term (1 − α goes to the hard labels).
+        temperature: T; T² keeps the gradient scale independent of T.
+        student_key: student output holding (B, C) logits.
+        teacher_key: teacher output holding (B, C) logits or log-probabilities.
+
+    Example:
+        >>> loss = KD(alpha=1.0, temperature=2.0)
+        >>> z = torch.randn(3, 5)
+        >>> float(loss({"logits": z}, {"logits": z}, torch.tensor([0, 1, 2])))
+        0.0
+    """
+
+    def __init__(
+        self,
+        alpha: float = 0.9,
+        temperature: float = 4.0,
+        student_key: str = "logits",
+        teacher_key: str = "logits",
+    ) -> None:
+        super().__init__()
+        _check_kd_args(self.name, alpha, temperature)
+        self.alpha, self.temperature = float(alpha), float(temperature)
+        self.student_key, self.teacher_key = student_key, teacher_key
+        self.student_keys, self.teacher_keys = (student_key,), (teacher_key,)
+        self._remember(
+            alpha=self.alpha,
+            temperature=self.temperature,
+            student_key=student_key,
+            teacher_key=teacher_key,
+        )
+
+    def forward(
+        self, student: Mapping[str, Tensor], teacher: Mapping[str, Tensor], labels: Tensor
+    ) -> Tensor:
+        s = self._student(student, self.student_key)
+        t = self._teacher(teacher, self.teacher_key, like=s)
+        check(
+            s.shape == t.shape, self.name, f"student {tuple(s.shape)} != teacher {tuple(t.shape)}"
+        )
+        T = self.temperature
+        kl = kl_batchmean(F.log_softmax(t / T, dim=1), F.log_softmax(s / T, dim=1))
+        return (1 - self.alpha) * F.cross_entropy(s, labels) + self.alpha * T * T * kl
+
+
+@register("kd_topk")
+class KDTopK(DistillLoss):
+    """KD from top-k teacher targets, on k + 1 bins: the teacher's top-k classes and the rest.
+
+    Both distributions are collapsed onto the same bins and KD's KL is taken between them; the
+    CE term is the same as in `kd`. The student's bins are its tempered softmax gathered at
+    the top-k indices plus a "rest" bin holding the mass of every other class (a logsumexp
+    over the complement, which is `log(1 − sum)` computed stably).
+
+    The teacher's bins at temperature T: top-k class i gets `exp(v_i / T)` and the rest bin
+    gets `(C − k)·(r / (C − k))^(1/T)`, then all are renormalised. This is exact at T = 1
+    (the rest bin's mass is then the residual r itself). For T ≠ 1 it assumes the residual is
+    spread evenly over the C − k other classes — the same assumption the cache reader makes
+    when it rebuilds full log-probs from top-k storage — so the teacher's bins equal the
+    tempered softmax of those rebuilt logits collapsed to k + 1 bins, exactly. Treating the
+    rest as one class instead (mass r^(1/T)) would make this loss disagree with `kd` on the
+    reader's rebuilt logits at every T ≠ 1.
+
+    Relation to `kd` on the rebuilt logits: collapsing can only lose information, so this loss
+    is never above it; they are equal when k = C − 1 or when the student's tempered scores are
+    equal over the rest classes, and the gap is exactly
+    `α·T²·mean_b[ P_teacher(rest)·KL(uniform ‖ q_student(· | rest)) ]`. In return, no
+    assumption about how the teacher spreads its residual enters the target the student is
+    pulled toward within the rest.
+
+    Args:
+        alpha: α, the weight of the distillation term.
+        temperature: T.
+        student_key: student output holding (B, C) logits.
+        values_key: teacher (B, k) top-k log-probabilities at T = 1.
+        indices_key: teacher (B, k) int64 class indices of those values.
+        residual_key: teacher (B,) probability mass outside the top k at T = 1.
+    """
+
+    def __init__(
+        self,
+        alpha: float = 0.9,
+        temperature: float = 4.0,
+        student_key: str = "logits",
+        values_key: str = "topk_values",
+        indices_key: str = "topk_indices",
+        residual_key: str = "residual",
+    ) -> None:
+        super().__init__()
+        _check_kd_args(self.name, alpha, temperature)
+        self.alpha, self.temperature = float(alpha), float(temperature)
+        self.student_key, self.student_keys = student_key, (student_key,)
+        self.values_key, self.indices_key, self.residual_key = values_key, indices_key, residual_key
+        self.teacher_keys = (values_key, indices_key, residual_key)
+        self._remember(
+            alpha=self.alpha,
+            temperature=self.temperature,
+            student_key=student_key,
+            values_key=values_key,
+            indices_key=indices_key,
+            residual_key=residual_key,
+        )
+
+    def forward(
+        self, student: Mapping[str, Tensor], teacher: Mapping[str, Tensor], labels: Tensor
+    ) -> Tensor:
+        s = self._student(student, self.student_key)
+        values = self._teacher(teacher, self.values_key, like=s)
+        indices = self._teacher(teacher, self.indices_key, like=s).long()
+        residual = self._teacher(teacher, self.residual_key, like=s)
+        (b, c), k = s.shape, values.shape[-1]
+        check(
+            values.shape == indices.shape == (b, k) and residual.shape == (b,) and k <= c,
+            self.name,
+            f"expected top-k values and indices (B, k) with k <= C and residual (B,) for "
+            f"student logits {tuple(s.shape)}; got {tuple(values.shape)}, "
+            f"{tuple(indices.shape)}, {tuple(residual.shape)}",
+        )
+        T = self.temperature
+        log_q = F.log_softmax(s / T, dim=1)
+        student_bins = log_q.gather(1, indices)
+        teacher_bins = values / T
+        if k < c:
+            rest = math.log(c - k)
+            mass = residual.clamp_min(RESIDUAL_FLOOR).log()
+            teacher_rest = rest + (mass - rest) / T
+            student_rest = log_q.scatter(1, indices, float("-inf")).logsumexp(dim=1)
+            teacher_bins = torch.cat([teacher_bins, teacher_rest[:, None]], dim=1)
+            student_bins = torch.cat([student_bins, student_rest[:, None]], dim=1)
+        kl = kl_batchmean(F.log_softmax(teacher_bins, dim=1), student_bins)
+        return (1 - self.alpha) * F.cross_entropy(s, labels) + self.alpha * T * T * kl
+
+
+@register("dkd")
+class DKD(DistillLoss):
+    """Decoupled KD (Zhao et al., CVPR 2022): `ce_weight·CE + w(epoch)·(α·TCKD + β·NCKD)`.
+
+    As in the authors' code (mdistiller): TCKD is the KL between the binary (target,
+    non-target) tempered distributions; NCKD is the KL between the tempered distributions over
+    the non-target classes, obtained by subtracting 1000 from the target's tempered logit
+    before the softmax. Both are batchmean and scaled by T². The binary probabilities are
+    formed in log space (logsumexp over non-target classes), which is the same value without
+    underflow when the student is confident.
+
+    Warm-up: with `warmup_epochs = W > 0`, `w(epoch) = min((epoch + 1) / W, 1)` where `epoch`
+    is the 0-based index given to `set_epoch` (mdistiller's `min(epoch / W, 1)` with 1-based
+    epochs). With W = 0 (default), w = 1.
+
+    Args:
+        alpha: α, weight of the target-class term TCKD.
+        beta: β, weight of the non-target term NCKD (8 in the paper's CIFAR-100 setting).
+        temperature: T.
+        ce_weight: weight of the cross-entropy with the labels.
+        warmup_epochs: W, epochs of linear warm-up of the distillation part (0: none).
+        student_key: student output holding (B, C) logits.
+        teacher_key: teacher output holding (B, C) logits or log-probabilities.
+    """
+
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        beta: float = 8.0,
+        temperature: float = 4.0,
+        ce_weight: float = 1.0,
+        warmup_epochs: int = 0,
+        student_key: str = "logits",
+        teacher_key: str = "logits",
+    ) -> None:
+        super().__init__()
+        check_arg(temperature > 0, self.name, f"temperature must be > 0, got {temperature}")
+        check_arg(warmup_epochs >= 0, self.name, "warmup_epochs must be >= 0")
+        self.alpha, self.beta, self.temperature = float(alpha), float(beta), float(temperature)
+        self.ce_weight, self.warmup_epochs = float(ce_weight), int(warmup_epochs)
+        self.student_key, self.teacher_key = student_key, teacher_key
+        self.student_keys, self.teacher_keys = (student_key,), (teacher_key,)
+        self.epoch = 0
+        self._remember(
+            alpha=self.alpha,
+            beta=self.beta,
+            temperature=self.temperature,
+            ce_weight=self.ce_weight,
+            warmup_epochs=self.warmup_epochs,
+            student_key=student_key,
+            teacher_key=teacher_key,
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    @property
+    def warmup_factor(self) -> float:
+        if self.warmup_epochs == 0:
+            return 1.0
+        return min((self.epoch + 1) / self.warmup_epochs, 1.0)
+
+    def forward(
+        self, student: Mapping[str, Tensor], teacher: Mapping[str, Tensor], labels: Tensor
+    ) -> Tensor:
+        s = self._student(student, self.student_key)
+        t = self._teacher(teacher, self.teacher_key, like=s)
+        check(
+            s.shape == t.shape, self.name, f"student {tuple(s.shape)} != teacher {tuple(t.shape)}"
+        )
+        T = self.temperature
+        target = F.one_hot(labels, s.shape[1]).bool()
+        s_t, t_t = s / T, t / T
+        tckd = kl_batchmean(
+            _binary(F.log_softmax(t_t, 1), target), _binary(F.log_softmax(s_t, 1), target)
+        )
+        masked = -1000.0 * target.to(s.dtype)
+        nckd = kl_batchmean(F.log_softmax(t_t + masked, 1), F.log_softmax(s_t + masked, 1))
+        kd = (self.alpha * tckd + self.beta * nckd) * T * T
+        return self.ce_weight * F.cross_entropy(s, labels) + self.warmup_factor * kd
+
+
+def _binary(log_p: Tensor, target: Tensor) -> Tensor:
+    """(B, C) log-probs -> (B, 2) log-probs of (target class, every other class)."""
+    on = log_p.masked_fill(~target, float("-inf")).logsumexp(dim=1)
+    off = log_p.masked_fill(target, float("-inf")).logsumexp(dim=1)
+    return torch.stack([on, off], dim=1)
