@@ -320,5 +320,190 @@ def cache_merge_cmd(cache):
     click.echo(summarize(cache, manifest))
 
 
+@main.command("distill")
+@click.option(
+    "--student",
+    default="mobilenetv2",
+    show_default=True,
+    help="Student architecture (see `onnxkd students`).",
+)
+@click.option(
+    "--cache",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Cache folder [default: the workspace's latest].",
+)
+@click.option(
+    "--data",
+    help="The data the cache was made from, if it moved (checked by "
+    "fingerprint) [default: as recorded in the cache].",
+)
+@click.option(
+    "--epochs", type=click.IntRange(1), help="[default: 30; with --resume, the run's own count]"
+)
+@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
+@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default="sgd", show_default=True)
+@click.option(
+    "--lr",
+    type=click.FloatRange(0, min_open=True),
+    help="Peak learning rate [default: 0.05 SGD / 2e-3 AdamW, x batch/128].",
+)
+@click.option("--weight-decay", type=click.FloatRange(0), help="[default: 5e-4 SGD / 0.05 AdamW]")
+@click.option("--warmup-epochs", type=click.FloatRange(0), default=1.0, show_default=True)
+@click.option(
+    "--loss",
+    type=click.Choice(["kd", "kd_topk", "dkd", "ce"]),
+    default="kd",
+    show_default=True,
+    help="kd: (1-α)·CE + α·T²·KL; kd_topk: the same from top-k "
+    "targets; dkd: decoupled KD; ce: no teacher (scratch baseline).",
+)
+@click.option("--alpha", type=click.FloatRange(0, 1), default=0.9, show_default=True)
+@click.option(
+    "--temperature", "-T", type=click.FloatRange(0, min_open=True), default=4.0, show_default=True
+)
+@click.option(
+    "--alpha-warmup-epochs",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
+    help="Ramp α up from 0 over this many epochs.",
+)
+@click.option("--dkd-beta", type=click.FloatRange(0), default=8.0, show_default=True)
+@click.option("--label-smoothing", type=click.FloatRange(0, 1), default=0.0)
+@click.option(
+    "--hint",
+    "hints",
+    multiple=True,
+    metavar="STUDENT:TEACHER",
+    help="FitNets hint: a student stage (stage1…, embedding, or a module path) "
+    "regressed through a 1x1 adapter onto a cached teacher feature. Repeatable.",
+)
+@click.option("--hint-weight", type=click.FloatRange(0), default=1.0, show_default=True)
+@click.option(
+    "--attention",
+    multiple=True,
+    metavar="STUDENT:TEACHER",
+    help="Attention transfer between a student stage and a teacher feature.",
+)
+@click.option("--attention-weight", type=click.FloatRange(0), default=1000.0, show_default=True)
+@click.option("--rkd", metavar="STUDENT:TEACHER", help="Relational KD on embeddings.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
+@click.option("--bf16", is_flag=True, help="bf16 autocast on CPU (AMP is automatic on CUDA).")
+@click.option("--channels-last", is_flag=True, help="Channels-last memory format.")
+@click.option("--threads", type=click.IntRange(1), help="torch intra-op threads.")
+@click.option(
+    "--online",
+    is_flag=True,
+    help="Baseline: run the teacher live through "
+    "onnxruntime on a fresh view each batch instead of reading the cache.",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the workspace's latest run (or --out) after its last finished epoch.",
+)
+@click.option("--no-export", is_flag=True, help="Skip the ONNX export of the best epoch.")
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Run folder [default: a new folder under the workspace's runs/].",
+)
+@workdir_option
+def distill_cmd(
+    student,
+    cache,
+    data,
+    epochs,
+    batch_size,
+    optimizer,
+    lr,
+    weight_decay,
+    warmup_epochs,
+    loss,
+    alpha,
+    temperature,
+    alpha_warmup_epochs,
+    dkd_beta,
+    label_smoothing,
+    hints,
+    hint_weight,
+    attention,
+    attention_weight,
+    rkd,
+    seed,
+    device,
+    bf16,
+    channels_last,
+    threads,
+    online,
+    resume,
+    no_export,
+    out,
+    workdir,
+):
+    """Train a student on the cached teacher targets and export it to ONNX."""
+    from onnxkd.distill.config import DistillConfig
+    from onnxkd.distill.trainer import distill
+    from onnxkd.students import STUDENTS
+
+    STUDENTS.get(student)  # an unknown name fails here, before any data is opened
+    cfg = DistillConfig(
+        student=student,
+        cache=cache,
+        data=data,
+        workdir=workdir,
+        out=out,
+        epochs=epochs,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup_epochs=warmup_epochs,
+        loss=loss,
+        alpha=alpha,
+        temperature=temperature,
+        alpha_warmup_epochs=alpha_warmup_epochs,
+        dkd_beta=dkd_beta,
+        label_smoothing=label_smoothing,
+        hints=tuple(hints),
+        hint_weight=hint_weight,
+        attention=tuple(attention),
+        attention_weight=attention_weight,
+        rkd=rkd,
+        seed=seed,
+        device=device,
+        bf16=bf16,
+        channels_last=channels_last,
+        threads=threads,
+        online=online,
+        resume=resume,
+        export=not no_export,
+    )
+    result = distill(cfg, log=lambda s: click.echo(s, err=True))
+    click.echo(f"run:     {result.run_dir}")
+    if result.export:
+        e = result.export
+        click.echo(
+            f"student: {e['onnx']} (best epoch {e['best_epoch'] + 1}; onnxruntime "
+            f"accuracy {100 * e['onnxruntime_accuracy']:.2f}%, teacher "
+            f"{100 * e['teacher_accuracy']:.2f}%; max |onnx - torch| "
+            f"{e['max_abs_diff']:.1e})"
+        )
+
+
+@main.command("students")
+def students_cmd():
+    """List the student architectures."""
+    from onnxkd.students import STUDENTS
+
+    for name in STUDENTS.names():
+        doc = (STUDENTS.get(name).__doc__ or "").strip().splitlines()
+        click.echo(f"{name:22} {doc[0] if doc else ''}")
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,118 @@
+"""The distill stage's settings: one frozen dataclass, resolved and written next to every run."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from onnxkd.errors import OnnxkdError
+from onnxkd.workspace import DEFAULT_WORKDIR
+
+LOSS_CHOICES = ("kd", "kd_topk", "dkd", "ce")
+OPTIMIZERS = ("sgd", "adamw")
+DEFAULT_LR = {"sgd": 0.05, "adamw": 2e-3}
+DEFAULT_WD = {"sgd": 5e-4, "adamw": 0.05}
+DEFAULT_EPOCHS = 30
+
+
+class DistillConfigError(OnnxkdError):
+    """A distill setting is out of range or unknown."""
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Everything `onnxkd distill` needs; defaults are the CLI's.
+
+    `hints`, `attention` and `rkd` add feature terms as "STUDENT:TEACHER" pairs: a student
+    stage name (`stage1`…, `embedding`, or a module path) and a teacher feature cached with
+    `cache-teacher --features`.
+    """
+
+    student: str = "mobilenetv2"
+    cache: Path | None = None  # None: the workspace's latest cache
+    data: str | None = None  # given: checked against the cache's fingerprint
+    workdir: Path = DEFAULT_WORKDIR
+    out: Path | None = None  # run folder; None: a new folder under the workspace's runs/
+    epochs: int | None = None  # None: DEFAULT_EPOCHS for a new run, the saved count on resume
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float | None = None  # None: 0.05 for SGD, 2e-3 for AdamW (scaled by batch/128)
+    weight_decay: float | None = None  # None: 5e-4 for SGD, 0.05 for AdamW
+    warmup_epochs: float = 1.0
+    loss: str = "kd"
+    alpha: float = 0.9
+    temperature: float = 4.0
+    alpha_warmup_epochs: float = 0.0  # ramp α from 0 over this many epochs
+    dkd_beta: float = 8.0
+    label_smoothing: float = 0.0
+    hints: tuple[str, ...] = ()
+    hint_weight: float = 1.0
+    attention: tuple[str, ...] = ()
+    attention_weight: float = 1000.0
+    rkd: str | None = None
+    seed: int = 0
+    device: str = "auto"  # auto: cuda when available
+    bf16: bool = False  # bf16 autocast on CPU
+    channels_last: bool = False
+    threads: int | None = None
+    online: bool = False  # run the teacher live through onnxruntime each batch (baseline)
+    resume: bool = False
+    export: bool = True
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs is None or self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {OPTIMIZERS}"),
+            (self.loss in LOSS_CHOICES, f"--loss must be one of {LOSS_CHOICES}"),
+            (0.0 <= self.alpha <= 1.0, f"--alpha must be in [0, 1], got {self.alpha}"),
+            (self.temperature > 0, f"--temperature must be > 0, got {self.temperature}"),
+            (self.lr is None or self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            (self.device in ("auto", "cpu", "cuda"), "--device must be auto, cpu or cuda"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise DistillConfigError(message)
+        for pair in (*self.hints, *self.attention, *([self.rkd] if self.rkd else [])):
+            if pair.count(":") != 1 or not all(pair.split(":")):
+                raise DistillConfigError(
+                    f"feature pair {pair!r} must be STUDENT:TEACHER, e.g. stage3:layer3_out"
+                )
+
+    @property
+    def resolved_lr(self) -> float:
+        base = self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+        return base * (self.batch_size / 128 if self.lr is None else 1.0)
+
+    @property
+    def resolved_weight_decay(self) -> float:
+        wd = self.weight_decay
+        return wd if wd is not None else DEFAULT_WD[self.optimizer]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for key, value in d.items():
+            if isinstance(value, Path):
+                d[key] = str(value)
+            elif isinstance(value, tuple):
+                d[key] = list(value)
+        d["resolved_lr"] = self.resolved_lr
+        d["resolved_weight_decay"] = self.resolved_weight_decay
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DistillConfig:
+        known = {f.name for f in fields(cls)}
+        extra = set(d) - known - {"resolved_lr", "resolved_weight_decay"}
+        if extra:
+            raise DistillConfigError(
+                f"unknown distill settings {sorted(extra)}; valid: {sorted(known)}"
+            )
+        kw = {k: v for k, v in d.items() if k in known}
+        for key in ("cache", "workdir", "out"):
+            if kw.get(key) is not None:
+                kw[key] = Path(kw[key])
+        for key in ("hints", "attention"):
+            if key in kw:
+                kw[key] = tuple(kw[key])
+        return cls(**kw)

@@ -1,0 +1,189 @@
+"""Batches for distillation: the pixels the teacher saw, with the teacher's cached targets.
+
+Epoch `e` uses cached view `e mod K`: each batch's raw samples are read from the data source,
+augmented with the parameters stored in the cache for that view, and preprocessed with the
+cache's input spec, so the student sees exactly the teacher's input. Shuffling is a pure
+function of (seed, epoch), so a resumed run and every DDP rank agree on the order without
+saving any random state. Batches are prepared in a background thread while the student trains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnxkd.data.source import Source
+from onnxkd.teacher.cache_reader import CacheReader, CacheSection
+
+
+@dataclass
+class Batch:
+    """One batch: model input, labels and teacher targets, as numpy arrays."""
+
+    x: np.ndarray
+    labels: np.ndarray
+    teacher: dict[str, np.ndarray]
+    indices: np.ndarray
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The shuffled sample order of an epoch, the same in every process and after a resume."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def rank_slice(order: np.ndarray, rank: int, world: int) -> np.ndarray:
+    """This rank's share of an epoch, padded by wrapping so every rank gets as many samples."""
+    if world == 1:
+        return order
+    per_rank = -(-len(order) // world)
+    padded = np.resize(order, per_rank * world)
+    return padded[rank::world]
+
+
+class _Batches:
+    """Shared batching: shuffled (per seed and epoch), split across ranks, prefetched."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def view_for_epoch(self, epoch: int) -> int:
+        raise NotImplementedError
+
+    def load(self, indices: np.ndarray, view: int) -> Batch:
+        raise NotImplementedError
+
+    def epoch(
+        self,
+        epoch: int,
+        batch_size: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        rank: int = 0,
+        world: int = 1,
+        drop_last: bool = False,
+    ) -> Iterator[Batch]:
+        """The batches of one epoch, prepared one ahead in a background thread."""
+        order = epoch_order(len(self), seed, epoch) if shuffle else np.arange(len(self))
+        order = rank_slice(order, rank, world)
+        chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        # A last batch of a handful of samples gives BatchNorm noisy statistics: drop it.
+        if drop_last and len(chunks) > 1 and len(chunks[-1]) < batch_size:
+            chunks = chunks[:-1]
+        if not chunks:
+            return
+        view = self.view_for_epoch(epoch)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(self.load, chunks[0], view)
+            for i in range(len(chunks)):
+                batch = pending.result()
+                if i + 1 < len(chunks):
+                    pending = pool.submit(self.load, chunks[i + 1], view)
+                yield batch
+
+
+class CachedBatches(_Batches):
+    """Iterates over a cache section in batches of exactly what the teacher saw.
+
+    Args:
+        section: the cache section (`train` with its views, or `eval`).
+        source: the data the cache was made from (checked by fingerprint by the caller).
+        features: cached teacher features to load besides the class scores.
+        topk_parts: also hand the raw top-k arrays (for losses that use them).
+    """
+
+    def __init__(
+        self,
+        section: CacheSection,
+        source: Source,
+        features: tuple[str, ...] = (),
+        topk_parts: bool = False,
+    ) -> None:
+        self.section = section
+        self.source = source
+        self.spec = section.cache.input_spec
+        self.features = features
+        self.topk_parts = topk_parts and section.storage == "topk"
+
+    def __len__(self) -> int:
+        return self.section.n
+
+    def view_for_epoch(self, epoch: int) -> int:
+        return epoch % self.section.views
+
+    def load(self, indices: np.ndarray, view: int) -> Batch:
+        """One batch for these sample indices and this cached view."""
+        indices = np.asarray(indices, dtype=np.int64)
+        # Sorted reads are sequential on disk; the batch keeps the shuffled order.
+        order = np.argsort(indices, kind="stable")
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        sorted_idx = indices[order]
+        x = self.section.model_input(self.source, sorted_idx, view)[inverse]
+        teacher = {"logits": self.section.scores(sorted_idx, view)[inverse]}
+        if self.topk_parts:
+            values, classes, residual = self.section.topk(sorted_idx, view)
+            teacher.update(
+                topk_values=values[inverse],
+                topk_indices=classes[inverse],
+                residual=residual[inverse],
+            )
+        for name in self.features:
+            teacher[name] = self.section.features(name, sorted_idx, view)[inverse].astype(
+                np.float32
+            )
+        labels = self.section.labels(sorted_idx)[inverse]
+        return Batch(x=x, labels=labels, teacher=teacher, indices=indices)
+
+
+class OnlineBatches(_Batches):
+    """The online-KD baseline: a fresh augmented view every epoch (view = epoch, with the
+    cache's augmentation policy), the teacher run live on each batch.
+
+    `teacher` maps a batch of model input to teacher scores; by default the cache's teacher
+    runs through onnxruntime with the passes it needed when cached.
+    """
+
+    def __init__(self, cache: CacheReader, source: Source, teacher=None) -> None:
+        self.source = source
+        self.spec = cache.input_spec
+        self.augmentation = cache.section("train").augmentation
+        targets = cache.manifest["targets"]
+        self.from_probs = targets["teacher_output_kind"] == "probs"
+        self.teacher = teacher or _onnx_teacher(cache)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def view_for_epoch(self, epoch: int) -> int:
+        return epoch
+
+    def load(self, indices: np.ndarray, view: int) -> Batch:
+        indices = np.asarray(indices, dtype=np.int64)
+        raw, labels = self.source.read(indices)
+        augmented, _ = self.augmentation.view(raw, indices, view)
+        x = self.spec.apply(augmented)
+        scores = np.asarray(self.teacher(x), dtype=np.float32)
+        if self.from_probs:
+            scores = np.log(np.maximum(scores, np.float32(1e-30)))
+        return Batch(x=x, labels=labels, teacher={"logits": scores}, indices=indices)
+
+
+def _onnx_teacher(cache: CacheReader):
+    from pathlib import Path
+
+    from onnxkd.errors import CacheError
+    from onnxkd.teacher.model import load_teacher
+    from onnxkd.teacher.runner import TeacherRunner
+
+    info = cache.manifest["teacher"]
+    path = Path(info["path"])
+    if not path.exists():
+        raise CacheError(f"online KD needs the cache's teacher at {path}, which is gone")
+    teacher = load_teacher(path, info["output_used"])
+    if teacher.sha256 != info["sha256"]:
+        raise CacheError(f"the teacher at {path} changed since it was cached (sha256 differs)")
+    runner = TeacherRunner(teacher, cache.manifest["created_by"]["ep"])
+    return lambda x: runner.run(x)[teacher.output]

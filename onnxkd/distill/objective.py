@@ -1,0 +1,81 @@
+"""The student with its hooks and the distillation objective, as one module (so DDP syncs the
+learned adapters of feature losses along with the student)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from onnxkd.distill.config import DistillConfig
+from onnxkd.distill.losses import CompositeLoss, build_loss
+from onnxkd.errors import OnnxkdError
+
+
+def _pairs(pairs: tuple[str, ...]) -> list[tuple[str, str]]:
+    return [tuple(p.split(":")) for p in pairs]  # type: ignore[misc]
+
+
+def build_objective(cfg: DistillConfig) -> CompositeLoss:
+    """The weighted loss terms the config asks for."""
+    if cfg.loss == "ce":
+        main = build_loss("ce", label_smoothing=cfg.label_smoothing)
+    elif cfg.loss == "dkd":
+        main = build_loss("dkd", beta=cfg.dkd_beta, temperature=cfg.temperature)
+    else:
+        main = build_loss(cfg.loss, alpha=cfg.alpha, temperature=cfg.temperature)
+    terms: list[tuple[float, nn.Module]] = [(1.0, main)]
+    for student_key, teacher_key in _pairs(cfg.hints):
+        terms.append(
+            (
+                cfg.hint_weight,
+                build_loss("fitnets", student_key=student_key, teacher_key=teacher_key),
+            )
+        )
+    if cfg.attention:
+        terms.append(
+            (1.0, build_loss("at", pairs=_pairs(cfg.attention), weight=cfg.attention_weight))
+        )
+    if cfg.rkd:
+        student_key, teacher_key = cfg.rkd.split(":")
+        terms.append((1.0, build_loss("rkd", student_key=student_key, teacher_key=teacher_key)))
+    return CompositeLoss(terms)
+
+
+class DistillModule(nn.Module):
+    """Runs the student, captures the named outputs the objective reads, returns the loss."""
+
+    def __init__(self, student: nn.Module, objective: CompositeLoss) -> None:
+        super().__init__()
+        self.student = student
+        self.objective = objective
+        self._captured: dict[str, torch.Tensor] = {}
+        modules = dict(student.named_modules())
+        aliases = getattr(student, "feature_modules", {})
+        for key in objective.student_keys:
+            if key == "logits":
+                continue
+            path = aliases.get(key, key)
+            if path not in modules:
+                raise OnnxkdError(
+                    f"student has no module {key!r} to distill features from; stages: "
+                    f"{sorted(aliases)} (or a module path from named_modules())"
+                )
+            modules[path].register_forward_hook(self._capture(key))
+
+    def _capture(self, key: str):
+        def hook(module, inputs, output):
+            self._captured[key] = output
+
+        return hook
+
+    def forward(
+        self, x: torch.Tensor, teacher: dict[str, torch.Tensor], labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self._captured.clear()
+        logits = self.student(x)
+        outputs = {"logits": logits, **self._captured}
+        # Losses compute in float32 even under autocast: KL of softened distributions is
+        # sensitive to bf16/fp16 rounding.
+        outputs = {k: v.float() for k, v in outputs.items()}
+        loss = self.objective(outputs, teacher, labels)
+        return loss, logits

@@ -1,0 +1,336 @@
+"""`distill`: train a student on a cache's soft targets, checkpoint every epoch, export it."""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from onnxkd import __version__
+from onnxkd.data.loaders import open_source
+from onnxkd.data.source import DataRef, Source
+from onnxkd.distill import checkpoint, distributed
+from onnxkd.distill.config import DEFAULT_EPOCHS, DistillConfig, DistillConfigError
+from onnxkd.distill.data import CachedBatches, OnlineBatches
+from onnxkd.distill.evaluate import evaluate
+from onnxkd.distill.export import check_export, export_student, write_export_report
+from onnxkd.distill.history import plot_curves, write_metrics
+from onnxkd.distill.objective import DistillModule, build_objective
+from onnxkd.errors import CacheError
+from onnxkd.students import create_student
+from onnxkd.teacher.cache_files import read_json, write_json_atomic
+from onnxkd.teacher.cache_reader import CacheReader
+from onnxkd.workspace import Workspace
+
+TOPK_KEYS = {"logits", "topk_values", "topk_indices", "residual"}
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    history: list[dict]
+    export: dict | None
+
+
+def _open_checked(cache: CacheReader, section: str, data: str | None) -> Source:
+    """The data a cache section was made from, refusing anything else by fingerprint."""
+    ref = dict(cache.manifest["sections"][section]["data_ref"])
+    if data is not None:
+        ref["data"] = data
+    source = open_source(DataRef.from_dict(ref))
+    cache.check_data(source, section)
+    return source
+
+
+def _lr_lambda(cfg: DistillConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    total = cfg.epochs * steps_per_epoch
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+def _optimizer(cfg: DistillConfig, params) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for p in params:
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)  # no decay on norms and biases
+    groups = [
+        {"params": decay, "weight_decay": cfg.resolved_weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.resolved_lr, momentum=0.9, nesterov=True)
+    return torch.optim.AdamW(groups, lr=cfg.resolved_lr)
+
+
+def _versions() -> dict:
+    import onnxruntime as ort
+
+    return {
+        "onnxkd": __version__,
+        "torch": torch.__version__,
+        "onnxruntime": ort.__version__,
+        "python": platform.python_version(),
+        "onnxruntime_providers": ort.get_available_providers(),
+    }
+
+
+def _run_dir(cfg: DistillConfig, ws: Workspace) -> Path:
+    if cfg.out is not None:
+        return cfg.out
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return ws.root / "runs" / f"{cfg.student}-{cfg.loss}-s{cfg.seed}-{stamp}"
+
+
+def _resolve_resume(cfg: DistillConfig, ws: Workspace) -> tuple[DistillConfig, Path]:
+    """The saved config of the run to continue (only --epochs may grow)."""
+    run_dir = cfg.out or ws.latest("run")
+    saved_path = run_dir / "config.json"
+    if not saved_path.exists():
+        raise DistillConfigError(f"{run_dir} has no config.json: nothing to resume there")
+    saved = DistillConfig.from_dict(read_json(saved_path)["config"])
+    return replace(saved, resume=True, out=run_dir, epochs=cfg.epochs or saved.epochs), run_dir
+
+
+def distill(
+    cfg: DistillConfig,
+    log: Callable[[str], None] = print,
+    online_teacher: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> RunResult:
+    """Train `cfg.student` on the cache's targets and export the best epoch to ONNX.
+
+    Args:
+        cfg: the settings (see `DistillConfig`).
+        log: receives one line per epoch and notes.
+        online_teacher: with `cfg.online`, a function from a batch of model input to teacher
+            logits, replacing the cached teacher run through onnxruntime (benchmarks use it to
+            time an eager PyTorch teacher).
+
+    Example:
+        >>> distill(DistillConfig(student="resnet8", epochs=2))  # doctest: +SKIP
+    """
+    ws = Workspace(cfg.workdir)
+    dist = distributed.setup()
+    if cfg.resume:
+        cfg, run_dir = _resolve_resume(cfg, ws)
+    else:
+        cfg = replace(cfg, epochs=cfg.epochs or DEFAULT_EPOCHS)
+        run_dir = dist.broadcast_path(_run_dir(cfg, ws))
+    cache_path = cfg.cache or ws.latest("cache")
+    cache = CacheReader(cache_path)
+    if "eval" not in cache.sections:
+        raise CacheError(
+            f"cache {cache_path} has no eval section to validate on; recache without --no-eval"
+        )
+    train_src = _open_checked(cache, "train", cfg.data)
+    eval_src = _open_checked(cache, "eval", None)
+    spec = cache.input_spec
+    device = torch.device(
+        "cuda"
+        if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+        else "cpu"
+    )
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    student = create_student(
+        cfg.student,
+        num_classes=cache.num_classes,
+        in_chans=spec.channels,
+        input_size=tuple(spec.size) if spec.size else spec.channels,
+    )
+    module = DistillModule(student, build_objective(cfg))
+    features = tuple(k for k in module.objective.teacher_keys if k not in TOPK_KEYS)
+    for name in features:
+        if name not in cache.manifest["features"]:
+            raise CacheError(
+                f"the cache has no teacher feature {name!r}; cached features: "
+                f"{list(cache.manifest['features'])} (cache-teacher --features)"
+            )
+    if cfg.online:
+        batches = OnlineBatches(cache, train_src, teacher=online_teacher)
+    else:
+        batches = CachedBatches(
+            cache.section("train"), train_src, features, topk_parts=cfg.loss == "kd_topk"
+        )
+    eval_batches = CachedBatches(cache.section("eval"), eval_src)
+    module.to(device)
+    with torch.no_grad():  # a first forward builds the lazily shaped adapters of feature losses
+        probe = batches.load(np.arange(min(2, len(batches))), 0)
+        module(*_to_device(probe, device, cfg.channels_last))
+    steps_per_epoch = max(1, -(-len(batches) // (cfg.batch_size * dist.world)))
+    optimizer = _optimizer(cfg, module.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, steps_per_epoch))
+    state = checkpoint.State()
+    if cfg.resume:
+        state = checkpoint.load(run_dir, module, optimizer, scheduler)
+        log(f"resuming {run_dir} after epoch {state.epoch} of {cfg.epochs}")
+    elif dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(
+            run_dir / "config.json",
+            {
+                "config": cfg.to_dict(),
+                "cache": str(Path(cache_path).resolve()),
+                "cache_key": cache.manifest["key"],
+                "versions": _versions(),
+                "world_size": dist.world,
+                "device": str(device),
+                "student_parameters": sum(p.numel() for p in student.parameters()),
+            },
+        )
+    model = dist.wrap(module)
+    teacher_acc = cache.manifest["sections"]["eval"]["teacher_accuracy"][0]
+    for epoch in range(state.epoch + 1, cfg.epochs):
+        module.objective.set_epoch(epoch)
+        _ramp_alpha(module, cfg, epoch)
+        started = time.perf_counter()
+        train_loss = _train_epoch(model, batches, optimizer, scheduler, cfg, epoch, device, dist)
+        seconds = time.perf_counter() - started
+        row = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "epoch_seconds": round(seconds, 3),
+            "lr": scheduler.get_last_lr()[0],
+            "view": batches.view_for_epoch(epoch),
+            "teacher_accuracy": teacher_acc,
+        }
+        if dist.is_main:
+            row.update(evaluate(student, eval_batches, device, cfg.channels_last))
+            state.history.append(row)
+            state.epoch = epoch
+            best = row["val_accuracy"] > state.best_accuracy
+            if best:
+                state.best_accuracy, state.best_epoch = row["val_accuracy"], epoch
+            checkpoint.save(run_dir, module, optimizer, scheduler, state, best=best)
+            write_metrics(run_dir / "metrics.jsonl", state.history)
+            plot_curves(
+                run_dir / "curves.png",
+                state.history,
+                f"{cfg.student} ({cfg.loss}) on {Path(cache_path).name}",
+            )
+            log(
+                f"epoch {epoch + 1}/{cfg.epochs}  loss {train_loss:.4f}  val acc "
+                f"{100 * row['val_accuracy']:.2f}%  agreement {100 * row['val_agreement']:.2f}%"
+                f"  KL {row['val_kl']:.4f}  ({seconds:.1f} s)"
+            )
+        dist.barrier()
+    report = None
+    if dist.is_main and cfg.export:
+        report = _export_best(run_dir, student, cfg, cache, eval_batches, state)
+        ws.record(run=run_dir, student=run_dir / "student.onnx")
+        log(
+            f"exported {run_dir / 'student.onnx'}: onnxruntime accuracy "
+            f"{100 * report['onnxruntime_accuracy']:.2f}% (torch "
+            f"{100 * report['torch_accuracy']:.2f}%), max |diff| {report['max_abs_diff']:.2e}"
+        )
+    elif dist.is_main:
+        ws.record(run=run_dir)
+    dist.close()
+    return RunResult(run_dir, state.history, report)
+
+
+def _ramp_alpha(module: DistillModule, cfg: DistillConfig, epoch: int) -> None:
+    if cfg.alpha_warmup_epochs > 0:
+        main = module.objective.terms[0][1]
+        if hasattr(main, "alpha"):
+            main.alpha = cfg.alpha * min(1.0, (epoch + 1) / cfg.alpha_warmup_epochs)
+
+
+def _to_device(batch, device: torch.device, channels_last: bool):
+    x = torch.from_numpy(batch.x).to(device, non_blocking=True)
+    if channels_last and x.ndim == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    teacher = {
+        k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in batch.teacher.items()
+    }
+    labels = torch.from_numpy(batch.labels).to(device)
+    return x, teacher, labels
+
+
+def _train_epoch(
+    model: nn.Module,
+    batches,
+    optimizer,
+    scheduler,
+    cfg: DistillConfig,
+    epoch: int,
+    device: torch.device,
+    dist,
+) -> float:
+    from tqdm import tqdm
+
+    model.train()
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    use_amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    autocast = torch.autocast(
+        device.type,
+        dtype=torch.float16 if use_amp else torch.bfloat16,
+        enabled=use_amp or cfg.bf16,
+    )
+    total, count = 0.0, 0
+    steps = batches.epoch(
+        epoch, cfg.batch_size, cfg.seed, rank=dist.rank, world=dist.world, drop_last=True
+    )
+    bar = tqdm(
+        steps,
+        total=-(-len(batches) // (cfg.batch_size * dist.world)),
+        desc=f"epoch {epoch + 1}",
+        leave=False,
+        disable=None if dist.is_main else True,
+    )
+    for batch in bar:
+        x, teacher, labels = _to_device(batch, device, cfg.channels_last)
+        with autocast:
+            loss, _ = model(x, teacher, labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        total += float(loss.detach()) * len(labels)
+        count += len(labels)
+        bar.set_postfix(loss=f"{total / count:.4f}")
+    return total / max(count, 1)
+
+
+def _export_best(
+    run_dir: Path,
+    student: nn.Module,
+    cfg: DistillConfig,
+    cache: CacheReader,
+    eval_batches: CachedBatches,
+    state: checkpoint.State,
+) -> dict:
+    checkpoint.load_weights(run_dir / "best.pt", student)
+    path = export_student(
+        student,
+        cache.input_spec,
+        run_dir / "student.onnx",
+        cfg.student,
+        {"onnxkd.cache_key": cache.manifest["key"]},
+    )
+    batch = eval_batches.load(np.arange(len(eval_batches)), 0)
+    report = check_export(student, path, batch.x, batch.labels)
+    report.update(
+        best_epoch=state.best_epoch,
+        best_val_accuracy=state.best_accuracy,
+        teacher_accuracy=cache.manifest["sections"]["eval"]["teacher_accuracy"][0],
+    )
+    write_export_report(run_dir / "export.json", report)
+    return report

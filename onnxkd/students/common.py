@@ -1,0 +1,119 @@
+"""Pieces every student family shares: the registry, the base class, conv blocks, stride planning.
+
+Stride planning is the one rule that lets a family built for 32×32 CIFAR images or 224×224
+ImageNet images run on anything from 8×8 digits up: each family lists the stride of each
+downsampling point for its CIFAR design and its ImageNet design, `plan_strides` picks one by
+input size and then turns the earliest stride-2 points into stride 1 until the last feature map
+is still at least 2×2.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from onnxkd.errors import SpecError
+from onnxkd.registry import Registry
+
+STUDENTS: Registry = Registry("student")
+
+# Inputs whose shorter side is at most this use a family's CIFAR design, larger ones its
+# ImageNet design (Tiny-ImageNet's 64 px is conventionally trained with the CIFAR design).
+SMALL_INPUT_MAX = 64
+# The last feature map keeps at least this many pixels a side, so that feature distillation
+# (attention transfer, FitNets) still sees a spatial map.
+MIN_FINAL_SIDE = 2
+
+Size = int | tuple[int, int]
+
+
+class Student(nn.Module):
+    """Base of every student: logits from `forward`, plus what feature distillation needs.
+
+    Attributes:
+        feature_modules: name ("stage1", …, "final", "embedding") -> module path in
+            `named_modules()` whose output a forward hook should capture.
+        num_features: size of the pooled embedding that the classifier reads.
+        input_ndim: 4 for images (N, C, H, W), 2 for flat feature vectors (N, D).
+    """
+
+    feature_modules: dict[str, str]
+    num_features: int
+    input_ndim: int = 4
+
+
+def shorter_side(input_size: Size) -> int:
+    """The shorter side of an `int` or `(height, width)` input size."""
+    side = min(input_size) if isinstance(input_size, tuple | list) else int(input_size)
+    if side < 1:
+        raise SpecError(f"input_size must be positive, got {input_size!r}")
+    return side
+
+
+def plan_strides(input_size: Size, cifar: list[int], imagenet: list[int]) -> list[int]:
+    """Strides for a family's downsampling points at this input size.
+
+    Example:
+        >>> plan_strides(8, cifar=[1, 1, 2, 2, 2], imagenet=[2, 2, 2, 2, 2])
+        [1, 1, 1, 2, 2]
+    """
+    side = shorter_side(input_size)
+    strides = list(cifar if side <= SMALL_INPUT_MAX else imagenet)
+    # A stride-2 conv or pool with padding maps n pixels to ceil(n / 2).
+    while 2 in strides and math.ceil(side / math.prod(strides)) < MIN_FINAL_SIDE:
+        strides[strides.index(2)] = 1
+    return strides
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """Round a scaled channel count to a multiple of `divisor`, losing at most 10% (MobileNet)."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+class ConvBNAct(nn.Sequential):
+    """Conv (no bias) -> BatchNorm -> activation; `act=None` leaves it linear."""
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        act: type[nn.Module] | None = nn.ReLU,
+    ) -> None:
+        layers: list[nn.Module] = [
+            nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(cout),
+        ]
+        if act is not None:
+            layers.append(act())
+        super().__init__(*layers)
+
+
+class ClassifierHead(nn.Module):
+    """Global average pool -> flatten (the embedding) -> linear classifier."""
+
+    def __init__(self, num_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten(1)
+        self.fc = nn.Linear(num_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.flatten(self.pool(x)))
+
+
+def init_weights(model: nn.Module) -> None:
+    """He (kaiming) init for convs, unit/zero BatchNorm, PyTorch's default for linear layers."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)

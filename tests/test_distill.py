@@ -1,0 +1,239 @@
+"""`onnxkd distill`: exact pixels and targets, run folder contents, export parity, kill and
+--resume, torchrun with 2 processes, and bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from conftest import MODELS
+
+from onnxkd.data.loaders import open_source
+from onnxkd.data.source import DataRef
+from onnxkd.distill.config import DistillConfig
+from onnxkd.distill.data import CachedBatches
+from onnxkd.distill.trainer import distill
+from onnxkd.teacher.cache_reader import CacheReader
+from onnxkd.teacher.cache_teacher import CacheConfig, cache_teacher
+
+DIGITS_TEACHER = MODELS / "digits_cnn.onnx"
+FAST = ("--student", "small_cnn", "--batch-size", "64", "--threads", "1")
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """A workspace holding a digits cache with 3 views and a pooled-free teacher feature."""
+    root = tmp_path_factory.mktemp("ws")
+    cfg = CacheConfig(
+        DIGITS_TEACHER,
+        DataRef("digits"),
+        workdir=root / "onnxkd-out",
+        views=3,
+        augment="crop",
+        features=("/features/features.5/Relu_output_0",),
+        threads=1,
+    )
+    cache_teacher(cfg, log=lambda s: None)
+    return root
+
+
+def fresh(workspace: Path, tmp_path: Path) -> Path:
+    """A copy of the module's workspace, so each test's runs stay its own."""
+    shutil.copytree(workspace, tmp_path, dirs_exist_ok=True)
+    return tmp_path
+
+
+def test_batches_hold_exactly_what_the_teacher_saw(workspace):
+    state = json.loads((workspace / "onnxkd-out" / "state.json").read_text())
+    cache = CacheReader(state["cache"])
+    section = cache.section("train")
+    source = open_source(DataRef("digits"))
+    batches = CachedBatches(section, source)
+    idx = np.array([5, 900, 17, 3])
+    for epoch in range(5):
+        view = batches.view_for_epoch(epoch)
+        assert view == epoch % 3
+        batch = batches.load(idx, view)
+        np.testing.assert_array_equal(batch.x, section.model_input(source, idx, view))
+        np.testing.assert_array_equal(batch.teacher["logits"], section.scores(idx, view))
+        np.testing.assert_array_equal(batch.labels, source.read(idx)[1])
+    # Every sample appears once per epoch, in an order that depends on the epoch only.
+    seen = np.concatenate([b.indices for b in batches.epoch(2, 100, seed=1)])
+    assert sorted(seen.tolist()) == list(range(section.n))
+    again = np.concatenate([b.indices for b in batches.epoch(2, 100, seed=1)])
+    np.testing.assert_array_equal(seen, again)
+
+
+def test_distill_from_the_workspace_with_no_options(cli, workspace, tmp_path):
+    root = fresh(workspace, tmp_path)
+    result = cli("distill", *FAST, "--epochs", "3", cwd=root)
+    assert result.returncode == 0, result.stderr
+    state = json.loads((root / "onnxkd-out" / "state.json").read_text())
+    run = Path(state["run"])
+    config = json.loads((run / "config.json").read_text())
+    assert config["config"]["student"] == "small_cnn"
+    assert {"torch", "onnxruntime", "onnxkd"} <= set(config["versions"])
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert [r["view"] for r in rows] == [0, 1, 2]
+    assert {"val_accuracy", "val_agreement", "val_kl", "epoch_seconds"} <= set(rows[0])
+    assert (run / "curves.png").stat().st_size > 10_000
+    for name in ("last.pt", "best.pt"):
+        torch.load(run / "checkpoints" / name, weights_only=True)
+    export = json.loads((run / "export.json").read_text())
+    assert export["max_abs_diff"] < 1e-4
+    assert export["onnxruntime_accuracy"] == export["torch_accuracy"]
+    assert export["onnxruntime_accuracy"] > 0.8
+    model = onnx.load(state["student"])
+    meta = {p.key: p.value for p in model.metadata_props}
+    spec = json.loads(meta["onnxkd.input_spec"])
+    assert spec["scale"] == pytest.approx(1 / 16) and spec["label_names"][3] == "3"
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param  # dynamic batch
+    assert "student:" in result.stdout and "onnxruntime accuracy" in result.stdout
+
+
+def test_killed_run_resumes_without_losing_epochs(cli, workspace, tmp_path):
+    root = fresh(workspace, tmp_path)
+    whole = cli("distill", *FAST, "--epochs", "4", "-o", root / "whole", cwd=root)
+    assert whole.returncode == 0, whole.stderr
+    run = root / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "onnxkd", "distill", *FAST, "--epochs", "4", "-o", str(run)],
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = metrics.read_text().splitlines()
+    resumed = cli("distill", "--resume", "-o", run, cwd=root)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stderr
+    after = metrics.read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in after] == [0, 1, 2, 3]
+    assert after[: len(done_before)] == done_before  # finished epochs are kept as they were
+    reference = (root / "whole" / "metrics.jsonl").read_text().splitlines()
+    for ours, theirs in zip(after, reference, strict=True):
+        a, b = json.loads(ours), json.loads(theirs)
+        assert a["val_accuracy"] == pytest.approx(b["val_accuracy"], abs=1e-9)
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_on_cpu(workspace, tmp_path):
+    root = fresh(workspace, tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "onnxkd",
+            "distill",
+            *FAST,
+            "--epochs",
+            "2",
+            "-o",
+            str(root / "ddp"),
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    config = json.loads((root / "ddp" / "config.json").read_text())
+    assert config["world_size"] == 2
+    rows = (root / "ddp" / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 2 and json.loads(rows[-1])["val_accuracy"] > 0.5
+    assert (root / "ddp" / "student.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"loss": "dkd"},
+        {"loss": "ce"},
+        {"hints": ("stage2:/features/features.5/Relu_output_0",)},
+        {"attention": ("stage2:/features/features.5/Relu_output_0",)},
+        {"online": True},
+    ],
+    ids=["dkd", "scratch", "fitnets", "attention", "online"],
+)
+def test_other_objectives_train(workspace, tmp_path, extra):
+    root = fresh(workspace, tmp_path)
+    cfg = DistillConfig(
+        student="small_cnn",
+        workdir=root / "onnxkd-out",
+        epochs=1,
+        batch_size=64,
+        threads=1,
+        export=False,
+        out=root / "run",
+        **extra,
+    )
+    result = distill(cfg, log=lambda s: None)
+    row = result.history[-1]
+    assert np.isfinite(row["train_loss"]) and row["val_accuracy"] > 0.3
+
+
+BAD = [
+    (("--student", "mobilenetv2_w05"), "unknown student 'mobilenetv2_w05'; did you mean"),
+    (("--student", "small_cnn", "--cache", "nowhere"), "does not exist"),
+    (("--student", "small_cnn", "--hint", "stage2"), "must be STUDENT:TEACHER"),
+    (
+        ("--student", "small_cnn", "--hint", "stage2:nope", "--epochs", "1"),
+        "no teacher feature 'nope'",
+    ),
+    (
+        (
+            "--student",
+            "small_cnn",
+            "--hint",
+            "stage9:/features/features.5/Relu_output_0",
+            "--epochs",
+            "1",
+        ),
+        "student has no module 'stage9'",
+    ),
+    (("--student", "small_cnn", "--data", "../shared/data/mnist"), "fingerprints differ"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD, ids=[m for _, m in BAD])
+def test_bad_distill_input_gives_one_clear_line(cli, workspace, tmp_path, args, message):
+    root = fresh(workspace, tmp_path)
+    if "--data" in args:
+        args = tuple(str(MODELS.parent / a) if a.startswith("../") else a for a in args)
+    result = cli("distill", *args, cwd=root)
+    assert result.returncode in (1, 2), result.stderr
+    assert "Traceback" not in result.stderr
+    assert message in result.stderr
+
+
+def test_no_cache_in_the_workspace_says_what_to_run(cli, tmp_path):
+    result = cli("distill", "--student", "small_cnn")
+    assert result.returncode == 1
+    assert "has no cache yet; run `onnxkd cache-teacher" in result.stderr

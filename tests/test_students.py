@@ -1,0 +1,224 @@
+"""Every registered student: forward, backward, feature hooks, ONNX export and parity, any size.
+
+The tests are parametrized over the registry, so a newly registered student is covered with
+no new test code. Models are built at their default 10 classes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from onnxkd.errors import SpecError
+from onnxkd.registry import UnknownNameError
+from onnxkd.students import STUDENTS, Student, create_student, student_names
+from onnxkd.students.shufflenetv2 import ChannelShuffle
+
+NAMES = student_names()
+FLAT_FEATURES = 64  # D for students that take flat vectors (N, D)
+FLAT = [n for n in NAMES if create_student(n, in_chans=FLAT_FEATURES).input_ndim == 2]
+IMAGES = [n for n in NAMES if n not in FLAT]
+
+# Loose ranges (millions of parameters at 10 classes) around the published counts: CIFAR
+# ResNets from He et al. and RepDistiller (resnet8x4 1.23 M at 100 classes), MobileNetV2 and
+# ShuffleNetV2 from their papers' ImageNet counts less 990 classifier rows.
+PARAMS_M = {
+    "resnet8": (0.07, 0.09),
+    "resnet14": (0.16, 0.19),
+    "resnet20": (0.26, 0.29),
+    "resnet32": (0.45, 0.48),
+    "resnet8x4": (1.15, 1.25),
+    "mobilenetv2_w035": (0.35, 0.45),
+    "mobilenetv2_w050": (0.6, 0.8),
+    "mobilenetv2_w075": (1.3, 1.45),
+    "mobilenetv2_w100": (2.15, 2.3),
+    "mobilenetv2": (2.15, 2.3),
+    "shufflenetv2": (1.2, 1.35),
+    "shufflenetv2_w050": (0.3, 0.4),
+    "small_cnn": (0.05, 0.2),
+    "mlp": (0.03, 0.07),
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The CI machine has two shared cores; one thread per test is faster and steadier."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def build(name: str, **kwargs) -> Student:
+    torch.manual_seed(0)
+    in_chans = kwargs.pop("in_chans", 3)
+    if name in FLAT:
+        in_chans = FLAT_FEATURES
+    return create_student(name, in_chans=in_chans, **kwargs)
+
+
+def batch(model: Student, n: int, size: int = 32, chans: int = 3) -> torch.Tensor:
+    if model.input_ndim == 2:
+        return torch.randn(n, FLAT_FEATURES)
+    return torch.randn(n, chans, size, size)
+
+
+def settle_batchnorm(model: nn.Module, x: torch.Tensor) -> None:
+    """Give BatchNorm running statistics from data, so eval outputs look like a trained net's."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # a plain average over the passes below
+    model.train()
+    with torch.no_grad():
+        model(x)
+    model.eval()
+
+
+def test_names_are_sorted_and_cover_the_families():
+    assert sorted(NAMES) == NAMES
+    for name in ["mobilenetv2", "mobilenetv2_w050", "resnet8x4", "shufflenetv2", "mlp"]:
+        assert name in NAMES
+    assert set(PARAMS_M) == set(NAMES), "give every new student a parameter range"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_gives_finite_logits(name):
+    model = build(name)
+    logits = model(batch(model, 2))
+    assert logits.shape == (2, 10)
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_backward_reaches_every_parameter(name):
+    model = build(name, num_classes=7)
+    loss = nn.functional.cross_entropy(model(batch(model, 2)), torch.tensor([0, 6]))
+    loss.backward()
+    for path, param in model.named_parameters():
+        assert param.grad is not None, path
+        assert torch.isfinite(param.grad).all(), path
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_parameter_count(name):
+    low, high = PARAMS_M[name]
+    count = sum(p.numel() for p in build(name).parameters()) / 1e6
+    assert low <= count <= high
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_feature_modules_are_hookable(name):
+    model = build(name).eval()
+    modules = dict(model.named_modules())
+    assert "embedding" in model.feature_modules
+    captured: dict[str, torch.Tensor] = {}
+    for key, path in model.feature_modules.items():
+        assert path in modules, f"{key}: {path!r} is not a module of {name}"
+        modules[path].register_forward_hook(
+            lambda m, i, out, key=key: captured.__setitem__(key, out)
+        )
+    with torch.no_grad():
+        model(batch(model, 2))
+    assert captured["embedding"].shape == (2, model.num_features)
+    for key, out in captured.items():
+        if model.input_ndim == 4 and (key.startswith("stage") or key == "final"):
+            assert out.dim() == 4, key
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
+@pytest.mark.parametrize("name", NAMES)
+def test_onnx_export_matches_onnxruntime(name, tmp_path):
+    model = build(name)
+    settle_batchnorm(model, batch(model, 8))
+    traced = batch(model, 3)
+    path = tmp_path / f"{name}.onnx"
+    torch.onnx.export(
+        model,
+        traced,
+        path,
+        dynamo=False,
+        opset_version=17,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+    )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    for x in (traced, batch(model, 5)):  # the traced batch size, then another
+        with torch.no_grad():
+            expected = model(x).numpy()
+        (got,) = session.run(None, {"input": x.numpy()})
+        assert got.shape == expected.shape
+        assert np.abs(got - expected).max() < 1e-4
+
+
+def _final_side(name: str, size: int, chans: int) -> int:
+    model = build(name, in_chans=chans, input_size=size).eval()
+    final = dict(model.named_modules())[model.feature_modules["final"]]
+    shapes: list[torch.Size] = []
+    final.register_forward_hook(lambda m, i, out: shapes.append(out.shape))
+    with torch.no_grad():
+        logits = model(torch.randn(1, chans, size, size))
+    assert logits.shape == (1, 10)
+    assert torch.isfinite(logits).all()
+    return min(shapes[0][-2:])
+
+
+@pytest.mark.parametrize("chans", [1, 3])
+@pytest.mark.parametrize("size", [8, 28, 32, 224])
+@pytest.mark.parametrize("name", IMAGES)
+def test_any_input_size(name, size, chans):
+    side = _final_side(name, size, chans)
+    # The final map keeps at least 2×2 pixels however small the input; above 64 px every
+    # family uses its ImageNet design, with total stride 32.
+    if size == 224:
+        assert side == 7
+    else:
+        assert side >= 2
+
+
+def test_cifar_design_at_32_pixels():
+    # RepDistiller's CIFAR ResNets end on 8×8 maps; the other families stride 8 at 32 px.
+    assert _final_side("resnet8", 32, 3) == 8
+    assert _final_side("mobilenetv2_w050", 32, 3) == 4
+    assert _final_side("shufflenetv2", 32, 3) == 4
+
+
+def test_non_square_input():
+    model = build("resnet8", input_size=(8, 40)).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 8, 40)).shape == (1, 10)
+
+
+def test_unknown_name_suggests_close_match():
+    with pytest.raises(UnknownNameError, match="did you mean .*mobilenetv2_w050"):
+        create_student("mobilenetv2_w05")
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"num_classes": 0}, {"in_chans": 0}, {"input_size": 0}, {"input_size": (32, 0)}]
+)
+def test_bad_arguments_are_spec_errors(kwargs):
+    with pytest.raises(SpecError, match="positive"):
+        create_student("resnet8", **kwargs)
+
+
+def test_mobilenetv2_is_width_one():
+    def count(name: str) -> int:
+        return sum(p.numel() for p in create_student(name).parameters())
+
+    assert len(STUDENTS) == len(NAMES)
+    assert count("mobilenetv2") == count("mobilenetv2_w100")
+
+
+def test_channel_shuffle_is_the_papers_reshape_transpose():
+    x = torch.randn(2, 6, 3, 3)
+    expected = x.reshape(2, 2, 3, 3, 3).transpose(1, 2).reshape(2, 6, 3, 3)
+    torch.testing.assert_close(ChannelShuffle(6, 2)(x), expected)
+    assert ChannelShuffle(6, 2).perm.tolist() == [0, 3, 1, 4, 2, 5]
+    assert "perm" not in ChannelShuffle(6, 2).state_dict()  # checkpoints hold weights only
