@@ -25,8 +25,9 @@ def plot_curves(path: Path, history: list[dict], title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    epochs = [row["epoch"] for row in history]
+    epochs = [row["epoch"] + 1 for row in history]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     left.plot(epochs, [row["train_loss"] for row in history], marker="o", label="train loss")
     if "val_kl" in history[0]:
@@ -56,6 +57,7 @@ def plot_curves(path: Path, history: list[dict], title: str) -> None:
     right.legend(loc="lower right")
     for ax in (left, right):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title)
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")
