@@ -23,7 +23,7 @@ DIGITS_TEACHER = MODELS / "digits_cnn.onnx"
 
 
 def test_help_imports_neither_torch_nor_onnxruntime():
-    commands = ["", "cache-teacher", "cache-info", "cache-merge"]
+    commands = ["", "cache-teacher", "cache-info", "cache-merge", "distill", "students"]
     code = (
         "import sys\n"
         "from onnxkd.cli import main\n"

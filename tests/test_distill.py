@@ -237,3 +237,10 @@ def test_no_cache_in_the_workspace_says_what_to_run(cli, tmp_path):
     result = cli("distill", "--student", "small_cnn")
     assert result.returncode == 1
     assert "has no cache yet; run `onnxkd cache-teacher" in result.stderr
+
+
+def test_students_command_lists_the_registry(cli):
+    result = cli("students")
+    assert result.returncode == 0
+    names = [line.split()[0] for line in result.stdout.splitlines()]
+    assert {"mobilenetv2_w050", "resnet8x4", "shufflenetv2", "small_cnn", "mlp"} <= set(names)
