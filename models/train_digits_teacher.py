@@ -29,6 +29,7 @@ from zoo_common import (  # noqa: E402
     count_params,
     export_teacher,
     ir_version,
+    max_logit_diff,
     ort_accuracy,
     random_crop_flip,
     seed_everything,
@@ -38,6 +39,7 @@ from zoo_common import (  # noqa: E402
     versions,
     write_card,
 )
+
 from onnxkd.data.source import DataRef, holdout_split  # noqa: E402
 from onnxkd.data.spec import InputSpec  # noqa: E402
 
@@ -99,7 +101,10 @@ def main() -> None:
     steps_per_epoch = -(-len(train) // args.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=args.lr, epochs=args.epochs, steps_per_epoch=steps_per_epoch,
+        optimizer,
+        max_lr=args.lr,
+        epochs=args.epochs,
+        steps_per_epoch=steps_per_epoch,
         pct_start=0.15,
     )
     x_test = torch.from_numpy(SPEC.apply(test.x))
@@ -141,28 +146,39 @@ def main() -> None:
     )
     export_teacher(model, SPEC, args.out, doc)
     acc = ort_accuracy(args.out, test.x, test.y)
+    diff = max_logit_diff(model, args.out, test.x, SPEC)
     size, digest = args.out.stat().st_size, sha256_file(args.out)
     print(f"test accuracy (onnxruntime, {args.out.name}): {acc:.4f} on {len(test)} images")
+    print(f"max |torch - onnxruntime| logit difference on the test split: {diff:.2e}")
     print(f"training wall time {wall:.1f}s; {args.out.name}: {size:,} bytes, sha256 {digest}")
 
+    exporter = (
+        "`torch.onnx.export`, legacy TorchScript exporter (`dynamo=False`), opset 13, "
+        f"IR {ir_version(args.out)}"
+    )
     card = args.out.with_suffix(".md")
     write_card(
         card,
         f"{args.out.name}: CNN teacher for scikit-learn digits",
         [
-            ("Summary", f"""
+            (
+                "Summary",
+                f"""
 | | |
 | --- | --- |
 | file | `{args.out.name}` |
 | task | 10-class digit classification, 8×8 grayscale |
 | framework of origin | PyTorch {torch.__version__} |
-| exporter | `torch.onnx.export` legacy TorchScript exporter (`dynamo=False`), opset 13, IR {ir_version(args.out)} |
+| exporter | {exporter} |
 | parameters | {n_params:,} |
 | test accuracy | **{acc:.4f}** ({round(acc * len(test))}/{len(test)}) |
 | file size | {size:,} bytes |
 | sha256 | `{digest}` |
-"""),
-            ("Data and split", f"""
+""",
+            ),
+            (
+                "Data and split",
+                f"""
 scikit-learn's bundled `load_digits()` (1,797 real 8×8 digits), exactly as onnxkd defines the
 `digits` source: `x = d.images.astype(np.uint8)[..., None]` (N, 8, 8, 1) uint8 with values
 0..16, `y = d.target`, label names `"0"`..`"9"`. Split with
@@ -170,23 +186,32 @@ scikit-learn's bundled `load_digits()` (1,797 real 8×8 digits), exactly as onnx
 holdout (seed 0) of 20% of the samples is `test` ({len(test)} images), the rest `train`
 ({len(train)} images). Training saw the train split only; the test split was never used for
 model selection (the last epoch is exported).
-"""),
-            ("Architecture", f"""
+""",
+            ),
+            (
+                "Architecture",
+                f"""
 `DigitsCNN` ({n_params:,} parameters): conv 3×3 1→32 (pad 1) + BatchNorm + ReLU, conv 3×3
 32→64 + BN + ReLU, max-pool 2 (8×8 → 4×4), conv 3×3 64→64 + BN + ReLU, global average pool,
 linear 64→10. Output `logits` (batch, 10): raw logits, no softmax. Input `input` (batch, 1, 8, 8)
 float32; the batch dimension is dynamic. BatchNorm is folded into the convolutions by the
 exporter.
-"""),
-            ("Training recipe", f"""
+""",
+            ),
+            (
+                "Training recipe",
+                f"""
 AdamW (lr {args.lr}, weight decay {args.weight_decay}), one-cycle schedule (15% warm-up,
 cosine decay), batch {args.batch_size}, {args.epochs} epochs, cross-entropy. Augmentation:
 random shift by up to ±1 pixel with zero padding (on raw pixels, before preprocessing).
 Preprocessing in training is `InputSpec.apply` with the spec below, the same one written into
 the model. Seed {args.seed} (Python, NumPy, torch), `torch.set_num_threads({args.threads})`.
 Training wall time: {wall:.1f} s on a 2-core x86 CPU. Versions: {versions()}.
-"""),
-            ("Input spec", f"""
+""",
+            ),
+            (
+                "Input spec",
+                f"""
 Stored in `metadata_props` under `onnxkd.input_spec`:
 
 ```json
@@ -194,13 +219,23 @@ Stored in `metadata_props` under `onnxkd.input_spec`:
 ```
 
 So `x = (pixel / 16 - 0.5) / 0.5`, i.e. pixels 0..16 map to -1..1, laid out NCHW.
-"""),
-            ("Accuracy", f"""
+""",
+            ),
+            (
+                "Accuracy",
+                f"""
 Top-1 accuracy on the {len(test)}-image test split: **{acc:.4f}**, measured by the training
 script with onnxruntime {ort.__version__} (CPUExecutionProvider) on the exported `.onnx`, with the
-input spec read back from the file's metadata. (An onnxkd measurement will be added later.)
-"""),
-            ("Reproduce", """
+input spec read back from the file's metadata.
+The onnxkd measurement (`models/measure_with_onnxkd.py`)
+is in the section below.
+Export check: the largest difference between torch and onnxruntime logits over the test split
+is {diff:.1e}.
+""",
+            ),
+            (
+                "Reproduce",
+                """
 From the repository root:
 
 ```
@@ -209,7 +244,8 @@ From the repository root:
 
 Seeded; on a different CPU or thread count the weights, and hence the sha256, may differ
 slightly.
-"""),
+""",
+            ),
         ],
     )
     update_zoo_readme(

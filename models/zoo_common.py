@@ -34,9 +34,7 @@ def seed_everything(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def random_crop_flip(
-    raw: np.ndarray, pad: int, flip: bool, rng: np.random.Generator
-) -> np.ndarray:
+def random_crop_flip(raw: np.ndarray, pad: int, flip: bool, rng: np.random.Generator) -> np.ndarray:
     """Random shift by up to `pad` pixels (zero padding) and optional horizontal flip.
 
     Vectorized over the batch: one gather with per-sample row and column indices.
@@ -117,6 +115,22 @@ def ort_accuracy(path: Path, raw: np.ndarray, labels: np.ndarray, batch: int = 2
         (logits,) = session.run(["logits"], {"input": x})
         correct += int((logits.argmax(1) == labels[start : start + batch]).sum())
     return correct / len(raw)
+
+
+def max_logit_diff(
+    model: torch.nn.Module, path: Path, raw: np.ndarray, spec: InputSpec, batch: int = 256
+) -> float:
+    """Largest |torch - onnxruntime| logit difference over `raw`: the export check."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    model.eval()
+    worst = 0.0
+    with torch.no_grad():
+        for start in range(0, len(raw), batch):
+            x = spec.apply(raw[start : start + batch])
+            (ort_logits,) = session.run(["logits"], {"input": x})
+            torch_logits = model(torch.from_numpy(x)).numpy()
+            worst = max(worst, float(np.abs(ort_logits - torch_logits).max()))
+    return worst
 
 
 def sha256_file(path: Path) -> str:

@@ -1,0 +1,337 @@
+"""Train the zoo's CIFAR-10 teacher: a ResNet-20 (widths 32/64/128) on the shared CIFAR-10 subset.
+
+Run from the repository root (about 12 minutes on a 2-core CPU):
+
+    .venv/bin/python models/train_cifar10_resnet.py
+
+Writes models/cifar10_resnet.onnx (raw logits, input spec in metadata_props) and
+models/cifar10_resnet.md, and updates the zoo table in models/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # onnxkd, when not installed
+
+from zoo_common import (  # noqa: E402
+    count_params,
+    export_teacher,
+    ir_version,
+    max_logit_diff,
+    ort_accuracy,
+    random_crop_flip,
+    seed_everything,
+    sha256_file,
+    spec_json,
+    update_zoo_readme,
+    versions,
+    write_card,
+)
+
+from onnxkd.data.spec import InputSpec  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_DATA = HERE.parents[0].parent / "shared" / "data" / "cifar10" / "cifar10-subset.npz"
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = (0.2470, 0.2435, 0.2616)
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """CIFAR ResNet: 3×3 stem, three stages of BasicBlocks at 32, 16 and 8 pixels, 1×1
+    projection shortcuts where the shape changes, global average pool, linear."""
+
+    def __init__(
+        self,
+        widths: tuple[int, int, int] = (32, 64, 128),
+        blocks: tuple[int, int, int] = (3, 3, 3),
+        num_classes: int = 10,
+    ) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
+        )
+        layers, cin = [], widths[0]
+        for stage, (width, n) in enumerate(zip(widths, blocks, strict=True)):
+            for i in range(n):
+                layers.append(BasicBlock(cin, width, 2 if stage > 0 and i == 0 else 1))
+                cin = width
+        self.layers = nn.Sequential(*layers)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.adaptive_avg_pool2d(self.layers(self.stem(x)), 1)
+        return self.fc(torch.flatten(x, 1))
+
+
+def warmup_cosine(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="cifar10-subset.npz")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--warmup-epochs", type=float, default=2.0)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--weight-decay", type=float, default=5e-4)
+    parser.add_argument("--label-smoothing", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--no-channels-last",
+        dest="channels_last",
+        action="store_false",
+        help="train in NCHW-contiguous memory (channels_last measured ~1.2x faster here)",
+    )
+    parser.add_argument("--out", type=Path, default=HERE / "cifar10_resnet.onnx")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    rng = seed_everything(args.seed)
+
+    with np.load(args.data, allow_pickle=False) as d:
+        x_train, y_train = d["x_train"], d["y_train"].astype(np.int64)
+        x_test, y_test = d["x_test"], d["y_test"].astype(np.int64)
+        names = tuple(str(n) for n in d["label_names"])
+    spec = InputSpec(
+        layout="NCHW",
+        size=(32, 32),
+        channels=3,
+        scale=1 / 255,
+        mean=MEAN,
+        std=STD,
+        dtype="float32",
+        label_names=names,
+    )
+    print(f"{args.data.name}: {len(x_train)} train, {len(x_test)} test, classes {names}")
+
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = CifarResNet(num_classes=len(names)).to(memory_format=memory_format)
+    n_params = count_params(model)
+    print(f"CifarResNet-20 (32/64/128): {n_params:,} parameters", flush=True)
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=args.lr,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=args.weight_decay,
+    )
+    steps_per_epoch = -(-len(x_train) // args.batch_size)
+    total_steps = args.epochs * steps_per_epoch
+    warmup_steps = round(args.warmup_epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_cosine(s, total_steps, warmup_steps)
+    )
+    test_inputs = torch.from_numpy(spec.apply(x_test)).contiguous(memory_format=memory_format)
+    test_labels = torch.from_numpy(y_test)
+
+    epoch_times = []
+    start = time.perf_counter()
+    for epoch in range(1, args.epochs + 1):
+        epoch_start = time.perf_counter()
+        model.train()
+        order = rng.permutation(len(x_train))
+        total_loss, correct = 0.0, 0
+        for i in range(0, len(order), args.batch_size):
+            idx = order[i : i + args.batch_size]
+            raw = random_crop_flip(x_train[idx], pad=4, flip=True, rng=rng)
+            inputs = torch.from_numpy(spec.apply(raw)).contiguous(memory_format=memory_format)
+            targets = torch.from_numpy(y_train[idx])
+            logits = model(inputs)
+            loss = F.cross_entropy(logits, targets, label_smoothing=args.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total_loss += loss.item() * len(idx)
+            correct += int((logits.argmax(1) == targets).sum())
+        model.eval()
+        with torch.no_grad():
+            test_acc = sum(
+                int((model(test_inputs[j : j + 256]).argmax(1) == test_labels[j : j + 256]).sum())
+                for j in range(0, len(test_inputs), 256)
+            ) / len(test_inputs)
+        epoch_times.append(time.perf_counter() - epoch_start)
+        print(
+            f"epoch {epoch:3d}/{args.epochs}  lr {scheduler.get_last_lr()[0]:.4f}  "
+            f"loss {total_loss / len(x_train):.4f}  train acc {correct / len(x_train):.4f}  "
+            f"test acc (torch) {test_acc:.4f}  {time.perf_counter() - start:.0f}s",
+            flush=True,
+        )
+    wall = time.perf_counter() - start
+    median_epoch, fastest_epoch = float(np.median(epoch_times)), min(epoch_times)
+
+    doc = (
+        "onnxkd model zoo: CIFAR-10 ResNet-20 (widths 32/64/128) teacher, trained on the "
+        "4,660-image CIFAR-10 subset by models/train_cifar10_resnet.py. Output: raw logits. "
+        "Preprocessing: the onnxkd.input_spec entry in metadata_props."
+    )
+    export_teacher(model, spec, args.out, doc)
+    acc = ort_accuracy(args.out, x_test, y_test)
+    diff = max_logit_diff(model, args.out, x_test, spec)
+    size, digest = args.out.stat().st_size, sha256_file(args.out)
+    print(f"test accuracy (onnxruntime, {args.out.name}): {acc:.4f} on {len(x_test)} images")
+    print(f"max |torch - onnxruntime| logit difference on the test split: {diff:.2e}")
+    print(
+        f"training wall time {wall:.0f}s (epochs: median {median_epoch:.1f}s, fastest "
+        f"{fastest_epoch:.1f}s); {args.out.name}: {size:,} bytes, sha256 {digest}"
+    )
+
+    data_arg = "" if args.data.resolve() == DEFAULT_DATA.resolve() else f" --data {args.data}"
+    exporter = (
+        "`torch.onnx.export`, legacy TorchScript exporter (`dynamo=False`), opset 13, "
+        f"IR {ir_version(args.out)}"
+    )
+    card = args.out.with_suffix(".md")
+    write_card(
+        card,
+        f"{args.out.name}: ResNet-20 teacher for CIFAR-10 (subset)",
+        [
+            (
+                "Summary",
+                f"""
+| | |
+| --- | --- |
+| file | `{args.out.name}` |
+| task | 10-class CIFAR-10 classification, 32×32 RGB |
+| framework of origin | PyTorch {torch.__version__} |
+| exporter | {exporter} |
+| parameters | {n_params:,} |
+| test accuracy | **{acc:.4f}** ({round(acc * len(x_test))}/{len(x_test)}) |
+| file size | {size:,} bytes |
+| sha256 | `{digest}` |
+""",
+            ),
+            (
+                "Data and split",
+                f"""
+`shared/data/cifar10/cifar10-subset.npz` (real CIFAR-10: the first 932 images of each of the
+five training batches and the first 846 of the test batch). Trained on `x_train`/`y_train`
+({len(x_train)} images, uint8 (N, 32, 32, 3) HWC RGB) only; accuracy is on `x_test`/`y_test`
+({len(x_test)} images), the native test split, which was never used for model selection (the
+last epoch is exported). Label names from the file's `label_names`: {", ".join(names)}.
+""",
+            ),
+            (
+                "Architecture",
+                f"""
+CIFAR ResNet-20 with widths 32/64/128 ({n_params:,} parameters; the classic ResNet-20 has
+16/32/64 and 0.27 M): 3×3 conv stem 3→32 + BatchNorm + ReLU, then three stages of three
+BasicBlocks (two 3×3 conv + BN, ReLU after the residual add) at 32×32 (32 channels), 16×16 (64)
+and 8×8 (128); the first block of stages 2 and 3 has stride 2 and a 1×1 conv + BN projection
+shortcut. Global average pool, linear 128→10. Output `logits` (batch, 10): raw logits, no
+softmax. Input `input` (batch, 3, 32, 32) float32; the batch dimension is dynamic. BatchNorm is
+folded into the convolutions by the exporter.
+""",
+            ),
+            (
+                "Training recipe",
+                f"""
+SGD, momentum 0.9, Nesterov, lr {args.lr} with {args.warmup_epochs:g} epochs of linear warm-up
+then cosine decay to 0 (per step), weight decay {args.weight_decay} (all parameters), batch
+{args.batch_size}, {args.epochs} epochs ({total_steps} steps), cross-entropy with label
+smoothing {args.label_smoothing}. Augmentation on raw uint8 pixels, before preprocessing: random
+crop 32×32 from the image zero-padded by 4, and horizontal flip with probability 0.5. Inputs
+come from `InputSpec.apply` with the spec below, the same one written into the model.
+{"channels_last" if args.channels_last else "NCHW-contiguous"} memory format during training.
+Seed {args.seed} (Python, NumPy, torch), `torch.set_num_threads({args.threads})`.
+Training wall time: {wall:.0f} s on a 2-core x86 CPU (it depends on what else runs on the cores);
+per epoch (including a torch evaluation of the test split for the progress log) median
+{median_epoch:.1f} s, fastest {fastest_epoch:.1f} s, so about
+{fastest_epoch * args.epochs / 60:.0f} minutes when the cores are free.
+Versions: {versions()}.
+""",
+            ),
+            (
+                "Input spec",
+                f"""
+Stored in `metadata_props` under `onnxkd.input_spec`:
+
+```json
+{spec_json(spec)}
+```
+
+So `x = (pixel / 255 - mean[c]) / std[c]` per RGB channel (the standard CIFAR-10 constants),
+laid out NCHW.
+""",
+            ),
+            (
+                "Accuracy",
+                f"""
+Top-1 accuracy on the {len(x_test)}-image test split: **{acc:.4f}**, measured by the training
+script with onnxruntime {ort.__version__} (CPUExecutionProvider) on the exported `.onnx`, with
+the input spec read back from the file's metadata.
+The onnxkd measurement (`models/measure_with_onnxkd.py`)
+is in the section below.
+Export check: the largest difference between torch and onnxruntime logits over the test split
+is {diff:.1e}.
+With only 4,660 training images and a 12-minute CPU budget this is far from full-CIFAR-10
+numbers; it is meant as a teacher for small students (e.g. MobileNetV2 width 0.5) trained on
+the same subset.
+""",
+            ),
+            (
+                "Reproduce",
+                f"""
+From the repository root:
+
+```
+.venv/bin/python models/train_cifar10_resnet.py{data_arg}
+```
+
+Seeded; on a different CPU or thread count the weights, and hence the sha256, may differ
+slightly.
+""",
+            ),
+        ],
+    )
+    update_zoo_readme(
+        args.out.name,
+        [
+            f"[`{args.out.name}`](cifar10_resnet.md)",
+            f"PyTorch {torch.__version__.split('+')[0]}",
+            f"CIFAR-10 subset: {len(x_train)} train / {len(x_test)} test (native)",
+            "3×32×32 NCHW RGB, px/255, CIFAR mean/std",
+            f"{n_params / 1e6:.2f} M",
+            f"{acc * 100:.2f}%",
+            f"{size / 1024 / 1024:.1f} MiB",
+        ],
+    )
+    print(f"wrote {args.out}, {card}")
+
+
+if __name__ == "__main__":
+    main()
