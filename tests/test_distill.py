@@ -179,8 +179,9 @@ def test_torchrun_two_processes_on_cpu(workspace, tmp_path):
         {"hints": ("stage2:/features/features.5/Relu_output_0",)},
         {"attention": ("stage2:/features/features.5/Relu_output_0",)},
         {"online": True},
+        {"rkd": "embedding:/features/features.5/Relu_output_0"},
     ],
-    ids=["dkd", "scratch", "fitnets", "attention", "online"],
+    ids=["dkd", "scratch", "fitnets", "attention", "online", "rkd"],
 )
 def test_other_objectives_train(workspace, tmp_path, extra):
     root = fresh(workspace, tmp_path)
@@ -219,6 +220,17 @@ BAD = [
         "student has no module 'stage9'",
     ),
     (("--student", "small_cnn", "--data", "../shared/data/mnist"), "fingerprints differ"),
+    (("--student", "small_cnn", "--loss", "kd_topk"), "needs a top-k cache"),
+    (
+        (
+            "--student",
+            "small_cnn",
+            "--online",
+            "--hint",
+            "stage2:/features/features.5/Relu_output_0",
+        ),
+        "drop --online",
+    ),
 ]
 
 
@@ -244,3 +256,30 @@ def test_students_command_lists_the_registry(cli):
     assert result.returncode == 0
     names = [line.split()[0] for line in result.stdout.splitlines()]
     assert {"mobilenetv2_w050", "resnet8x4", "shufflenetv2", "small_cnn", "mlp"} <= set(names)
+
+
+def test_kd_from_a_topk_cache(tmp_path):
+    cfg = CacheConfig(
+        DIGITS_TEACHER,
+        DataRef("digits"),
+        out=tmp_path / "topk",
+        topk=3,
+        views=2,
+        augment="crop",
+        threads=1,
+        workdir=tmp_path / "ws",
+    )
+    cache_teacher(cfg, log=lambda s: None)
+    run = DistillConfig(
+        student="small_cnn",
+        cache=tmp_path / "topk",
+        loss="kd_topk",
+        epochs=2,
+        batch_size=64,
+        threads=1,
+        workdir=tmp_path / "ws",
+        out=tmp_path / "run",
+    )
+    result = distill(run, log=lambda s: None)
+    assert [r["view"] for r in result.history] == [0, 1]
+    assert result.export["onnxruntime_accuracy"] > 0.5

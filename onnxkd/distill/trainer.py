@@ -160,6 +160,16 @@ def distill(
                 f"the cache has no teacher feature {name!r}; cached features: "
                 f"{list(cache.manifest['features'])} (cache-teacher --features)"
             )
+    if cfg.online and features:
+        raise DistillConfigError(
+            f"--online runs the teacher for its logits only; feature terms need cached "
+            f"features ({', '.join(features)}): drop --online"
+        )
+    if cfg.loss == "kd_topk" and cache.manifest["targets"]["storage"] != "topk":
+        raise DistillConfigError(
+            f"--loss kd_topk needs a top-k cache; {cache_path} stores every class (use "
+            "--loss kd, or cache-teacher --topk K)"
+        )
     if cfg.online:
         batches = OnlineBatches(cache, train_src, teacher=online_teacher)
     else:
