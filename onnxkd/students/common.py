@@ -44,6 +44,13 @@ class Student(nn.Module):
     input_ndim: int = 4
 
 
+def stage_features(stages: int, final: str) -> dict[str, str]:
+    """`feature_modules` of an image student whose stages are attributes `stage1`… and whose
+    classifier head pools into `head.flatten`."""
+    names = {f"stage{i}": f"stage{i}" for i in range(1, stages + 1)}
+    return {**names, "final": final, "embedding": "head.flatten"}
+
+
 def shorter_side(input_size: Size) -> int:
     """The shorter side of an `int` or `(height, width)` input size."""
     side = min(input_size) if isinstance(input_size, tuple | list) else int(input_size)

@@ -24,6 +24,7 @@ from onnxkd.students.common import (
     init_weights,
     make_divisible,
     plan_strides,
+    stage_features,
 )
 
 # Per stage, the (expansion t, channels c, repeats n) groups of Table 2; the stage's first
@@ -83,14 +84,7 @@ class MobileNetV2(Student):
         self.num_features = make_divisible(1280 * max(1.0, width))
         self.final = ConvBNAct(cin, self.num_features, 1, act=nn.ReLU6)
         self.head = ClassifierHead(self.num_features, num_classes)
-        self.feature_modules = {
-            "stage1": "stage1",
-            "stage2": "stage2",
-            "stage3": "stage3",
-            "stage4": "stage4",
-            "final": "final",
-            "embedding": "head.flatten",
-        }
+        self.feature_modules = stage_features(4, final="final")
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ from onnxkd.students.common import (
     Student,
     init_weights,
     plan_strides,
+    stage_features,
 )
 
 # Downsampling points: stem conv, stem max-pool, stage1, stage2, stage3.
@@ -74,13 +75,7 @@ class CifarResNet(Student):
         self.stage1, self.stage2, self.stage3 = stages
         self.num_features = widths[-1]
         self.head = ClassifierHead(widths[-1], num_classes)
-        self.feature_modules = {
-            "stage1": "stage1",
-            "stage2": "stage2",
-            "stage3": "stage3",
-            "final": "stage3",
-            "embedding": "head.flatten",
-        }
+        self.feature_modules = stage_features(3, final="stage3")
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ from onnxkd.students.common import (
     Student,
     init_weights,
     plan_strides,
+    stage_features,
 )
 
 REPEATS = (4, 8, 4)
@@ -106,13 +107,7 @@ class ShuffleNetV2(Student):
         self.num_features = widths[3]
         self.final = ConvBNAct(cin, self.num_features, 1)
         self.head = ClassifierHead(self.num_features, num_classes)
-        self.feature_modules = {
-            "stage1": "stage1",
-            "stage2": "stage2",
-            "stage3": "stage3",
-            "final": "final",
-            "embedding": "head.flatten",
-        }
+        self.feature_modules = stage_features(3, final="final")
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ from onnxkd.students.common import (
     Student,
     init_weights,
     plan_strides,
+    stage_features,
 )
 
 # Downsampling points: stem conv, stem max-pool, stage1 .. stage3.
@@ -39,13 +40,7 @@ class SmallCNN(Student):
         self.stage3 = ConvBNAct(widths[2], widths[3], 3, s3)
         self.num_features = widths[3]
         self.head = ClassifierHead(widths[3], num_classes)
-        self.feature_modules = {
-            "stage1": "stage1",
-            "stage2": "stage2",
-            "stage3": "stage3",
-            "final": "stage3",
-            "embedding": "head.flatten",
-        }
+        self.feature_modules = stage_features(3, final="stage3")
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
