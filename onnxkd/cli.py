@@ -89,11 +89,50 @@ workdir_option = click.option(
 )
 
 
+def _config_defaults(ctx: click.Context, path: Path | None) -> dict | None:
+    """Option defaults per command from a TOML file: `[cache-teacher]` then `views = 10`.
+    Unknown commands or options are usage errors naming the valid ones."""
+    if path is None:
+        return None
+    import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise click.BadParameter(f"{path} is not readable TOML: {e}", param_hint="--config") from e
+    group = ctx.command
+    defaults = {}
+    for name, table in data.items():
+        command = group.commands.get(name) if isinstance(table, dict) else None
+        if command is None:
+            raise click.BadParameter(
+                f"{path}: [{name}] is not a command table; commands: {', '.join(group.commands)}",
+                param_hint="--config",
+            )
+        valid = {p.name for p in command.params}
+        options = {key.replace("-", "_"): value for key, value in table.items()}
+        unknown = sorted(set(options) - valid)
+        if unknown:
+            raise click.BadParameter(
+                f"{path}: [{name}] has unknown options {unknown}; valid: {sorted(valid)}",
+                param_hint="--config",
+            )
+        defaults[name] = options
+    return defaults
+
+
 @click.group(cls=OnnxkdGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="onnxkd")
-def main() -> None:
+@click.option(
+    "--config",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="TOML file whose [command] tables fill option defaults; flags override it.",
+)
+@click.pass_context
+def main(ctx: click.Context, config: Path | None) -> None:
     """Knowledge distillation around ONNX: cache a teacher's soft targets, train a small
     student on them, quantize it, and benchmark it where it will run."""
+    ctx.default_map = _config_defaults(ctx, config)
 
 
 @main.command("cache-teacher")

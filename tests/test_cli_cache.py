@@ -159,3 +159,20 @@ def test_bad_input_gives_one_clear_line(cli, tmp_path, args, message):
     assert "Traceback" not in result.stderr
     assert message in result.stderr
     assert not (tmp_path / "onnxkd-out" / "state.json").exists()
+
+
+def test_config_file_fills_defaults_and_flags_override(cli, tmp_path):
+    config = tmp_path / "onnxkd.toml"
+    config.write_text('[cache-teacher]\nviews = 3\naugment = "crop"\ndata = "digits"\n')
+    out = tmp_path / "c"
+    result = cli("--config", config, "cache-teacher", DIGITS_TEACHER, "--views", "2", "-o", out)
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["sections"]["train"]["views"] == 2  # the flag wins
+    assert manifest["sections"]["train"]["augmentation"]["policy"] == "crop"  # from the file
+    config.write_text("[cache-teacher]\nvues = 3\n")
+    bad = cli("--config", config, "cache-teacher", DIGITS_TEACHER)
+    assert bad.returncode == 2 and "unknown options ['vues']" in bad.stderr
+    config.write_text("[distil]\nepochs = 3\n")
+    bad = cli("--config", config, "students")
+    assert bad.returncode == 2 and "[distil] is not a command table" in bad.stderr
