@@ -27,6 +27,7 @@ ZOO = {
         str(SHARED / "cifar10" / "cifar10-subset.npz"),
         "../shared/data/cifar10/cifar10-subset.npz",
     ),
+    "mnist_cnn.onnx": (str(SHARED / "mnist"), "../shared/data/mnist"),
 }
 SECTION = "## Measured by onnxkd"
 

@@ -1,0 +1,259 @@
+"""Train the zoo's MNIST teacher: a small CNN on the shared 3k-image MNIST training subset.
+
+Run from the repository root (under 2 minutes on one CPU thread):
+
+    .venv/bin/python models/train_mnist_teacher.py
+
+Writes models/mnist_cnn.onnx (raw logits, input spec in metadata_props) and models/mnist_cnn.md,
+and updates the zoo table in models/README.md. The data is loaded exactly as onnxkd loads it
+(`open_source(DataRef(folder, split=...))`), so `--data ../shared/data/mnist` sees the same split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import onnxruntime as ort
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # onnxkd, when not installed
+
+from zoo_common import (  # noqa: E402
+    count_params,
+    export_teacher,
+    ir_version,
+    max_logit_diff,
+    ort_accuracy,
+    random_crop_flip,
+    seed_everything,
+    sha256_file,
+    spec_json,
+    update_zoo_readme,
+    versions,
+    write_card,
+)
+
+from onnxkd.data.loaders import open_source  # noqa: E402
+from onnxkd.data.source import DataRef  # noqa: E402
+from onnxkd.data.spec import InputSpec  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_DATA = HERE.parents[0].parent / "shared" / "data" / "mnist"
+SPEC = InputSpec(
+    layout="NCHW",
+    size=(28, 28),
+    channels=1,
+    scale=1 / 255,
+    mean=(0.1307,),
+    std=(0.3081,),
+    dtype="float32",
+    label_names=tuple(str(i) for i in range(10)),
+)
+
+
+def conv_bn(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+
+class MnistCNN(nn.Module):
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            *conv_bn(1, 32),
+            *conv_bn(32, 48),
+            nn.MaxPool2d(2),
+            *conv_bn(48, 96),
+            nn.MaxPool2d(2),
+            *conv_bn(96, 96),  # at 7×7: widens the receptive field before the global pool
+        )
+        self.classifier = nn.Linear(96, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.adaptive_avg_pool2d(self.features(x), 1)
+        return self.classifier(torch.flatten(x, 1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="MNIST idx folder")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--weight-decay", type=float, default=0.05)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=HERE / "mnist_cnn.onnx")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    rng = seed_everything(args.seed)
+    train = open_source(DataRef(str(args.data), split="train"))
+    test = open_source(DataRef(str(args.data), split="test"))
+    print(f"{args.data}: {len(train)} train, {len(test)} test, {train.x.shape[1:]} uint8")
+
+    cl = torch.channels_last  # faster convs on CPU; export_teacher converts back to NCHW
+    model = MnistCNN(len(SPEC.label_names)).to(memory_format=cl)
+    n_params = count_params(model)
+    print(f"MnistCNN: {n_params:,} parameters")
+    # the last partial batch is dropped: 3,009 % 64 == 1, and a one-image batch at the end of
+    # an epoch skews the BatchNorm running statistics
+    steps = len(train) // args.batch_size
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=args.lr, epochs=args.epochs, steps_per_epoch=steps, pct_start=0.15
+    )
+    start = time.perf_counter()
+    for epoch in range(1, args.epochs + 1):
+        model.train()
+        order = rng.permutation(len(train))[: steps * args.batch_size]
+        total_loss, correct = 0.0, 0
+        for idx in order.reshape(steps, args.batch_size):
+            raw = random_crop_flip(train.x[idx], pad=2, flip=False, rng=rng)
+            inputs = torch.from_numpy(SPEC.apply(raw)).contiguous(memory_format=cl)
+            targets = torch.from_numpy(train.y[idx])
+            logits = model(inputs)
+            loss = F.cross_entropy(logits, targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total_loss += loss.item() * len(idx)
+            correct += int((logits.argmax(1) == targets).sum())
+        print(
+            f"epoch {epoch:3d}/{args.epochs}  loss {total_loss / len(order):.4f}  "
+            f"train acc {correct / len(order):.4f}  {time.perf_counter() - start:.1f}s",
+            flush=True,
+        )
+    wall = time.perf_counter() - start
+
+    doc = (
+        "onnxkd model zoo: MnistCNN teacher for MNIST (10 classes), trained on a 3,009-image "
+        "subset by models/train_mnist_teacher.py. Output: raw logits. Preprocessing: the "
+        "onnxkd.input_spec entry in metadata_props."
+    )
+    export_teacher(model, SPEC, args.out, doc)
+    acc = ort_accuracy(args.out, test.x, test.y)
+    diff = max_logit_diff(model, args.out, test.x, SPEC)
+    size, digest = args.out.stat().st_size, sha256_file(args.out)
+    print(f"test accuracy (onnxruntime, {args.out.name}): {acc:.4f} on {len(test)} images")
+    print(f"max |torch - onnxruntime| logit difference on the test split: {diff:.2e}")
+    print(f"training wall time {wall:.1f}s; {args.out.name}: {size:,} bytes, sha256 {digest}")
+
+    data_arg = "" if args.data.resolve() == DEFAULT_DATA.resolve() else f" --data {args.data}"
+    files = {
+        s: ", ".join(f"`{f}`" for f in d.split_info["files"])
+        for s, d in (("train", train), ("test", test))
+    }
+    card = args.out.with_suffix(".md")
+    ir = ir_version(args.out)
+    write_card(
+        card,
+        f"{args.out.name}: CNN teacher for MNIST",
+        [
+            (
+                "Summary",
+                f"""
+| | |
+| --- | --- |
+| file | `{args.out.name}` |
+| task | 10-class digit classification, 28×28 grayscale |
+| framework of origin | PyTorch {torch.__version__} |
+| exporter | `torch.onnx.export`, legacy TorchScript exporter (`dynamo=False`), opset 13, IR {ir} |
+| parameters | {n_params:,} |
+| test accuracy | **{acc:.4f}** ({round(acc * len(test)):,}/{len(test):,}) |
+| file size | {size:,} bytes |
+| sha256 | `{digest}` |
+""",
+            ),
+            (
+                "Data and split",
+                f"""
+Real MNIST from `shared/data/mnist`, loaded exactly as onnxkd loads it:
+`onnxkd.data.loaders.open_source(DataRef(folder, split=...))`, uint8 (N, 28, 28, 1) pixels
+0..255, label names `"0"`..`"9"`. `train`: {files["train"]} ({len(train):,} images, a subset
+of the 60,000 MNIST training images). `test`: {files["test"]}, the full native test set
+({len(test):,} images), never used for training or model selection (the last epoch is exported).
+""",
+            ),
+            (
+                "Architecture",
+                f"""
+`MnistCNN` ({n_params:,} parameters): conv 3×3 1→32 (pad 1) + BatchNorm + ReLU, conv 3×3
+32→48 + BN + ReLU, max-pool 2 (28×28 → 14×14), conv 3×3 48→96 + BN + ReLU, max-pool 2
+(→ 7×7), conv 3×3 96→96 + BN + ReLU, global average pool, linear 96→10. Output `logits`
+(batch, 10): raw logits, no softmax. Input `input` (batch, 1, 28, 28) float32; the batch
+dimension is dynamic. BatchNorm is folded into the convolutions by the exporter.
+""",
+            ),
+            (
+                "Training recipe",
+                f"""
+AdamW (lr {args.lr}, weight decay {args.weight_decay}), one-cycle schedule (15% warm-up,
+cosine decay), batch {args.batch_size} ({steps} steps per epoch, the last partial batch
+dropped), {args.epochs} epochs, cross-entropy. Augmentation: random shift by up to ±2 pixels
+with zero padding (on raw pixels, before preprocessing), no flips. Inputs come from
+`InputSpec.apply` with the spec below, the same one written into the model; channels_last
+memory format during training. Seed {args.seed} (Python, NumPy, torch),
+`torch.set_num_threads({args.threads})`. Training wall time: {wall:.1f} s on a 2-core x86 CPU
+(it depends on what else runs on the cores). Versions: {versions()}.
+""",
+            ),
+            (
+                "Input spec",
+                f"""
+Stored in `metadata_props` under `onnxkd.input_spec`:
+
+```json
+{spec_json(SPEC)}
+```
+
+So `x = (pixel / 255 - 0.1307) / 0.3081` (the standard MNIST constants), laid out NCHW.
+""",
+            ),
+            (
+                "Accuracy",
+                f"""
+Top-1 accuracy on the {len(test):,}-image test split: **{acc:.4f}**, measured by the training
+script with onnxruntime {ort.__version__} (CPUExecutionProvider) on the exported `.onnx`, with
+the input spec read back from the file's metadata. The onnxkd measurement
+(`models/measure_with_onnxkd.py`) is in the section below. Export check: the largest
+difference between torch and onnxruntime logits over the test split is {diff:.1e}.
+""",
+            ),
+            (
+                "Reproduce",
+                f"""
+From the repository root:
+
+```
+.venv/bin/python models/train_mnist_teacher.py{data_arg}
+```
+
+Seeded; on a different CPU or thread count the weights, and hence the sha256, may differ
+slightly.
+""",
+            ),
+        ],
+    )
+    update_zoo_readme(
+        args.out.name,
+        [
+            f"[`{args.out.name}`](mnist_cnn.md)",
+            f"PyTorch {torch.__version__.split('+')[0]}",
+            f"MNIST: {len(train)} train (subset) / {len(test)} test (native)",
+            "1×28×28 NCHW, px/255, mean 0.1307 std 0.3081",
+            f"{n_params / 1e3:.1f} k",
+            f"{acc * 100:.2f}%",
+            f"{size / 1024:.0f} KiB",
+        ],
+    )
+    print(f"wrote {args.out}, {card}")
+
+
+if __name__ == "__main__":
+    main()
