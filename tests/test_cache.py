@@ -128,6 +128,8 @@ def test_rerun_is_a_no_op_and_other_inputs_are_refused(teacher, tmp_path):
     assert (out / "manifest.json").read_text() == before
     with pytest.raises(CacheError, match="other inputs.*differs in: .*views"):
         make(teacher, out, views=2)
+    replaced = make(teacher, out, views=2, augment="crop", overwrite=True)
+    assert replaced.section("train").views == 2 and replaced.verify() == []
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("precious")
     with pytest.raises(CacheError, match="not an onnxkd cache; refusing"):
