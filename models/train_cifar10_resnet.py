@@ -25,14 +25,12 @@ from torch import nn
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # onnxkd, when not installed
 
 from zoo_common import (  # noqa: E402
+    check_exported,
     count_params,
     export_teacher,
     ir_version,
-    max_logit_diff,
-    ort_accuracy,
     random_crop_flip,
     seed_everything,
-    sha256_file,
     spec_json,
     update_zoo_readme,
     versions,
@@ -200,11 +198,7 @@ def main() -> None:
         "Preprocessing: the onnxkd.input_spec entry in metadata_props."
     )
     export_teacher(model, spec, args.out, doc)
-    acc = ort_accuracy(args.out, x_test, y_test)
-    diff = max_logit_diff(model, args.out, x_test, spec)
-    size, digest = args.out.stat().st_size, sha256_file(args.out)
-    print(f"test accuracy (onnxruntime, {args.out.name}): {acc:.4f} on {len(x_test)} images")
-    print(f"max |torch - onnxruntime| logit difference on the test split: {diff:.2e}")
+    acc, diff, size, digest = check_exported(model, args.out, x_test, y_test, spec)
     print(
         f"training wall time {wall:.0f}s (epochs: median {median_epoch:.1f}s, fastest "
         f"{fastest_epoch:.1f}s); {args.out.name}: {size:,} bytes, sha256 {digest}"

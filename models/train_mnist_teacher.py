@@ -24,14 +24,12 @@ from torch import nn
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # onnxkd, when not installed
 
 from zoo_common import (  # noqa: E402
+    check_exported,
     count_params,
     export_teacher,
     ir_version,
-    max_logit_diff,
-    ort_accuracy,
     random_crop_flip,
     seed_everything,
-    sha256_file,
     spec_json,
     update_zoo_readme,
     versions,
@@ -137,12 +135,8 @@ def main() -> None:
         "onnxkd.input_spec entry in metadata_props."
     )
     export_teacher(model, SPEC, args.out, doc)
-    acc = ort_accuracy(args.out, test.x, test.y)
-    diff = max_logit_diff(model, args.out, test.x, SPEC)
-    size, digest = args.out.stat().st_size, sha256_file(args.out)
-    print(f"test accuracy (onnxruntime, {args.out.name}): {acc:.4f} on {len(test)} images")
-    print(f"max |torch - onnxruntime| logit difference on the test split: {diff:.2e}")
-    print(f"training wall time {wall:.1f}s; {args.out.name}: {size:,} bytes, sha256 {digest}")
+    acc, diff, size, digest = check_exported(model, args.out, test.x, test.y, SPEC)
+    print(f"training wall time {wall:.1f}s")
 
     data_arg = "" if args.data.resolve() == DEFAULT_DATA.resolve() else f" --data {args.data}"
     files = {

@@ -133,6 +133,20 @@ def max_logit_diff(
     return worst
 
 
+def check_exported(
+    model: torch.nn.Module, path: Path, raw: np.ndarray, labels: np.ndarray, spec: InputSpec
+) -> tuple[float, float, int, str]:
+    """Accuracy under onnxruntime, the torch-vs-onnxruntime logit gap, size and sha256 of an
+    exported teacher, printed as every zoo script reports them."""
+    acc = ort_accuracy(path, raw, labels)
+    diff = max_logit_diff(model, path, raw, spec)
+    size, digest = path.stat().st_size, sha256_file(path)
+    print(f"test accuracy (onnxruntime, {path.name}): {acc:.4f} on {len(raw)} images")
+    print(f"max |torch - onnxruntime| logit difference on the test split: {diff:.2e}")
+    print(f"{path.name}: {size:,} bytes, sha256 {digest}")
+    return acc, diff, size, digest
+
+
 def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
