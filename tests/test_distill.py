@@ -180,8 +180,9 @@ def test_torchrun_two_processes_on_cpu(workspace, tmp_path):
         {"attention": ("stage2:/features/features.5/Relu_output_0",)},
         {"online": True},
         {"rkd": "embedding:/features/features.5/Relu_output_0"},
+        {"bf16": True, "channels_last": True, "optimizer": "adamw"},
     ],
-    ids=["dkd", "scratch", "fitnets", "attention", "online", "rkd"],
+    ids=["dkd", "scratch", "fitnets", "attention", "online", "rkd", "bf16-channels-last-adamw"],
 )
 def test_other_objectives_train(workspace, tmp_path, extra):
     root = fresh(workspace, tmp_path)

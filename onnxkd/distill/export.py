@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,6 @@ import torch
 
 from onnxkd import __version__
 from onnxkd.data.spec import METADATA_KEY, InputSpec
-from onnxkd.teacher.cache_files import write_json_atomic
 
 OPSET = 17
 
@@ -64,37 +64,34 @@ def export_student(
 def check_export(
     model: torch.nn.Module,
     path: Path,
-    inputs: np.ndarray,
-    labels: np.ndarray,
-    batch_size: int = 256,
+    batches: Iterable[tuple[np.ndarray, np.ndarray]],
 ) -> dict:
-    """onnxruntime vs torch on the validation inputs: max abs difference and both accuracies."""
+    """onnxruntime vs torch over (input, label) batches: max abs difference and accuracies.
+
+    Batches are streamed, so the validation split never has to fit in memory at once.
+    """
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     model = model.eval().to("cpu")
     max_diff = 0.0
-    ort_hits = torch_hits = agree = 0
+    n = ort_hits = torch_hits = agree = 0
     with torch.inference_mode():
-        for lo in range(0, len(inputs), batch_size):
-            x = inputs[lo : lo + batch_size].astype(np.float32)
+        for inputs, labels in batches:
+            x = inputs.astype(np.float32, copy=False)
             ours = session.run(None, {"input": x})[0]
             ref = model(torch.from_numpy(x)).numpy()
             max_diff = max(max_diff, float(np.abs(ours - ref).max()))
-            y = labels[lo : lo + batch_size]
-            ort_hits += int((ours.argmax(1) == y).sum())
-            torch_hits += int((ref.argmax(1) == y).sum())
+            ort_hits += int((ours.argmax(1) == labels).sum())
+            torch_hits += int((ref.argmax(1) == labels).sum())
             agree += int((ours.argmax(1) == ref.argmax(1)).sum())
-    n = max(len(inputs), 1)
+            n += len(labels)
+    n = max(n, 1)
     return {
         "onnx": str(path),
         "max_abs_diff": max_diff,
         "onnxruntime_accuracy": ort_hits / n,
         "torch_accuracy": torch_hits / n,
         "top1_agreement": agree / n,
-        "samples": len(inputs),
+        "samples": n,
     }
-
-
-def write_export_report(path: Path, report: dict) -> None:
-    write_json_atomic(path, report)

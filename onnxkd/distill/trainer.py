@@ -20,7 +20,7 @@ from onnxkd.distill import checkpoint, distributed
 from onnxkd.distill.config import DEFAULT_EPOCHS, DistillConfig, DistillConfigError
 from onnxkd.distill.data import CachedBatches, OnlineBatches
 from onnxkd.distill.evaluate import evaluate
-from onnxkd.distill.export import check_export, export_student, write_export_report
+from onnxkd.distill.export import check_export, export_student
 from onnxkd.distill.history import plot_curves, write_metrics
 from onnxkd.distill.objective import DistillModule, build_objective
 from onnxkd.errors import CacheError
@@ -335,12 +335,12 @@ def _export_best(
         cfg.student,
         {"onnxkd.cache_key": cache.manifest["key"]},
     )
-    batch = eval_batches.load(np.arange(len(eval_batches)), 0)
-    report = check_export(student, path, batch.x, batch.labels)
+    batches = ((b.x, b.labels) for b in eval_batches.epoch(0, 256, shuffle=False))
+    report = check_export(student, path, batches)
     report.update(
         best_epoch=state.best_epoch,
         best_val_accuracy=state.best_accuracy,
         teacher_accuracy=cache.manifest["sections"]["eval"]["teacher_accuracy"][0],
     )
-    write_export_report(run_dir / "export.json", report)
+    write_json_atomic(run_dir / "export.json", report)
     return report
