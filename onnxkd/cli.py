@@ -270,7 +270,15 @@ def cache_teacher_cmd(
 
     cfg = CacheConfig(
         teacher=teacher,
-        data=DataRef(data, split, holdout, split_seed, x_key, y_key, image_size),
+        data=DataRef(
+            data,
+            split=split,
+            holdout=holdout,
+            split_seed=split_seed,
+            x_key=x_key,
+            y_key=y_key,
+            image_size=image_size,
+        ),
         out=out,
         workdir=workdir,
         eval_split=eval_split,

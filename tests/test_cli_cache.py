@@ -176,3 +176,31 @@ def test_config_file_fills_defaults_and_flags_override(cli, tmp_path):
     config.write_text("[distil]\nepochs = 3\n")
     bad = cli("--config", config, "students")
     assert bad.returncode == 2 and "[distil] is not a command table" in bad.stderr
+
+
+def test_split_options_reach_the_manifest(cli, tmp_path):
+    out = tmp_path / "c"
+    result = cli(
+        "cache-teacher",
+        DIGITS_TEACHER,
+        "--data",
+        "digits",
+        "--split",
+        "test",
+        "--holdout",
+        "0.3",
+        "--split-seed",
+        "2",
+        "--no-eval",
+        "--topk",
+        "3",
+        "-o",
+        out,
+    )
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert list(manifest["sections"]) == ["train"]  # the cached split; no eval section
+    info = manifest["sections"]["train"]["split_info"]
+    assert (info["split"], info["fraction"], info["seed"]) == ("test", 0.3, 2)
+    assert manifest["sections"]["train"]["n"] == round(0.3 * 1797)
+    assert manifest["targets"]["storage"] == "topk" and manifest["targets"]["k"] == 3
