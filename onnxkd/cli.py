@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from onnxkd import __version__
+from onnxkd.cli_options import workdir_option
 from onnxkd.errors import OnnxkdError
 
 
@@ -78,15 +79,6 @@ def _torchrun_shard() -> tuple[int, int]:
     """Rank and world size from torchrun's environment, so each rank caches its slice."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     return (int(os.environ.get("RANK", "0")), world) if world > 1 else (0, 1)
-
-
-workdir_option = click.option(
-    "--workdir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default="onnxkd-out",
-    show_default=True,
-    help="Workspace folder whose state.json records the latest artifacts.",
-)
 
 
 def _config_defaults(ctx: click.Context, path: Path | None) -> dict | None:
@@ -551,6 +543,14 @@ def students_cmd():
         doc = (STUDENTS.get(name).__doc__ or "").strip().splitlines()
         click.echo(f"{name:22} {doc[0] if doc else ''}")
 
+
+def _add_stage_commands() -> None:
+    from onnxkd.cli_quantize import quantize_cmd
+
+    main.add_command(quantize_cmd)
+
+
+_add_stage_commands()
 
 if __name__ == "__main__":
     main()

@@ -31,3 +31,7 @@ class CacheError(OnnxkdError):
 
 class WorkspaceError(OnnxkdError):
     """The workspace has no record of what a command needs."""
+
+
+class QuantizeError(OnnxkdError):
+    """A model cannot be quantized as asked (not ONNX, no calibration data, nothing to quantize)."""

@@ -1,0 +1,1 @@
+"""`bench`: latency, throughput, memory, size and accuracy per model and execution provider."""

@@ -1,0 +1,124 @@
+"""The data a model was made for: its input spec and its train and validation splits.
+
+Quantization calibrates on the train split and checks accuracy on the validation split; the
+benchmark measures accuracy on the validation split. Both find the data the same way:
+
+1. an explicit cache (`--cache`), or the cache named by the model's `onnxkd.cache_key`
+   metadata (looked up in the run folder beside the model, then in the workspace);
+2. else an explicit `--data`, preprocessed with the input spec from the model's metadata.
+
+The model's own input spec wins; a cache whose spec differs is refused, since feeding a student
+differently preprocessed pixels is the classic silent distillation bug.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from onnxkd.data.loaders import open_source
+from onnxkd.data.source import DataRef, Source
+from onnxkd.data.spec import METADATA_KEY, InputSpec
+from onnxkd.errors import DataError
+from onnxkd.workspace import Workspace
+
+CACHE_KEY = "onnxkd.cache_key"
+
+
+@dataclass
+class ModelData:
+    """A model's input spec with its train and validation sources, and where they came from."""
+
+    spec: InputSpec
+    train: Source
+    eval: Source
+    origin: str
+
+    def calibration_indices(self, count: int, seed: int = 0) -> np.ndarray:
+        """`count` train samples in a seeded random order (so every class is represented)."""
+        order = np.random.default_rng(seed).permutation(len(self.train))
+        return np.sort(order[: min(count, len(order))])
+
+    def batches(
+        self, source: Source, batch_size: int, indices: np.ndarray | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(model input, labels) batches of `source` at `indices` (default: all of it)."""
+        if indices is None:
+            indices = np.arange(len(source))
+        for start in range(0, len(indices), batch_size):
+            raw, labels = source.read(indices[start : start + batch_size])
+            yield self.spec.apply(raw), labels
+
+
+def model_metadata(model_path: Path) -> dict[str, str]:
+    """The `metadata_props` of an ONNX file, read without loading its weights into memory."""
+    import onnx
+
+    proto = onnx.load(str(model_path), load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def resolve_model_data(
+    model_path: Path,
+    metadata: dict[str, str],
+    workdir: Path,
+    cache: Path | None = None,
+    data: str | None = None,
+) -> ModelData:
+    """Find the data `model_path` was trained for; raise DataError saying what to pass if none."""
+    from onnxkd.teacher.cache_reader import CacheReader
+
+    spec = InputSpec.from_json(metadata[METADATA_KEY]) if METADATA_KEY in metadata else None
+    cache_path = cache or _cache_for_key(model_path, metadata.get(CACHE_KEY), workdir)
+    if cache_path is not None:
+        reader = CacheReader(cache_path)
+        if spec is not None and spec != reader.input_spec:
+            raise DataError(
+                f"{model_path.name} expects input {spec.to_json()} but the cache {cache_path} "
+                f"was made with {reader.input_spec.to_json()}: they must be the same "
+                "preprocessing"
+            )
+        train = _open_section(reader, "train", data)
+        evaluation = _open_section(reader, "eval", data)
+        return ModelData(reader.input_spec, train, evaluation, f"cache {cache_path}")
+    if data is not None:
+        if spec is None:
+            raise DataError(
+                f"{model_path.name} carries no onnxkd input spec, so the preprocessing of "
+                f"--data {data} is unknown; pass --cache with the cache it was distilled from"
+            )
+        ref = DataRef(data)
+        return ModelData(spec, open_source(ref), open_source(ref.with_split("test")), data)
+    raise DataError(
+        f"no data known for {model_path}: it names no onnxkd cache that can be found here; pass "
+        "--cache CACHE_DIR (the cache it was distilled from) or --data DATA"
+    )
+
+
+def _open_section(reader, section: str, data: str | None) -> Source:
+    ref = dict(reader.manifest["sections"][section]["data_ref"])
+    if data is not None:
+        ref["data"] = data
+    source = open_source(DataRef.from_dict(ref))
+    reader.check_data(source, section)
+    return source
+
+
+def _cache_for_key(model_path: Path, key: str | None, workdir: Path) -> Path | None:
+    """The cache with this key: the one a run folder beside the model names, or the workspace's."""
+    if key is None:
+        return None
+    candidates = []
+    run_config = model_path.parent / "config.json"
+    if run_config.exists():
+        candidates.append(json.loads(run_config.read_text()).get("cache"))
+    candidates.append(Workspace(workdir).state().get("cache"))
+    for candidate in candidates:
+        manifest = Path(candidate) / "manifest.json" if candidate else None
+        if manifest and manifest.exists() and json.loads(manifest.read_text()).get("key") == key:
+            return Path(candidate)
+    return None

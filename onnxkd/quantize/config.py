@@ -1,0 +1,82 @@
+"""The quantize stage's settings: one frozen dataclass, written into every quantization report."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from onnxkd.errors import QuantizeError
+from onnxkd.workspace import DEFAULT_WORKDIR
+
+# Activation and weight types per target. onnxruntime's x86 kernels are fast for unsigned
+# activations with signed weights (U8S8); ARM's for signed activations (S8S8).
+TARGETS = {"x86": ("QUInt8", "QInt8"), "arm": ("QInt8", "QInt8")}
+TARGET_CHOICES = ("auto", *TARGETS)
+CALIBRATION_CHOICES = ("minmax", "entropy", "percentile")
+
+
+def host_target() -> str:
+    """The preset for the machine we run on: `x86` for x86-64, `arm` for everything else."""
+    machine = platform.machine().lower()
+    return "x86" if machine in ("x86_64", "amd64", "i386", "i686", "x86") else "arm"
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """Everything `onnxkd quantize` needs; defaults are the CLI's.
+
+    `data` names the calibration/evaluation data when the model is not an onnxkd student whose
+    cache says where its data is; `cache` points at that cache explicitly.
+    """
+
+    model: Path | None = None  # None: the workspace's latest student
+    out: Path | None = None  # None: MODEL.int8.onnx beside the model
+    workdir: Path = DEFAULT_WORKDIR
+    cache: Path | None = None
+    data: str | None = None
+    target: str = "auto"
+    calibration: str = "minmax"
+    calib_samples: int = 512
+    calib_batch: int = 32
+    percentile: float = 99.999
+    calib_memory_mb: int = 1024  # activations held at once by entropy/percentile calibration
+    per_channel: bool = True
+    simplify: bool = True
+    max_drop: float | None = None  # accuracy points; None: quantize everything once
+    max_excluded: int = 16  # accuracy-aware mode gives up after excluding this many nodes
+    eval_samples: int | None = None  # None: the whole validation split
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.target in TARGET_CHOICES, f"--target must be one of {TARGET_CHOICES}"),
+            (
+                self.calibration in CALIBRATION_CHOICES,
+                f"--calibration must be one of {CALIBRATION_CHOICES}",
+            ),
+            (self.calib_samples >= 1, f"--calib-samples must be >= 1, got {self.calib_samples}"),
+            (self.calib_batch >= 1, f"--calib-batch must be >= 1, got {self.calib_batch}"),
+            (
+                0 < self.percentile <= 100,
+                f"--percentile must be in (0, 100], got {self.percentile}",
+            ),
+            (self.max_drop is None or self.max_drop >= 0, "--max-drop must be >= 0"),
+            (self.max_excluded >= 1, "--max-excluded must be >= 1"),
+            (self.calib_memory_mb >= 1, "--calib-memory-mb must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise QuantizeError(message)
+
+    @property
+    def resolved_target(self) -> str:
+        return host_target() if self.target == "auto" else self.target
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for key, value in d.items():
+            if isinstance(value, Path):
+                d[key] = str(value)
+        d["resolved_target"] = self.resolved_target
+        return d

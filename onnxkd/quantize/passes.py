@@ -1,0 +1,161 @@
+"""The graph passes of post-training quantization, each a small step from file to file.
+
+    simplify (onnxsim) -> quant_pre_process (onnxruntime) -> quantize_static (QDQ)
+
+Each pass reports whether it changed anything and why it was skipped, so the report can say
+exactly what was done to the model.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from onnxkd.errors import QuantizeError
+
+# Op types that onnxruntime's static quantizer turns into integer kernels (the rest stay float).
+QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+
+
+@dataclass
+class PassResult:
+    name: str
+    changed: bool
+    note: str = ""
+
+
+def load_model(path: Path) -> onnx.ModelProto:
+    """Load an ONNX file, refusing anything else with a message that says what was found."""
+    if not path.is_file():
+        raise QuantizeError(f"{path} is not a file")
+    try:
+        model = onnx.load(str(path))
+    except Exception as e:  # the protobuf decoder's errors carry no useful type
+        raise QuantizeError(f"{path} is not an ONNX model ({type(e).__name__}: {e})") from e
+    if not model.graph.node:
+        raise QuantizeError(f"{path} is not an ONNX model (it has no graph nodes)")
+    return model
+
+
+def simplify(src: Path, dst: Path) -> PassResult:
+    """onnxsim's constant folding and shape simplification; on failure the model passes as is."""
+    import onnxsim
+
+    model = onnx.load(str(src))
+    before = len(model.graph.node)
+    try:
+        simplified, ok = onnxsim.simplify(model)
+    except Exception as e:  # onnxsim raises bare RuntimeErrors from C++
+        onnx.save(model, str(dst))
+        return PassResult("simplify", False, f"onnxsim failed ({e}); using the model unsimplified")
+    if not ok:
+        onnx.save(model, str(dst))
+        return PassResult("simplify", False, "onnxsim's check failed; using the model unsimplified")
+    onnx.save(simplified, str(dst))
+    after = len(simplified.graph.node)
+    return PassResult("simplify", after != before, f"{before} -> {after} nodes")
+
+
+def preprocess(src: Path, dst: Path) -> PassResult:
+    """onnxruntime's `quant_pre_process`: shape inference and graph optimization (BN folding)
+    so that calibration sees the graph that will be quantized."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    before = len(onnx.load(str(src)).graph.node)
+    try:
+        quant_pre_process(str(src), str(dst))
+    except Exception as e:  # symbolic shape inference fails on some exotic graphs
+        try:
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+        except Exception as e2:
+            onnx.save(onnx.load(str(src)), str(dst))
+            return PassResult("preprocess", False, f"quant_pre_process failed ({e2}); skipped")
+        note = f"symbolic shape inference failed ({e}); ran without it"
+        return PassResult("preprocess", True, note)
+    after = len(onnx.load(str(dst)).graph.node)
+    return PassResult("preprocess", True, f"{before} -> {after} nodes")
+
+
+def quantize_qdq(
+    src: Path,
+    dst: Path,
+    calibration_cache: Path,
+    method,
+    activation_type: str,
+    weight_type: str,
+    per_channel: bool,
+    nodes_to_exclude: list[str] = (),
+) -> PassResult:
+    """`quantize_static` in QDQ format from ranges already calibrated into `calibration_cache`."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    quantize_static(
+        str(src),
+        str(dst),
+        calibration_data_reader=None,
+        calibration_cache_path=str(calibration_cache),
+        quant_format=QuantFormat.QDQ,
+        calibrate_method=method,
+        activation_type=getattr(QuantType, activation_type),
+        weight_type=getattr(QuantType, weight_type),
+        per_channel=per_channel,
+        nodes_to_exclude=list(nodes_to_exclude),
+        # Bias as int32 and the graph's inputs and outputs in float: what the QDQ fusions expect.
+        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+    )
+    counts = quantized_op_counts(onnx.load(str(dst)))
+    if counts["quantized"] == 0:
+        ops = sorted(Counter(n.op_type for n in onnx.load(str(src)).graph.node))
+        raise QuantizeError(
+            f"onnxruntime quantized no node of this model: it has {', '.join(ops)}; static "
+            f"quantization covers {', '.join(QUANTIZABLE_OPS)} and the ops between them"
+        )
+    excluded = f", {len(nodes_to_exclude)} nodes kept float" if nodes_to_exclude else ""
+    return PassResult(
+        "quantize",
+        True,
+        f"{counts['quantized']} of {counts['candidates']} "
+        f"Conv/MatMul/Gemm nodes quantized{excluded}",
+    )
+
+
+def quantized_op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    """How many Conv/MatMul/Gemm nodes read a DequantizeLinear output (i.e. run in INT8)."""
+    dq_outputs = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    candidates = [n for n in model.graph.node if n.op_type in QUANTIZABLE_OPS]
+    quantized = [n for n in candidates if n.input and n.input[0] in dq_outputs]
+    return {"candidates": len(candidates), "quantized": len(quantized)}
+
+
+def check_runs(path: Path) -> None:
+    """Refuse a model onnxruntime cannot run (an op it has no kernel for), naming the op."""
+    import onnxruntime as ort
+
+    try:
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise QuantizeError(
+            f"onnxruntime cannot run {path.name}, so it cannot be calibrated: {message}"
+        ) from e
+
+
+def name_nodes(path: Path) -> PassResult:
+    """Give every unnamed node a unique name, so nodes can be excluded and reported by name."""
+    model = onnx.load(str(path))
+    taken = {n.name for n in model.graph.node if n.name}
+    named = 0
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{i}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
+            named += 1
+    if named:
+        onnx.save(model, str(path))
+    return PassResult("name_nodes", named > 0, f"{named} unnamed nodes named")

@@ -1,0 +1,237 @@
+"""`quantize`: post-training static INT8 quantization of a student, checked against the float model.
+
+    simplify -> quant_pre_process -> calibrate -> quantize_static (QDQ, per-channel)
+        -> float vs INT8 on the validation split -> [accuracy-aware: keep sensitive nodes float]
+
+Intermediate files and the calibration ranges live in the workspace under
+`quantize/<model>-<sha>/`, keyed by the model's content, so a rerun reuses its calibration. The
+INT8 model and its report are written beside the model (or to `--out`) only when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from onnxkd import __version__
+from onnxkd.data.for_model import ModelData, model_metadata, resolve_model_data
+from onnxkd.errors import QuantizeError
+from onnxkd.quantize import calibration, evaluate, passes, sensitivity
+from onnxkd.quantize.config import TARGETS, QuantizeConfig
+from onnxkd.teacher.cache_files import sha256_file, write_json_atomic
+from onnxkd.workspace import Workspace
+
+SENSITIVITY_SAMPLES = 64
+
+
+@dataclass
+class QuantizeResult:
+    model: Path
+    report_path: Path
+    report: dict
+
+
+def quantize(cfg: QuantizeConfig, log: Callable[[str], None] = print) -> QuantizeResult:
+    """Quantize `cfg.model` (default: the workspace's latest student) to INT8 QDQ."""
+    started = time.perf_counter()
+    ws = Workspace(cfg.workdir)
+    src = Path(cfg.model) if cfg.model else ws.latest("student")
+    passes.load_model(src)
+    passes.check_runs(src)
+    metadata = model_metadata(src)
+    if metadata.get("onnxkd.quantized"):
+        raise QuantizeError(f"{src} is already quantized ({metadata['onnxkd.quantized']})")
+    data = resolve_model_data(src, metadata, cfg.workdir, cfg.cache, cfg.data)
+    out = Path(cfg.out) if cfg.out else src.with_name(f"{src.stem}.int8.onnx")
+    sha = sha256_file(src)
+    work = ws.root / "quantize" / f"{src.stem}-{sha[:12]}"
+    work.mkdir(parents=True, exist_ok=True)
+    log(
+        f"quantizing {src} ({cfg.resolved_target}: {'/'.join(TARGETS[cfg.resolved_target])}, "
+        f"{cfg.calibration} calibration on {cfg.calib_samples} samples from {data.origin})"
+    )
+
+    steps = []
+    prepared = work / "prepared.onnx"
+    simplified = work / "simplified.onnx"
+    if cfg.simplify:
+        steps.append(passes.simplify(src, simplified))
+    else:
+        onnx.save(onnx.load(str(src)), str(simplified))
+        steps.append(passes.PassResult("simplify", False, "skipped (--no-simplify)"))
+    steps.append(passes.preprocess(simplified, prepared))
+    steps.append(passes.name_nodes(prepared))
+    for step in steps:
+        log(f"  {step.name}: {step.note}")
+
+    calib_file, calib_facts = _calibrate(cfg, data, prepared, work, log)
+    act_type, weight_type = TARGETS[cfg.resolved_target]
+
+    def quantize_to(dst: Path, excluded: list[str]) -> passes.PassResult:
+        return passes.quantize_qdq(
+            prepared,
+            dst,
+            calib_file,
+            calibration.calibration_method(cfg.calibration),
+            act_type,
+            weight_type,
+            cfg.per_channel,
+            excluded,
+        )
+
+    full = work / "int8-full.onnx"
+    steps.append(quantize_to(full, []))
+    log(f"  quantize: {steps[-1].note}")
+    eval_batches = list(_eval_batches(cfg, data))
+    preds = evaluate.predictions(
+        {"float": evaluate.session(src, cfg.threads), "int8": evaluate.session(full, cfg.threads)},
+        eval_batches,
+    )
+    accuracy = evaluate.accuracy_report(preds)
+    drop = 100 * (accuracy["float_accuracy"] - accuracy["int8_accuracy"])
+    log(
+        f"  float {100 * accuracy['float_accuracy']:.2f}% -> int8 "
+        f"{100 * accuracy['int8_accuracy']:.2f}% (drop {drop:.2f} points)"
+    )
+    final, excluded, aware = full, [], None
+    if cfg.max_drop is not None and drop > cfg.max_drop:
+        final, excluded, aware = _accuracy_aware(
+            cfg, data, src, prepared, work, eval_batches, preds, quantize_to, log
+        )
+        preds["int8"] = evaluate.predictions(
+            {"int8": evaluate.session(final, cfg.threads)}, eval_batches
+        )["int8"]
+        accuracy = evaluate.accuracy_report(preds)
+    models = {"float": src, "int8": final}
+    if excluded:
+        models["int8_all_nodes"] = full
+    latency = evaluate.latency_report(models, eval_batches[0][0], cfg.threads)
+
+    _write_model(final, out, metadata, f"ptq-{cfg.calibration}-{cfg.resolved_target}")
+    report = {
+        "model": str(src.resolve()),
+        "model_sha256": sha,
+        "int8_model": str(out.resolve()),
+        "config": cfg.to_dict(),
+        "activation_type": act_type,
+        "weight_type": weight_type,
+        "data": data.origin,
+        "calibration": calib_facts,
+        "passes": [vars(s) for s in steps],
+        **accuracy,
+        "drop_points": round(100 * (accuracy["float_accuracy"] - accuracy["int8_accuracy"]), 3),
+        "excluded_nodes": excluded,
+        "accuracy_aware": aware,
+        "float_bytes": src.stat().st_size,
+        "int8_bytes": out.stat().st_size,
+        "size_ratio": round(out.stat().st_size / src.stat().st_size, 4),
+        **latency,
+        "seconds": round(time.perf_counter() - started, 1),
+        "versions": _versions(),
+    }
+    report_path = out.with_suffix(".json")
+    write_json_atomic(report_path, report)
+    ws.record(quantized=out)
+    return QuantizeResult(out, report_path, report)
+
+
+def _calibrate(cfg, data: ModelData, prepared: Path, work: Path, log) -> tuple[Path, dict]:
+    """Calibrate once per (model, method, samples, data); a rerun reuses the saved ranges."""
+    indices = data.calibration_indices(cfg.calib_samples)
+    key = json.dumps(
+        [cfg.calibration, cfg.percentile, indices.tolist(), data.train.fingerprint()]
+    ).encode()
+    calib_file = work / f"calibration-{cfg.calibration}-{hashlib.sha256(key).hexdigest()[:12]}.json"
+    facts_file = calib_file.with_suffix(".facts.json")
+    if calib_file.exists() and facts_file.exists():
+        log(f"  calibration: reusing {calib_file.name}")
+        return calib_file, json.loads(facts_file.read_text())
+    batches = (x for x, _ in data.batches(data.train, cfg.calib_batch, indices))
+    facts = calibration.calibrate(
+        prepared,
+        calib_file,
+        cfg.calibration,
+        batches,
+        len(indices),
+        cfg.calib_memory_mb,
+        cfg.percentile,
+        log,
+    )
+    write_json_atomic(facts_file, facts)
+    log(
+        f"  calibration: {facts['samples']} samples, "
+        f"{facts['activation_bytes_per_sample'] / 2**20:.1f} MB of activations per sample"
+    )
+    return calib_file, facts
+
+
+def _eval_batches(cfg: QuantizeConfig, data: ModelData):
+    import numpy as np
+
+    n = len(data.eval) if cfg.eval_samples is None else min(cfg.eval_samples, len(data.eval))
+    return data.batches(data.eval, 256, np.arange(n))
+
+
+def _accuracy_aware(cfg, data, src, prepared, work, eval_batches, preds, quantize_to, log):
+    """Keep the most sensitive nodes in float until INT8 is within `cfg.max_drop` points."""
+    import numpy as np
+
+    indices = data.calibration_indices(SENSITIVITY_SAMPLES)
+    samples = [x for x, _ in data.batches(data.train, cfg.calib_batch, indices)]
+    units = sensitivity.rank_units(prepared, work / "int8-full.onnx", samples, cfg.calib_memory_mb)
+    worst = ", ".join(f"{u['tensor']} ({u['sqnr_db']:.1f} dB)" for u in units[:3])
+    log(f"accuracy-aware: most noise added at {worst}")
+    labels = preds["labels"]
+    float_acc = float((preds["float"] == labels).mean())
+
+    def drop_with(excluded: list[str]) -> float:
+        dst = work / f"int8-excl{len(excluded)}.onnx"
+        quantize_to(dst, excluded)
+        p = evaluate.predictions({"q": evaluate.session(dst, cfg.threads)}, eval_batches)["q"]
+        return 100 * (float_acc - float(np.mean(p == labels)))
+
+    excluded, attempts = sensitivity.search_exclusions(
+        units, drop_with, cfg.max_drop, cfg.max_excluded, log
+    )
+    final = work / (f"int8-excl{len(excluded)}.onnx" if excluded else "int8-full.onnx")
+    met = any(a["nodes"] == len(excluded) and a["drop_points"] <= cfg.max_drop for a in attempts)
+    if not met:
+        log(
+            f"accuracy-aware: no exclusion of up to {cfg.max_excluded} nodes brings the drop "
+            f"within {cfg.max_drop} points; keeping the best found ({len(excluded)} nodes "
+            "float). Try --calibration entropy/percentile, more --calib-samples, or "
+            "`onnxkd distill --qat`"
+        )
+    aware = {
+        "max_drop": cfg.max_drop,
+        "met": met,
+        "ranking": units[:20],
+        "attempts": attempts,
+    }
+    return final, excluded, aware
+
+
+def _write_model(src: Path, out: Path, metadata: dict[str, str], how: str) -> None:
+    """Copy the INT8 model to `out` with the float model's metadata, atomically."""
+    model = onnx.load(str(src))
+    del model.metadata_props[:]
+    for key, value in {**metadata, "onnxkd.quantized": how}.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    model.producer_name, model.producer_version = "onnxkd", __version__
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    onnx.save(model, str(tmp))
+    tmp.replace(out)
+
+
+def _versions() -> dict:
+    import onnxruntime
+
+    return {"onnxkd": __version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
