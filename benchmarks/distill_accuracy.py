@@ -4,12 +4,16 @@ vs online KD, on real data.
     .venv/bin/python benchmarks/distill_accuracy.py --suite cifar [--epochs 30 --seeds 0,1,2]
     .venv/bin/python benchmarks/distill_accuracy.py --suite mnist
 
-Methods (same student, epochs, optimizer and schedule; only the targets differ):
-  scratch      cross-entropy on the K cached views (same augmentation, no teacher)
-  kd_1view     KD from a cache with a single augmented view, replayed every epoch
-  kd_kviews    KD from a cache with K = epochs views (one per epoch)
-  dkd_kviews   decoupled KD from the same K-view cache
-  kd_online    KD with the teacher run live through onnxruntime on a fresh view each epoch
+Methods (same student, epochs, optimizer and schedule; only the targets and views differ):
+  scratch         cross-entropy on K views of the suite's standard augmentation (no teacher)
+  scratch_strong  cross-entropy on K views of the strong augmentation (no teacher)
+  kd_1view        KD from a cache with a single strong view, replayed every epoch
+  kd_kviews       KD from a cache with K = epochs strong views (one per epoch)
+  dkd_kviews      decoupled KD from the same K-view cache
+  kd_online       KD with the teacher run live through onnxruntime on the same K strong views
+KD uses the strong views because a teacher that has memorized its training images gives
+near one-hot targets on lightly augmented ones; both scratch variants are reported so that
+KD is compared with the better of them.
 Accuracy is onnxruntime's, of the exported best-epoch student, on the test split (846 CIFAR
 images: about ±1.5 points per run, hence several seeds; mean ± std reported). Goals: kd_kviews
 beats scratch by >= 3 points on CIFAR; kd_kviews within 0.5 points of kd_online.
@@ -47,12 +51,14 @@ SUITES = {
         "student": "mobilenetv2_w050",
     },
 }
+# method: (views, augmentation, distill settings); "standard" is the suite's augmentation.
 METHODS = {
-    "scratch": ("k", {"loss": "ce"}),
-    "kd_1view": ("1", {"loss": "kd"}),
-    "kd_kviews": ("k", {"loss": "kd"}),
-    "dkd_kviews": ("k", {"loss": "dkd"}),
-    "kd_online": ("k", {"loss": "kd", "online": True}),
+    "scratch": ("k", "standard", {"loss": "ce"}),
+    "scratch_strong": ("k", "strong", {"loss": "ce"}),
+    "kd_1view": ("1", "strong", {"loss": "kd"}),
+    "kd_kviews": ("k", "strong", {"loss": "kd"}),
+    "dkd_kviews": ("k", "strong", {"loss": "dkd"}),
+    "kd_online": ("k", "strong", {"loss": "kd", "online": True}),
 }
 
 
@@ -63,6 +69,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--threads", type=int, default=2)
+    # bf16 autocast + channels-last: 1.7x faster on a CPU with AMX, same for every method
+    parser.add_argument("--fp32", action="store_true", help="train in fp32, channels-first")
     parser.add_argument("--work", type=Path, default=ROOT / "onnxkd-out" / "bench-accuracy")
     args = parser.parse_args()
     suite = SUITES[args.suite]
@@ -71,43 +79,46 @@ def main() -> None:
     started = time.perf_counter()
 
     caches = {}
-    for views in ("1", "k"):
+    for views, augment in sorted({METHODS[m][:2] for m in methods}):
         count = 1 if views == "1" else args.epochs
-        out = args.work / args.suite / f"cache-{count}views"
+        policy = suite["augment"] if augment == "standard" else augment
+        out = args.work / args.suite / f"cache-{policy}-{count}views"
         cache_teacher(
             CacheConfig(
                 suite["teacher"],
                 DataRef(suite["data"]),
                 out=out,
                 views=count,
-                augment=suite["augment"],
+                augment=policy,
                 threads=args.threads,
                 workdir=args.work / "ws",
             ),
             log=print,
         )
-        caches[views] = out
+        caches[views, augment] = out
     cache_seconds = time.perf_counter() - started
 
     scores: dict[str, list[float]] = {m: [] for m in methods}
     for seed in seeds:
         for method in methods:
-            views, extra = METHODS[method]
+            views, augment, extra = METHODS[method]
             run = args.work / args.suite / f"{method}-s{seed}"
             cfg = DistillConfig(
                 student=suite["student"],
-                cache=caches[views],
+                cache=caches[views, augment],
                 epochs=args.epochs,
                 seed=seed,
                 threads=args.threads,
                 workdir=args.work / "ws",
                 out=run,
                 resume=(run / "checkpoints" / "last.pt").exists(),
+                bf16=not args.fp32,
+                channels_last=not args.fp32,
                 **extra,
             )
             result = distill(cfg, log=lambda s: None)
             scores[method].append(result.export["onnxruntime_accuracy"])
-            print(f"seed {seed} {method:11} {100 * scores[method][-1]:.2f}%", flush=True)
+            print(f"seed {seed} {method:14} {100 * scores[method][-1]:.2f}%", flush=True)
 
     def summary(values: list[float]) -> dict:
         std = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -118,7 +129,7 @@ def main() -> None:
         }
 
     table = {m: summary(v) for m, v in scores.items()}
-    teacher_acc = json.loads((caches["1"] / "manifest.json").read_text())
+    teacher_acc = json.loads((next(iter(caches.values())) / "manifest.json").read_text())
     results = {
         "suite": args.suite,
         "student": suite["student"],
@@ -128,6 +139,7 @@ def main() -> None:
         ),
         "epochs": args.epochs,
         "seeds": seeds,
+        "precision": "fp32" if args.fp32 else "bf16 autocast, channels-last",
         "accuracy_percent": table,
         "cache_seconds": round(cache_seconds, 1),
         "total_seconds": round(time.perf_counter() - started, 1),
@@ -141,7 +153,7 @@ def main() -> None:
         f"{results['teacher_test_accuracy']}%"
     )
     for m, s in table.items():
-        print(f"  {m:11} {s['mean']:6.2f} ± {s['std']:.2f}  {s['runs']}")
+        print(f"  {m:14} {s['mean']:6.2f} ± {s['std']:.2f}  {s['runs']}")
     print(f"total {results['total_seconds'] / 60:.1f} min; written to {out.relative_to(ROOT)}")
 
 
