@@ -159,3 +159,35 @@ def name_nodes(path: Path) -> PassResult:
     if named:
         onnx.save(model, str(path))
     return PassResult("name_nodes", named > 0, f"{named} unnamed nodes named")
+
+
+def compact_tensor_names(model: onnx.ModelProto) -> PassResult:
+    """Rename internal tensors to short ids and drop doc strings.
+
+    A QDQ graph repeats each long exported tensor name (`/stage3/stage3.2/conv/…_QuantizeLinear
+    _Output`) several times; in a small INT8 model these strings are a tenth of the file. Node
+    names, the graph's inputs and outputs, and the metadata are kept.
+    """
+    graph = model.graph
+    keep = {v.name for v in graph.input} | {v.name for v in graph.output}
+    names: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if not name or name in keep:
+            return name
+        if name not in names:
+            names[name] = f"t{len(names):x}"
+        return names[name]
+
+    before = model.ByteSize()
+    for node in graph.node:
+        node.doc_string = ""
+        node.input[:] = [short(n) for n in node.input]
+        node.output[:] = [short(n) for n in node.output]
+    for tensor in graph.initializer:
+        tensor.name = short(tensor.name)
+        tensor.doc_string = ""
+    for info in graph.value_info:
+        info.name = short(info.name)
+    graph.doc_string = ""
+    return PassResult("compact_names", True, f"{before} -> {model.ByteSize()} bytes")

@@ -113,7 +113,7 @@ def quantize(cfg: QuantizeConfig, log: Callable[[str], None] = print) -> Quantiz
         models["int8_all_nodes"] = full
     latency = evaluate.latency_report(models, eval_batches[0][0], cfg.threads)
 
-    _write_model(final, out, metadata, f"ptq-{cfg.calibration}-{cfg.resolved_target}")
+    steps.append(_write_model(final, out, metadata, f"ptq-{cfg.calibration}-{cfg.resolved_target}"))
     report = {
         "model": str(src.resolve()),
         "model_sha256": sha,
@@ -217,9 +217,10 @@ def _accuracy_aware(cfg, data, src, prepared, work, eval_batches, preds, quantiz
     return final, excluded, aware
 
 
-def _write_model(src: Path, out: Path, metadata: dict[str, str], how: str) -> None:
-    """Copy the INT8 model to `out` with the float model's metadata, atomically."""
+def _write_model(src: Path, out: Path, metadata: dict[str, str], how: str) -> passes.PassResult:
+    """Copy the INT8 model to `out`, compacted, with the float model's metadata, atomically."""
     model = onnx.load(str(src))
+    compacted = passes.compact_tensor_names(model)
     del model.metadata_props[:]
     for key, value in {**metadata, "onnxkd.quantized": how}.items():
         entry = model.metadata_props.add()
@@ -229,6 +230,7 @@ def _write_model(src: Path, out: Path, metadata: dict[str, str], how: str) -> No
     tmp = out.with_name(out.name + ".tmp")
     onnx.save(model, str(tmp))
     tmp.replace(out)
+    return compacted
 
 
 def _versions() -> dict:

@@ -1,0 +1,160 @@
+"""INT8 on the CIFAR-10-subset student: FP32 vs PTQ (each calibration method, and S8S8 for the
+x86 speed claim) vs accuracy-aware PTQ vs QAT with KD.
+
+    .venv/bin/python benchmarks/quantize_int8.py --run RUN_DIR [--qat-epochs 5]
+
+RUN_DIR is a finished `onnxkd distill` run of mobilenetv2_w050 on the CIFAR subset (for example
+one of benchmarks/distill_accuracy.py's runs). For every model: onnxruntime accuracy on the 846
+test images, top-1 agreement with FP32, batch-1 and batch-32 median latency (onnxruntime CPU,
+interleaved rounds in one process, ratio to FP32 from the same rounds) and size on disk.
+Goals: INT8 drop <= 0.5 points with accuracy-aware PTQ or QAT+KD; batch-1 INT8 >= 2x faster than
+FP32; size <= 0.3x. Results go to benchmarks/results/quantize_int8.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+from onnxkd.bench.timing import time_session  # noqa: E402
+from onnxkd.data.for_model import model_metadata, resolve_model_data  # noqa: E402
+from onnxkd.quantize import evaluate  # noqa: E402
+from onnxkd.quantize.config import QuantizeConfig  # noqa: E402
+from onnxkd.quantize.ptq import quantize  # noqa: E402
+
+PTQ_VARIANTS = {
+    "ptq_minmax": {"calibration": "minmax"},
+    "ptq_entropy": {"calibration": "entropy"},
+    "ptq_percentile": {"calibration": "percentile"},
+    "ptq_minmax_s8s8": {"calibration": "minmax", "target": "arm"},
+    "ptq_aware": {"calibration": "minmax", "max_drop": 0.5},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", type=Path, required=True, help="a finished distill run folder")
+    parser.add_argument("--qat-epochs", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--work", type=Path, default=ROOT / "onnxkd-out" / "bench-quantize")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    student = args.run / "student.onnx"
+    args.work.mkdir(parents=True, exist_ok=True)
+
+    models = {"fp32": student}
+    reports = {}
+    for name, options in PTQ_VARIANTS.items():
+        cfg = QuantizeConfig(
+            model=student,
+            out=args.work / f"{name}.onnx",
+            workdir=args.work / "ws",
+            threads=args.threads,
+            **options,
+        )
+        result = quantize(cfg, log=lambda s: None)
+        models[name], reports[name] = result.model, result.report
+        print(f"{name}: {100 * result.report['int8_accuracy']:.2f}%", flush=True)
+    models["qat_kd"], reports["qat_kd"] = qat(args)
+
+    data = resolve_model_data(student, model_metadata(student), args.work / "ws")
+    sessions = {name: evaluate.session(path, args.threads) for name, path in models.items()}
+    preds = evaluate.predictions(sessions, data.batches(data.eval, 256))
+    x = next(data.batches(data.eval, 32))[0]
+    latency = {b: interleaved_latency(sessions, x[:b], args.rounds) for b in (1, 32)}
+
+    rows = {}
+    labels = preds["labels"]
+    for name, path in models.items():
+        rows[name] = {
+            "accuracy": round(100 * float((preds[name] == labels).mean()), 2),
+            "drop_points": round(
+                100 * float((preds["fp32"] == labels).mean() - (preds[name] == labels).mean()), 2
+            ),
+            "agreement_with_fp32": round(100 * float((preds[name] == preds["fp32"]).mean()), 2),
+            "size_bytes": path.stat().st_size,
+            "size_ratio": round(path.stat().st_size / student.stat().st_size, 3),
+            **{f"batch{b}_p50_ms": round(latency[b][name], 4) for b in latency},
+            **{
+                f"batch{b}_speedup": round(latency[b]["fp32"] / latency[b][name], 2)
+                for b in latency
+            },
+            "excluded_nodes": len(reports.get(name, {}).get("excluded_nodes", [])),
+        }
+    results = {
+        "student_run": str(args.run),
+        "test_samples": int(len(labels)),
+        "threads": args.threads,
+        "cpu": _cpu(),
+        "rows": rows,
+        "seconds": round(time.perf_counter() - started, 1),
+        "command": " ".join(sys.argv),
+    }
+    out = ROOT / "benchmarks" / "results" / "quantize_int8.json"
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    header = (
+        f"{'model':16} {'acc %':>7} {'drop':>6} {'agree %':>8} {'b1 ms':>7} {'b1 x':>5} "
+        f"{'b32 ms':>7} {'b32 x':>5} {'size':>6}"
+    )
+    print("\n" + header)
+    for name, r in rows.items():
+        print(
+            f"{name:16} {r['accuracy']:7.2f} {r['drop_points']:6.2f} "
+            f"{r['agreement_with_fp32']:8.2f} {r['batch1_p50_ms']:7.3f} "
+            f"{r['batch1_speedup']:5.2f} {r['batch32_p50_ms']:7.3f} {r['batch32_speedup']:5.2f} "
+            f"{r['size_ratio']:6.3f}"
+        )
+    print(f"written to {out.relative_to(ROOT)} ({results['seconds'] / 60:.1f} min)")
+
+
+def interleaved_latency(sessions: dict, x: np.ndarray, rounds: int) -> dict[str, float]:
+    """Median ms per run of each session over `rounds` interleaved rounds (A B C … A B C …)."""
+    times: dict[str, list] = {name: [] for name in sessions}
+    for _ in range(rounds):
+        for name, s in sessions.items():
+            feeds = {s.get_inputs()[0].name: x}
+            times[name].append(time_session(s, feeds, runs=40 if len(x) == 1 else 10, warmup=3))
+    return {name: float(np.median(np.concatenate(t)) * 1e3) for name, t in times.items()}
+
+
+def qat(args) -> tuple[Path, dict]:
+    """QAT with KD from the float run, with the same cached teacher targets."""
+    from onnxkd.distill.config import DistillConfig
+    from onnxkd.distill.trainer import distill
+
+    out = args.work / "qat"
+    cfg = DistillConfig(
+        qat=True,
+        init=args.run,
+        epochs=args.qat_epochs,
+        workdir=args.work / "ws",
+        out=out,
+        threads=args.threads,
+        resume=(out / "checkpoints" / "last.pt").exists(),
+    )
+    result = distill(cfg, log=print)
+    return out / "student.int8.onnx", result.export or {}
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    main()
