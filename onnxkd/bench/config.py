@@ -1,0 +1,64 @@
+"""The bench stage's settings: one frozen dataclass, written into every bench.json."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from onnxkd.errors import OnnxkdError
+from onnxkd.workspace import DEFAULT_WORKDIR
+
+
+class BenchConfigError(OnnxkdError):
+    """A bench setting is out of range."""
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Everything `onnxkd bench` needs; defaults are the CLI's.
+
+    With no `models`, the workspace's teacher, student and quantized student are compared.
+    """
+
+    models: tuple[Path, ...] = ()
+    eps: tuple[str, ...] = ("cpu",)
+    batches: tuple[int, ...] = (1, 8, 32)
+    runs: int = 50  # timed runs per round, at least…
+    min_seconds: float = 0.5  # …and at least this long per round
+    warmup: int = 10
+    rounds: int = 3  # interleaved rounds: A B C A B C …
+    threads: int | None = None  # onnxruntime intra-op threads; None: onnxruntime's default
+    workdir: Path = DEFAULT_WORKDIR
+    out: Path | None = None  # None: WORKDIR/bench
+    cache: Path | None = None  # data for accuracy; None: as each model's metadata says
+    data: str | None = None
+    accuracy: bool = True
+    eval_samples: int | None = None  # None: the whole validation split
+    cv_warn: float = 0.15  # warn when a row's coefficient of variation is above this
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.eps, "--ep needs at least one execution provider"),
+            (self.batches and all(b >= 1 for b in self.batches), "--batch sizes must be >= 1"),
+            (self.runs >= 1, f"--runs must be >= 1, got {self.runs}"),
+            (self.rounds >= 1, f"--rounds must be >= 1, got {self.rounds}"),
+            (self.warmup >= 0, f"--warmup must be >= 0, got {self.warmup}"),
+            (self.min_seconds >= 0, f"--min-seconds must be >= 0, got {self.min_seconds}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise BenchConfigError(message)
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out) if self.out else Path(self.workdir) / "bench"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["models"] = [str(m) for m in self.models]
+        for key, value in d.items():
+            if isinstance(value, Path):
+                d[key] = str(value)
+            elif isinstance(value, tuple):
+                d[key] = list(value)
+        return d

@@ -1,0 +1,64 @@
+"""What machine a number was measured on: CPU model, cores, ISA flags, library versions."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+# The flags that decide which kernels onnxruntime and PyTorch pick (INT8 dot products, bf16).
+ISA_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+    "asimd",
+    "asimddp",
+    "i8mm",
+    "sve",
+    "bf16",
+)
+
+
+def host_info(threads: int | None) -> dict:
+    import onnxruntime as ort
+
+    from onnxkd import __version__
+
+    cpu, flags = _cpuinfo()
+    return {
+        "cpu": cpu or platform.processor() or platform.machine(),
+        "machine": platform.machine(),
+        "logical_cores": os.cpu_count(),
+        "isa_flags": [f for f in ISA_FLAGS if f in flags],
+        "intra_op_threads": threads or "onnxruntime default",
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "onnxruntime": ort.__version__,
+        "onnxruntime_providers": ort.get_available_providers(),
+        "onnxkd": __version__,
+    }
+
+
+def _cpuinfo() -> tuple[str | None, set[str]]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None, set()
+    cpu, flags = None, set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and cpu is None:
+            cpu = value.strip()
+        elif key in ("flags", "Features") and not flags:
+            flags = set(value.split())
+    return cpu, flags

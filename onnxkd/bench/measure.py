@@ -1,0 +1,131 @@
+"""Measuring one model on one execution provider: session creation, node placement, latency
+over fixed inputs, peak process memory while it runs, and validation accuracy."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from onnxkd.errors import ProviderError
+from onnxkd.providers import ExecutionProvider
+
+
+def create_session(path: Path, ep: ExecutionProvider, threads: int | None):
+    """A session on `ep` and the seconds it took; an error if onnxruntime quietly dropped the EP.
+
+    onnxruntime falls back to CPU when a provider fails to initialise (a missing CUDA library,
+    say) and only logs it: timing that session under the EP's name would be a lie.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    started = time.perf_counter()
+    try:
+        session = ort.InferenceSession(str(path), options, providers=[ep.ort_name])
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ProviderError(f"onnxruntime could not create a {ep.name} session: {first}") from e
+    seconds = time.perf_counter() - started
+    if ep.ort_name not in session.get_providers():
+        raise ProviderError(
+            f"onnxruntime fell back to {session.get_providers()} instead of {ep.ort_name} "
+            f"(its libraries failed to load?); nothing was timed on {ep.name}"
+        )
+    return session, seconds
+
+
+def node_placement(path: Path, ep: ExecutionProvider, feeds: dict, threads: int | None) -> dict:
+    """How many nodes of the optimized graph each provider ran, from one profiled run."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="onnxkd-prof-") as tmp:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.enable_profiling = True
+        options.profile_file_prefix = os.path.join(tmp, "profile")
+        if threads:
+            options.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(path), options, providers=[ep.ort_name])
+        session.run(None, feeds)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    placed: dict[str, str] = {}
+    for event in events:
+        args = event.get("args", {})
+        if event.get("cat") == "Node" and "provider" in args:
+            placed[args.get("node_index", event["name"])] = args["provider"]
+    counts = Counter(placed.values())
+    total = sum(counts.values())
+    return {
+        "nodes": total,
+        "by_provider": dict(counts),
+        "share_on_ep": round(counts.get(ep.ort_name, 0) / total, 4) if total else None,
+    }
+
+
+class PeakMemory:
+    """Peak resident memory of this process while the `with` block runs, sampled every ms."""
+
+    def __init__(self, interval: float = 0.001) -> None:
+        import psutil
+
+        self._process = psutil.Process()
+        self._interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> PeakMemory:
+        self.peak = self._process.memory_info().rss
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.peak = max(self.peak, self._process.memory_info().rss)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._process.memory_info().rss)
+
+
+def accuracy(session, batches, output: str | None = None) -> float:
+    """Top-1 accuracy of `session` over (input, label) batches."""
+    name = session.get_inputs()[0].name
+    hits = count = 0
+    for x, labels in batches:
+        out = session.run([output] if output else None, {name: x})[0]
+        hits += int((np.asarray(out).reshape(len(x), -1).argmax(axis=1) == labels).sum())
+        count += len(labels)
+    return hits / max(count, 1)
+
+
+def parameter_count(path: Path) -> int:
+    """Elements of the model's weights: initializers, less the scales and zero points of
+    quantization nodes."""
+    import onnx
+
+    model = onnx.load(str(path))
+    quant_params = {
+        name
+        for node in model.graph.node
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear")
+        for name in node.input[1:]
+    }
+    return int(
+        sum(
+            int(np.prod(t.dims)) if t.dims else 1
+            for t in model.graph.initializer
+            if t.name not in quant_params
+        )
+    )

@@ -1,0 +1,102 @@
+"""Which models to benchmark, with the inputs and validation data each one takes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from onnxkd.data.for_model import ModelData, model_metadata, resolve_model_data
+from onnxkd.errors import DataError, OnnxkdError, WorkspaceError
+from onnxkd.workspace import Workspace
+
+WORKSPACE_ROLES = ("teacher", "student", "quantized")
+
+
+@dataclass
+class BenchModel:
+    """A model to time: a label, its file, the output to score, and its data if known."""
+
+    label: str
+    path: Path
+    output: str | None = None
+    data: ModelData | None = None
+    data_note: str = ""
+
+    def inputs(self, batch: int) -> dict[str, np.ndarray]:
+        """The fixed input of every timed run: the first `batch` validation samples (wrapping
+        around), or seeded noise in the input's range when no data is known."""
+        import onnx
+
+        proto = onnx.load(str(self.path), load_external_data=False)
+        value = proto.graph.input[0]
+        if self.data is not None:
+            n = len(self.data.eval)
+            x, _ = next(self.data.batches(self.data.eval, batch, np.arange(batch) % n))
+            return {value.name: x}
+        shape = [d.dim_value if d.dim_value > 0 else None for d in value.type.tensor_type.shape.dim]
+        if any(d is None for d in shape[1:]):
+            raise DataError(
+                f"{self.path.name} has symbolic input dims {shape}; pass --data or --cache so "
+                "real samples fix them"
+            )
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        rng = np.random.default_rng(0)
+        return {value.name: rng.random((batch, *shape[1:])).astype(dtype)}
+
+
+def workspace_models(workdir: Path, log) -> list[BenchModel]:
+    """The workspace's teacher, student and quantized student, each scored on the cache's
+    validation split (the teacher on the output it was cached from)."""
+    ws = Workspace(workdir)
+    models = []
+    for role in WORKSPACE_ROLES:
+        try:
+            path = ws.latest(role)
+        except WorkspaceError:
+            log(f"the workspace has no {role}; skipping it")
+            continue
+        models.append(BenchModel(role, path))
+    if not models:
+        raise WorkspaceError(
+            f"the workspace {workdir} holds no teacher, student or quantized model; pass models "
+            "or run `onnxkd cache-teacher` first"
+        )
+    cache = ws.state().get("cache")
+    if cache and "teacher" in [m.label for m in models]:
+        manifest = json.loads((Path(cache) / "manifest.json").read_text())
+        models[0].output = manifest["teacher"]["output_used"]
+    return models
+
+
+def attach_data(
+    models: list[BenchModel], workdir: Path, cache: Path | None, data: str | None, log
+) -> None:
+    """Find each model's validation data; a model without any is timed on noise, unscored."""
+    ws_cache = Workspace(workdir).state().get("cache")
+    for model in models:
+        use_cache = cache
+        if use_cache is None and model.label == "teacher" and ws_cache:
+            use_cache = Path(ws_cache)
+        try:
+            metadata = model_metadata(model.path)
+            model.data = resolve_model_data(model.path, metadata, workdir, use_cache, data)
+        except (DataError, OnnxkdError) as e:
+            model.data_note = str(e)
+            log(f"{model.label}: no validation data ({e}); timing it on noise, no accuracy")
+
+
+def label_models(paths: tuple[Path, ...]) -> list[BenchModel]:
+    """Models named on the command line, labelled by file name (made unique)."""
+    labels: dict[str, int] = {}
+    models = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise DataError(f"{path} is not a file")
+        stem = Path(path).name.removesuffix(".onnx")
+        labels[stem] = labels.get(stem, 0) + 1
+        label = stem if labels[stem] == 1 else f"{stem}#{labels[stem]}"
+        models.append(BenchModel(label, Path(path)))
+    return models

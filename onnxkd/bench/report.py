@@ -1,0 +1,165 @@
+"""Bench output: `bench.json` (stable keys), `bench.md`, `pareto.png` and the terminal table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from onnxkd.teacher.cache_files import write_json_atomic
+
+COLUMNS = (
+    ("model", "model"),
+    ("ep", "EP"),
+    ("batch", "batch"),
+    ("accuracy", "acc %"),
+    ("p50_ms", "p50 ms"),
+    ("p99_ms", "p99 ms"),
+    ("cv", "CV"),
+    ("throughput", "samples/s"),
+    ("peak_rss_mb", "peak MB"),
+    ("size_bytes", "size MB"),
+    ("parameters", "params"),
+    ("on_ep", "on EP"),
+)
+
+
+def cells(row: dict) -> dict[str, str]:
+    """One row's values as text, with a status in place of numbers that were not measured."""
+    out = {"model": row["model"], "ep": row["ep"], "batch": str(row.get("batch", "-"))}
+    acc = row.get("accuracy")
+    out["accuracy"] = f"{100 * acc:.2f}" if acc is not None else "-"
+    out["size_bytes"] = f"{row['size_bytes'] / 1e6:.3f}"
+    out["parameters"] = _count(row["parameters"])
+    if row["status"] == "ok":
+        out.update(
+            p50_ms=f"{row['p50_ms']:.3f}",
+            p99_ms=f"{row['p99_ms']:.3f}",
+            cv=f"{row['cv']:.2f}",
+            throughput=f"{row['throughput']:.0f}",
+            peak_rss_mb=f"{row['peak_rss_mb']:.0f}",
+        )
+        share = row.get("placement", {}).get("share_on_ep")
+        out["on_ep"] = f"{100 * share:.0f}%" if share is not None else "-"
+    else:
+        status = "not timed" if row["status"] == "not timed" else "error"
+        for key in ("p50_ms", "p99_ms", "cv", "throughput", "peak_rss_mb", "on_ep"):
+            out[key] = status if key == "p50_ms" else "-"
+    return out
+
+
+def table(rows: list[dict]) -> str:
+    """A plain-text table for the terminal."""
+    texts = [cells(r) for r in rows]
+    widths = {k: max(len(h), *(len(t[k]) for t in texts)) for k, h in COLUMNS}
+    lines = [
+        "  ".join(h.rjust(widths[k]) if k != "model" else h.ljust(widths[k]) for k, h in COLUMNS)
+    ]
+    for t in texts:
+        lines.append(
+            "  ".join(
+                t[k].rjust(widths[k]) if k != "model" else t[k].ljust(widths[k]) for k, _ in COLUMNS
+            )
+        )
+    return "\n".join(lines)
+
+
+def markdown(document: dict) -> str:
+    host = document["host"]
+    lines = [
+        "# onnxkd bench",
+        "",
+        f"Host: {host['cpu']}, {host['logical_cores']} logical cores, ISA "
+        f"{' '.join(host['isa_flags']) or 'n/a'}; onnxruntime {host['onnxruntime']}, intra-op "
+        f"threads: {host['intra_op_threads']}.",
+        f"Latency: {document['config']['rounds']} interleaved rounds of at least "
+        f"{document['config']['runs']} runs (and {document['config']['min_seconds']} s) after "
+        f"{document['config']['warmup']} warm-up runs; outputs fetched each run.",
+        "",
+        "| " + " | ".join(h for _, h in COLUMNS) + " |",
+        "|" + "|".join("---" for _ in COLUMNS) + "|",
+    ]
+    for row in document["rows"]:
+        c = cells(row)
+        lines.append("| " + " | ".join(c[k] for k, _ in COLUMNS) + " |")
+    errors = [r for r in document["rows"] if r["status"] == "error"]
+    mobile = [r for r in document["rows"] if r["status"] == "not timed"]
+    if errors:
+        lines += ["", "## Errors", ""]
+        lines += [f"- {r['model']} on {r['ep']}: {r['error']}" for r in errors]
+    if mobile:
+        lines += ["", "## Not timed: static analysis for mobile EPs", ""]
+        for r in mobile:
+            m = r["mobile"]
+            lines.append(
+                f"- {r['model']} on {r['ep']}: nothing was timed (no {r['ep']} on this host). "
+                f"onnxruntime's usability check: **{m['verdict']}**, {m['supported_nodes']}/"
+                f"{m['total_nodes']} nodes in {m['partitions']} partition(s); unsupported ops: "
+                f"{', '.join(m['unsupported_ops']) or 'none'}; ORT format: `{m['ort_model']}`."
+            )
+            lines += [f"  - {note}" for note in m.get("notes", [])]
+    return "\n".join(lines) + "\n"
+
+
+def pareto_plot(document: dict, path: Path) -> Path | None:
+    """Accuracy against p50 latency (smallest batch) per EP, and accuracy against size."""
+    rows = [r for r in document["rows"] if r["status"] == "ok"]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batch = min(r["batch"] for r in rows)
+    rows = [r for r in rows if r["batch"] == batch]
+    scored = all(r.get("accuracy") is not None for r in rows)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for ep in sorted({r["ep"] for r in rows}):
+        mine = [r for r in rows if r["ep"] == ep]
+        y = [100 * r["accuracy"] if scored else r["size_bytes"] / 1e6 for r in mine]
+        left.scatter([r["p50_ms"] for r in mine], y, s=60, label=ep)
+        for r, v in zip(mine, y, strict=True):
+            left.annotate(r["model"], (r["p50_ms"], v), textcoords="offset points", xytext=(5, 4))
+    left.set_xscale("log")
+    left.set_xlabel(f"p50 latency at batch {batch} (ms, log)")
+    left.set_ylabel("validation accuracy (%)" if scored else "size (MB)")
+    left.set_title("accuracy vs latency" if scored else "size vs latency (no data: unscored)")
+    left.legend(title="EP")
+    seen = {}
+    for r in rows:
+        seen.setdefault(r["model"], r)
+    for r in seen.values():
+        y = 100 * r["accuracy"] if scored else r["parameters"] / 1e6
+        right.scatter(r["size_bytes"] / 1e6, y, s=60)
+        right.annotate(
+            r["model"], (r["size_bytes"] / 1e6, y), textcoords="offset points", xytext=(5, 4)
+        )
+    right.set_xscale("log")
+    right.set_xlabel("size on disk (MB, log)")
+    right.set_ylabel("validation accuracy (%)" if scored else "parameters (M)")
+    right.set_title("accuracy vs size" if scored else "parameters vs size")
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def write_all(document: dict, out: Path) -> dict[str, Path]:
+    """bench.json, bench.md and pareto.png in `out`, each written whole or not at all."""
+    paths = {"json": out / "bench.json", "markdown": out / "bench.md"}
+    write_json_atomic(paths["json"], json.loads(json.dumps(document, default=str)))
+    tmp = paths["markdown"].with_name("bench.md.tmp")
+    tmp.write_text(markdown(document))
+    tmp.replace(paths["markdown"])
+    plot = pareto_plot(document, out / "pareto.png")
+    if plot:
+        paths["plot"] = plot
+    return paths
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
