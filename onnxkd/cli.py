@@ -362,14 +362,13 @@ def cache_merge_cmd(cache):
 @main.command("distill")
 @click.option(
     "--student",
-    default="mobilenetv2",
-    show_default=True,
-    help="Student architecture (see `onnxkd students`).",
+    help="Student architecture (see `onnxkd students`) [default: mobilenetv2; with --qat, "
+    "the float run's].",
 )
 @click.option(
     "--cache",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Cache folder [default: the workspace's latest].",
+    help="Cache folder [default: the workspace's latest; with --qat, the float run's].",
 )
 @click.option(
     "--data",
@@ -377,14 +376,16 @@ def cache_merge_cmd(cache):
     "fingerprint) [default: as recorded in the cache].",
 )
 @click.option(
-    "--epochs", type=click.IntRange(1), help="[default: 30; with --resume, the run's own count]"
+    "--epochs",
+    type=click.IntRange(1),
+    help="[default: 30; with --qat, 5; with --resume, the run's own count]",
 )
 @click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
 @click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default="sgd", show_default=True)
 @click.option(
     "--lr",
     type=click.FloatRange(0, min_open=True),
-    help="Peak learning rate [default: 0.05 SGD / 2e-3 AdamW, x batch/128].",
+    help="Peak learning rate [default: 0.05 SGD / 2e-3 AdamW, x batch/128; x 0.1 with --qat].",
 )
 @click.option("--weight-decay", type=click.FloatRange(0), help="[default: 5e-4 SGD / 0.05 AdamW]")
 @click.option("--warmup-epochs", type=click.FloatRange(0), default=1.0, show_default=True)
@@ -446,6 +447,19 @@ def cache_merge_cmd(cache):
 )
 @click.option("--no-export", is_flag=True, help="Skip the ONNX export of the best epoch.")
 @click.option(
+    "--qat",
+    is_flag=True,
+    help="Quantization-aware training: continue a float run (--init) with int8 fake "
+    "quantization on the same cached targets and export student.int8.onnx "
+    "[epochs default 5, lr 0.1x].",
+)
+@click.option(
+    "--init",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    metavar="RUN_DIR",
+    help="With --qat: the float run to start from [default: the workspace's latest run].",
+)
+@click.option(
     "-o",
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -481,15 +495,22 @@ def distill_cmd(
     online,
     resume,
     no_export,
+    qat,
+    init,
     out,
     workdir,
 ):
-    """Train a student on the cached teacher targets and export it to ONNX."""
+    """Train a student on the cached teacher targets and export it to ONNX.
+
+    With --qat, fine-tune a trained float student with fake quantization instead and export
+    an int8 model that onnxruntime runs with integer kernels.
+    """
     from onnxkd.distill.config import DistillConfig
     from onnxkd.distill.trainer import distill
     from onnxkd.students import STUDENTS
 
-    STUDENTS.get(student)  # an unknown name fails here, before any data is opened
+    if student is not None:
+        STUDENTS.get(student)  # an unknown name fails here, before any data is opened
     cfg = DistillConfig(
         student=student,
         cache=cache,
@@ -521,17 +542,26 @@ def distill_cmd(
         online=online,
         resume=resume,
         export=not no_export,
+        qat=qat,
+        init=init,
     )
     result = distill(cfg, log=lambda s: click.echo(s, err=True))
     click.echo(f"run:     {result.run_dir}")
     if result.export:
         e = result.export
+        quantized = "int8_ops" in e  # a QAT run, also when resumed without --qat
+        label = "int8:   " if quantized else "student:"
         click.echo(
-            f"student: {e['onnx']} (best epoch {e['best_epoch'] + 1}; onnxruntime "
-            f"accuracy {100 * e['onnxruntime_accuracy']:.2f}%, teacher "
+            f"{label} {e['onnx']} (best epoch {e['best_epoch'] + 1}; "
+            f"onnxruntime accuracy {100 * e['onnxruntime_accuracy']:.2f}%, teacher "
             f"{100 * e['teacher_accuracy']:.2f}%; max |onnx - torch| "
             f"{e['max_abs_diff']:.1e})"
         )
+        if quantized:
+            click.echo(
+                f"         {e['int8_ops']} ops on onnxruntime int8 kernels; top-1 agreement "
+                f"with torch fake quantization {100 * e['top1_agreement']:.2f}%"
+            )
 
 
 @main.command("students")

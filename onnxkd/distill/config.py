@@ -13,6 +13,10 @@ OPTIMIZERS = ("sgd", "adamw")
 DEFAULT_LR = {"sgd": 0.05, "adamw": 2e-3}
 DEFAULT_WD = {"sgd": 5e-4, "adamw": 0.05}
 DEFAULT_EPOCHS = 30
+DEFAULT_STUDENT = "mobilenetv2"
+# QAT fine-tunes a trained student: a few epochs at a tenth of the float learning rate.
+DEFAULT_QAT_EPOCHS = 5
+QAT_LR_SCALE = 0.1
 
 
 class DistillConfigError(OnnxkdError):
@@ -26,17 +30,20 @@ class DistillConfig:
     `hints`, `attention` and `rkd` add feature terms as "STUDENT:TEACHER" pairs: a student
     stage name (`stage1`…, `embedding`, or a module path) and a teacher feature cached with
     `cache-teacher --features`.
+
+    `qat` continues a finished float run (`init`) with fake quantization and exports an int8
+    model; it takes its student and cache from that run unless they are given.
     """
 
-    student: str = "mobilenetv2"
-    cache: Path | None = None  # None: the workspace's latest cache
+    student: str | None = None  # None: mobilenetv2, or with qat the init run's student
+    cache: Path | None = None  # None: the workspace's latest cache (with qat: the init run's)
     data: str | None = None  # given: checked against the cache's fingerprint
     workdir: Path = DEFAULT_WORKDIR
     out: Path | None = None  # run folder; None: a new folder under the workspace's runs/
-    epochs: int | None = None  # None: DEFAULT_EPOCHS for a new run, the saved count on resume
+    epochs: int | None = None  # None: 30 (qat: 5) for a new run, the saved count on resume
     batch_size: int = 128
     optimizer: str = "sgd"
-    lr: float | None = None  # None: 0.05 for SGD, 2e-3 for AdamW (scaled by batch/128)
+    lr: float | None = None  # None: 0.05 SGD, 2e-3 AdamW (x batch/128; qat: x 0.1)
     weight_decay: float | None = None  # None: 5e-4 for SGD, 0.05 for AdamW
     warmup_epochs: float = 1.0
     loss: str = "kd"
@@ -58,6 +65,8 @@ class DistillConfig:
     online: bool = False  # run the teacher live through onnxruntime each batch (baseline)
     resume: bool = False
     export: bool = True
+    qat: bool = False
+    init: Path | None = None  # with qat: the float run to start from; None: the latest run
 
     def __post_init__(self) -> None:
         checks = [
@@ -69,6 +78,13 @@ class DistillConfig:
             (self.temperature > 0, f"--temperature must be > 0, got {self.temperature}"),
             (self.lr is None or self.lr > 0, f"--lr must be > 0, got {self.lr}"),
             (self.device in ("auto", "cpu", "cuda"), "--device must be auto, cpu or cuda"),
+            (self.init is None or self.qat, "--init names the float run that --qat starts from"),
+            (
+                not (self.qat and (self.hints or self.attention or self.rkd)),
+                "--qat distils from logits only (the quantized graph has no stage modules to "
+                "hook); drop --hint, --attention and --rkd",
+            ),
+            (not (self.qat and self.bf16), "--qat trains in float32; drop --bf16"),
         ]
         for ok, message in checks:
             if not ok:
@@ -81,8 +97,10 @@ class DistillConfig:
 
     @property
     def resolved_lr(self) -> float:
-        base = self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
-        return base * (self.batch_size / 128 if self.lr is None else 1.0)
+        if self.lr is not None:
+            return self.lr
+        scale = QAT_LR_SCALE if self.qat else 1.0
+        return DEFAULT_LR[self.optimizer] * scale * self.batch_size / 128
 
     @property
     def resolved_weight_decay(self) -> float:
@@ -109,7 +127,7 @@ class DistillConfig:
                 f"unknown distill settings {sorted(extra)}; valid: {sorted(known)}"
             )
         kw = {k: v for k, v in d.items() if k in known}
-        for key in ("cache", "workdir", "out"):
+        for key in ("cache", "workdir", "out", "init"):
             if kw.get(key) is not None:
                 kw[key] = Path(kw[key])
         for key in ("hints", "attention"):

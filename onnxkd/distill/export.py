@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +22,14 @@ def export_student(
     path: Path,
     student_name: str,
     extra_metadata: dict[str, str] | None = None,
+    opset: int = OPSET,
+    passes: Sequence[Callable[[onnx.ModelProto], bool]] = (),
 ) -> Path:
     """Write `model` as ONNX with a dynamic batch and the input spec in `metadata_props`.
 
-    The file is written beside the target and renamed into place, so a crash never leaves a
-    half-written `student.onnx` that looks complete.
+    `passes` edit the exported graph in place, in order, before it is checked and saved (QAT
+    uses them to store int8 weights). The file is written beside the target and renamed into
+    place, so a crash never leaves a half-written `student.onnx` that looks complete.
     """
     model = model.eval().to("cpu", memory_format=torch.contiguous_format)
     dummy = torch.zeros((2, *spec.input_shape), dtype=torch.float32)
@@ -38,12 +41,14 @@ def export_student(
             dummy,
             str(tmp),
             dynamo=False,
-            opset_version=OPSET,
+            opset_version=opset,
             input_names=["input"],
             output_names=["logits"],
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
         )
     proto = onnx.load(str(tmp))
+    for graph_pass in passes:
+        graph_pass(proto)
     meta = {
         METADATA_KEY: spec.to_json(),
         "onnxkd.student": student_name,

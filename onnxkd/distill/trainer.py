@@ -16,13 +16,20 @@ from torch import nn
 from onnxkd import __version__
 from onnxkd.data.loaders import open_source
 from onnxkd.data.source import DataRef, Source
-from onnxkd.distill import checkpoint, distributed
-from onnxkd.distill.config import DEFAULT_EPOCHS, DistillConfig, DistillConfigError
+from onnxkd.distill import checkpoint, distributed, qat
+from onnxkd.distill.config import (
+    DEFAULT_EPOCHS,
+    DEFAULT_QAT_EPOCHS,
+    DEFAULT_STUDENT,
+    DistillConfig,
+    DistillConfigError,
+)
 from onnxkd.distill.data import CachedBatches, OnlineBatches
 from onnxkd.distill.evaluate import evaluate
 from onnxkd.distill.export import check_export, export_student
 from onnxkd.distill.history import plot_curves, write_metrics
 from onnxkd.distill.objective import DistillModule, build_objective
+from onnxkd.distill.qdq import count_int8_ops
 from onnxkd.errors import CacheError
 from onnxkd.students import create_student
 from onnxkd.teacher.cache_files import read_json, write_json_atomic
@@ -92,7 +99,16 @@ def _run_dir(cfg: DistillConfig, ws: Workspace) -> Path:
     if cfg.out is not None:
         return cfg.out
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return ws.root / "runs" / f"{cfg.student}-{cfg.loss}-s{cfg.seed}-{stamp}"
+    kind = "-qat" if cfg.qat else ""
+    return ws.root / "runs" / f"{cfg.student}{kind}-{cfg.loss}-s{cfg.seed}-{stamp}"
+
+
+def _resolve_new(cfg: DistillConfig, ws: Workspace) -> DistillConfig:
+    """A new run's defaults; QAT first takes its student and cache from its float run."""
+    if cfg.qat:
+        cfg = qat.resolve_init(cfg, ws)
+    epochs = cfg.epochs or (DEFAULT_QAT_EPOCHS if cfg.qat else DEFAULT_EPOCHS)
+    return replace(cfg, student=cfg.student or DEFAULT_STUDENT, epochs=epochs)
 
 
 def _resolve_resume(cfg: DistillConfig, ws: Workspace) -> tuple[DistillConfig, Path]:
@@ -127,7 +143,7 @@ def distill(
     if cfg.resume:
         cfg, run_dir = _resolve_resume(cfg, ws)
     else:
-        cfg = replace(cfg, epochs=cfg.epochs or DEFAULT_EPOCHS)
+        cfg = _resolve_new(cfg, ws)
         run_dir = dist.broadcast_path(_run_dir(cfg, ws))
     cache_path = cfg.cache or ws.latest("cache")
     cache = CacheReader(cache_path)
@@ -152,6 +168,9 @@ def distill(
         in_chans=spec.channels,
         input_size=tuple(spec.size) if spec.size else spec.channels,
     )
+    if cfg.qat:  # on resume the run's own checkpoint fills the weights, not the float run
+        student = qat.build(student, spec, init=None if cfg.resume else cfg.init)
+        log(f"QAT from {cfg.init}: BatchNorm folded, U8S8 fake quantization inserted")
     module = DistillModule(student, build_objective(cfg))
     features = tuple(k for k in module.objective.teacher_keys if k not in TOPK_KEYS)
     for name in features:
@@ -178,9 +197,10 @@ def distill(
         )
     eval_batches = CachedBatches(cache.section("eval"), eval_src)
     module.to(device)
-    with torch.no_grad():  # a first forward builds the lazily shaped adapters of feature losses
-        probe = batches.load(np.arange(min(2, len(batches))), 0)
-        module(*_to_device(probe, device, cfg.channels_last))
+    if features:  # a first forward builds the lazily shaped adapters of feature losses
+        with torch.no_grad():
+            probe = batches.load(np.arange(min(2, len(batches))), 0)
+            module(*_to_device(probe, device, cfg.channels_last))
     steps_per_epoch = max(1, -(-len(batches) // (cfg.batch_size * dist.world)))
     optimizer = _optimizer(cfg, module.parameters())
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, steps_per_epoch))
@@ -230,7 +250,7 @@ def distill(
             plot_curves(
                 run_dir / "curves.png",
                 state.history,
-                f"{cfg.student} ({cfg.loss}) on {Path(cache_path).name}",
+                f"{cfg.student}{' QAT' if cfg.qat else ''} ({cfg.loss}) on {Path(cache_path).name}",
             )
             log(
                 f"epoch {epoch + 1}/{cfg.epochs}  loss {train_loss:.4f}  val acc "
@@ -241,9 +261,10 @@ def distill(
     report = None
     if dist.is_main and cfg.export:
         report = _export_best(run_dir, student, cfg, cache, eval_batches, state)
-        ws.record(run=run_dir, student=run_dir / "student.onnx")
+        # A QAT model is the workspace's quantized model, never its float student.
+        ws.record(run=run_dir, **{"quantized" if cfg.qat else "student": Path(report["onnx"])})
         log(
-            f"exported {run_dir / 'student.onnx'}: onnxruntime accuracy "
+            f"exported {report['onnx']}: onnxruntime accuracy "
             f"{100 * report['onnxruntime_accuracy']:.2f}% (torch "
             f"{100 * report['torch_accuracy']:.2f}%), max |diff| {report['max_abs_diff']:.2e}"
         )
@@ -286,7 +307,8 @@ def _train_epoch(
     model.train()
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    use_amp = device.type == "cuda"
+    # Fake quantization rounds to 256 levels: in fp16/bf16 the rounding itself would be off.
+    use_amp = device.type == "cuda" and not cfg.qat
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     autocast = torch.autocast(
         device.type,
@@ -328,15 +350,19 @@ def _export_best(
     state: checkpoint.State,
 ) -> dict:
     checkpoint.load_weights(run_dir / "best.pt", student)
-    path = export_student(
+    export = qat.export_qat if cfg.qat else export_student
+    path = export(
         student,
         cache.input_spec,
-        run_dir / "student.onnx",
+        run_dir / (qat.QAT_ONNX if cfg.qat else "student.onnx"),
         cfg.student,
         {"onnxkd.cache_key": cache.manifest["key"]},
     )
     batches = ((b.x, b.labels) for b in eval_batches.epoch(0, 256, shuffle=False))
+    # For QAT this compares onnxruntime's int8 kernels with torch's fake quantization.
     report = check_export(student, path, batches)
+    if cfg.qat:
+        report["int8_ops"] = count_int8_ops(path)
     report.update(
         best_epoch=state.best_epoch,
         best_val_accuracy=state.best_accuracy,

@@ -1,0 +1,273 @@
+"""`onnxkd distill --qat`: a float run continued with fake quantization exports a QDQ model that
+onnxruntime runs with int8 kernels and that matches torch; resume; the CLI and its errors; the
+graph passes; every registered student."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from conftest import MODELS
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxkd.data.source import DataRef
+from onnxkd.data.spec import InputSpec
+from onnxkd.distill import qat
+from onnxkd.distill.config import DistillConfig, DistillConfigError
+from onnxkd.distill.qdq import count_int8_ops, integer_clip, optimized_op_types
+from onnxkd.distill.trainer import distill
+from onnxkd.students import create_student, student_names
+from onnxkd.teacher.cache_teacher import CacheConfig, cache_teacher
+
+FLOAT_EPOCHS = 3
+QAT_EPOCHS = 2
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two shared cores: one torch thread per test is faster and steadier."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """A workspace with a digits cache and a finished float small_cnn run (its latest run)."""
+    root = tmp_path_factory.mktemp("qat")
+    ws = root / "onnxkd-out"
+    cache_teacher(
+        CacheConfig(
+            MODELS / "digits_cnn.onnx",
+            DataRef("digits"),
+            workdir=ws,
+            views=2,
+            augment="crop",
+            threads=1,
+        ),
+        log=lambda s: None,
+    )
+    cfg = DistillConfig(
+        student="small_cnn",
+        workdir=ws,
+        epochs=FLOAT_EPOCHS,
+        batch_size=64,
+        threads=1,
+        out=root / "float",
+    )
+    distill(cfg, log=lambda s: None)
+    return root
+
+
+def fresh(workspace: Path, tmp_path: Path) -> Path:
+    """A copy of the module's workspace (its state still names the module's float run)."""
+    shutil.copytree(workspace / "onnxkd-out", tmp_path / "onnxkd-out")
+    return tmp_path
+
+
+def qat_config(root: Path, **kw) -> DistillConfig:
+    kw = {"epochs": QAT_EPOCHS, "out": root / "qat", **kw}
+    return DistillConfig(qat=True, workdir=root / "onnxkd-out", batch_size=64, threads=1, **kw)
+
+
+def logits_step(path: Path) -> float:
+    """The scale of the quantized logits: one step of the model's output grid."""
+    model = onnx.load(str(path))
+    inits = {t.name: t for t in model.graph.initializer}
+    dq = next(n for n in model.graph.node if n.output[0] == "logits")
+    assert dq.op_type == "DequantizeLinear"
+    return float(numpy_helper.to_array(inits[dq.input[1]]))
+
+
+def test_qat_exports_an_int8_model_that_matches_torch(workspace, tmp_path):
+    root = fresh(workspace, tmp_path)
+    result = distill(qat_config(root), log=lambda s: None)
+    run, float_run = root / "qat", workspace / "float"
+    path = run / "student.int8.onnx"
+    report = json.loads((run / "export.json").read_text())
+    assert report == result.export and report["onnx"] == str(path)
+    # onnxruntime runs it with integer kernels: QLinearConv for the convs, QGemm for the head.
+    assert count_int8_ops(path) == report["int8_ops"] >= 5
+    ops = optimized_op_types(path)
+    assert ops["QLinearConv"] == 4 and ops["QGemm"] == 1
+    assert not {"Conv", "Gemm", "MatMul"} & set(ops)
+    # ... and agrees with torch's fake quantization on the eval split.
+    assert report["samples"] == 359
+    assert report["top1_agreement"] >= 0.99
+    assert abs(report["onnxruntime_accuracy"] - report["torch_accuracy"]) <= 0.01
+    assert report["max_abs_diff"] <= 2 * logits_step(path) + 1e-6
+    # QAT keeps the float student's accuracy within a couple of points.
+    float_report = json.loads((float_run / "export.json").read_text())
+    assert report["onnxruntime_accuracy"] >= float_report["onnxruntime_accuracy"] - 0.02
+    assert report["onnxruntime_accuracy"] > 0.9
+    # int8 weights: no float weight is quantized at load time, and the file shrinks.
+    model = onnx.load(str(path))
+    assert not any(
+        n.op_type == "QuantizeLinear" and n.input[0].endswith("weight") for n in model.graph.node
+    )
+    assert path.stat().st_size < 0.35 * (float_run / "student.onnx").stat().st_size
+    # It carries its preprocessing like the float student, and says what it is.
+    meta = {p.key: p.value for p in model.metadata_props}
+    float_meta = {p.key: p.value for p in onnx.load(str(float_run / "student.onnx")).metadata_props}
+    assert meta["onnxkd.quantized"] == "qat"
+    assert meta["onnxkd.input_spec"] == float_meta["onnxkd.input_spec"]
+    assert meta["onnxkd.student"] == "small_cnn"
+    assert meta["onnxkd.cache_key"] == float_meta["onnxkd.cache_key"]
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
+    # The run took its student and cache from the float run, at a tenth of its learning rate.
+    saved = json.loads((run / "config.json").read_text())
+    float_saved = json.loads((float_run / "config.json").read_text())
+    assert saved["config"]["qat"] and saved["config"]["init"] == str(float_run.resolve())
+    assert saved["config"]["student"] == "small_cnn"
+    assert saved["cache"] == float_saved["cache"]
+    assert saved["config"]["resolved_lr"] == pytest.approx(
+        0.1 * float_saved["config"]["resolved_lr"]
+    )
+    assert [r["epoch"] for r in result.history] == list(range(QAT_EPOCHS))
+    # The workspace records it as the quantized model; the float student stays the student.
+    state = json.loads((root / "onnxkd-out" / "state.json").read_text())
+    assert state["quantized"] == str(path.resolve())
+    assert state["student"] == str((float_run / "student.onnx").resolve())
+    assert state["run"] == str(run.resolve())
+
+
+def test_qat_resumes_after_a_finished_epoch(workspace, tmp_path):
+    root = fresh(workspace, tmp_path)
+    whole = distill(qat_config(root, out=root / "whole", export=False), log=lambda s: None)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first_epoch(line: str) -> None:
+        if line.startswith("epoch 1/"):
+            raise Stop
+
+    with pytest.raises(Stop):
+        distill(qat_config(root, out=root / "cut"), log=stop_after_first_epoch)
+    assert not (root / "cut" / "student.int8.onnx").exists()
+    lines: list[str] = []
+    resumed = distill(
+        DistillConfig(resume=True, out=root / "cut", workdir=root / "onnxkd-out"), log=lines.append
+    )
+    assert any(line.startswith("resuming") for line in lines)
+    assert [r["epoch"] for r in resumed.history] == [0, 1]
+    # Weights, optimizer and observer ranges all came back: the epochs are the same numbers.
+    for ours, theirs in zip(resumed.history, whole.history, strict=True):
+        assert ours["val_accuracy"] == pytest.approx(theirs["val_accuracy"], abs=1e-9)
+        assert ours["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-5)
+    assert resumed.export["int8_ops"] > 0
+    assert resumed.export["top1_agreement"] >= 0.99
+
+
+def test_cli_qat_after_a_float_distill_needs_no_options(cli, workspace, tmp_path):
+    root = fresh(workspace, tmp_path)
+    single_thread = {"OMP_NUM_THREADS": "1"}
+    result = cli("distill", "--qat", cwd=root, env=single_thread)
+    assert result.returncode == 0, result.stderr
+    state = json.loads((root / "onnxkd-out" / "state.json").read_text())
+    run = Path(state["run"])
+    assert run.parent == (root / "onnxkd-out" / "runs").resolve()
+    assert run.name.startswith("small_cnn-qat-kd-")
+    assert Path(state["quantized"]) == run / "student.int8.onnx"
+    rows = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 5  # QAT's default epochs
+    assert "int8:" in result.stdout and "ops on onnxruntime int8 kernels" in result.stdout
+    # A second QAT run starts again from the float run, not from the QAT run now latest.
+    again = cli("distill", "--qat", "--epochs", "1", cwd=root, env=single_thread)
+    assert again.returncode == 0, again.stderr
+    state = json.loads((root / "onnxkd-out" / "state.json").read_text())
+    saved = json.loads((Path(state["run"]) / "config.json").read_text())
+    assert saved["config"]["init"] == str((workspace / "float").resolve())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--qat",), "--qat continues a float run, and the workspace onnxkd-out has none"),
+        (("--qat", "--init", "empty"), "empty has no best.pt: --init needs a float distill run"),
+        (("--init", "empty"), "--init names the float run that --qat starts from"),
+    ],
+    ids=["no-float-run", "init-without-best", "init-without-qat"],
+)
+def test_cli_qat_errors_are_one_line(cli, tmp_path, args, message):
+    (tmp_path / "empty").mkdir()
+    result = cli("distill", *args)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert message in lines[0]
+
+
+def test_qat_refuses_feature_terms_and_bf16():
+    with pytest.raises(DistillConfigError, match="--qat distils from logits only"):
+        DistillConfig(qat=True, hints=("stage2:feat",))
+    with pytest.raises(DistillConfigError, match="drop --bf16"):
+        DistillConfig(qat=True, bf16=True)
+
+
+def test_integer_clip_is_exact():
+    """DequantizeLinear -> Clip(0, 6) -> QuantizeLinear (ReLU6) equals a Clip on the integers."""
+    scale, zero_point = np.float32(0.05), np.uint8(40)
+    inits = [
+        numpy_helper.from_array(np.array(scale), "s"),
+        numpy_helper.from_array(np.array(zero_point), "z"),
+        numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+        numpy_helper.from_array(np.array(6.0, np.float32), "hi"),
+    ]
+    nodes = [
+        helper.make_node("DequantizeLinear", ["q", "s", "z"], ["x"]),
+        helper.make_node("Clip", ["x", "lo", "hi"], ["y"]),
+        helper.make_node("QuantizeLinear", ["y", "s", "z"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "relu6",
+        [helper.make_tensor_value_info("q", TensorProto.UINT8, [256])],
+        [helper.make_tensor_value_info("out", TensorProto.UINT8, [256])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    q = np.arange(256, dtype=np.uint8)
+
+    def run(m: onnx.ModelProto) -> np.ndarray:
+        session = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        return session.run(None, {"q": q})[0]
+
+    before = run(model)
+    assert integer_clip(model)
+    assert [n.op_type for n in model.graph.node] == ["Clip"]
+    np.testing.assert_array_equal(run(model), before)
+    assert before.min() == 40 and before.max() == 40 + 120  # 0 and 6 on the grid
+
+
+@pytest.mark.parametrize("name", student_names())
+def test_every_student_exports_to_int8_kernels(name, tmp_path):
+    """BN folding, fake quantization and the QDQ export work for each registered student, and
+    onnxruntime runs every conv and linear layer of it with integer kernels."""
+    torch.manual_seed(0)
+    student = create_student(name, num_classes=10, in_chans=3, input_size=16)
+    if student.input_ndim == 2:  # flat feature vectors
+        spec = InputSpec("flat", channels=64)
+        student = create_student(name, num_classes=10, in_chans=64)
+    else:
+        spec = InputSpec("NCHW", (16, 16), 3)
+    model = qat.build(student, spec, init=None)
+    with torch.no_grad():  # training mode: the observers see a few batches
+        for _ in range(2):
+            model(torch.randn(16, *spec.input_shape))
+    path = qat.export_qat(model, spec, tmp_path / "m.int8.onnx", name)
+    ops = optimized_op_types(path)
+    assert count_int8_ops(path) > 0
+    assert not {"Conv", "Gemm", "MatMul"} & set(ops), ops
+    x = torch.randn(8, *spec.input_shape)
+    with torch.no_grad():
+        ref = model.eval()(x).numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"input": x.numpy()})[0].shape == ref.shape
