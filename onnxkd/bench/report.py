@@ -101,7 +101,9 @@ def markdown(document: dict) -> str:
 
 
 def pareto_plot(document: dict, path: Path) -> Path | None:
-    """Accuracy against p50 latency (smallest batch) per EP, and accuracy against size."""
+    """Accuracy against p50 latency (smallest batch) per EP, and accuracy against size.
+
+    One colour per model in both panels, one marker per EP."""
     rows = [r for r in document["rows"] if r["status"] == "ok"]
     if not rows:
         return None
@@ -113,39 +115,54 @@ def pareto_plot(document: dict, path: Path) -> Path | None:
     batch = min(r["batch"] for r in rows)
     rows = [r for r in rows if r["batch"] == batch]
     scored = all(r.get("accuracy") is not None for r in rows)
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    colour = {m: plt.cm.tab10(i % 10) for i, m in enumerate(models)}
+    eps = list(dict.fromkeys(r["ep"] for r in rows))
+    marker = {ep: "osD^v<>p*h"[i % 10] for i, ep in enumerate(eps)}
+
+    def y_of(r: dict) -> float:
+        return 100 * r["accuracy"] if scored else r["parameters"] / 1e6
+
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for ep in sorted({r["ep"] for r in rows}):
-        mine = [r for r in rows if r["ep"] == ep]
-        y = [100 * r["accuracy"] if scored else r["size_bytes"] / 1e6 for r in mine]
-        left.scatter([r["p50_ms"] for r in mine], y, s=60, label=ep)
-        for r, v in zip(mine, y, strict=True):
-            left.annotate(r["model"], (r["p50_ms"], v), textcoords="offset points", xytext=(5, 4))
-    left.set_xscale("log")
-    left.set_xlabel(f"p50 latency at batch {batch} (ms, log)")
-    left.set_ylabel("validation accuracy (%)" if scored else "size (MB)")
-    left.set_title("accuracy vs latency" if scored else "size vs latency (no data: unscored)")
-    left.legend(title="EP")
-    seen = {}
     for r in rows:
-        seen.setdefault(r["model"], r)
-    for r in seen.values():
-        y = 100 * r["accuracy"] if scored else r["parameters"] / 1e6
-        right.scatter(r["size_bytes"] / 1e6, y, s=60)
-        right.annotate(
-            r["model"], (r["size_bytes"] / 1e6, y), textcoords="offset points", xytext=(5, 4)
+        left.scatter(r["p50_ms"], y_of(r), s=70, color=colour[r["model"]], marker=marker[r["ep"]])
+        left.annotate(
+            f"{r['model']} ({r['ep']})" if len(eps) > 1 else r["model"],
+            (r["p50_ms"], y_of(r)),
+            textcoords="offset points",
+            xytext=(6, 4),
         )
-    right.set_xscale("log")
-    right.set_xlabel("size on disk (MB, log)")
-    right.set_ylabel("validation accuracy (%)" if scored else "parameters (M)")
-    right.set_title("accuracy vs size" if scored else "parameters vs size")
-    for axis in (left, right):
-        axis.grid(alpha=0.3)
+    for m in models:
+        r = next(r for r in rows if r["model"] == m)
+        right.scatter(r["size_bytes"] / 1e6, y_of(r), s=70, color=colour[m])
+        right.annotate(
+            m, (r["size_bytes"] / 1e6, y_of(r)), textcoords="offset points", xytext=(6, 4)
+        )
+    ylabel = "validation accuracy (%)" if scored else "parameters (M, no data to score)"
+    _axis(left, [r["p50_ms"] for r in rows], f"p50 latency at batch {batch} (ms)", ylabel)
+    _axis(right, [r["size_bytes"] / 1e6 for r in rows], "size on disk (MB)", ylabel)
+    left.set_title(f"latency on {', '.join(eps)}")
+    right.set_title("size")
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp.png")
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def _axis(axis, xs: list[float], xlabel: str, ylabel: str) -> None:
+    """Log x only when values span more than a decade; room on the right for the labels."""
+    low, high = min(xs), max(xs)
+    if high > 10 * low:
+        axis.set_xscale("log")
+        axis.set_xlim(low / 1.5, high * 2.5)
+    else:
+        pad = (high - low) or high or 1.0
+        axis.set_xlim(low - 0.15 * pad, high + 0.45 * pad)
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.grid(alpha=0.3)
 
 
 def write_all(document: dict, out: Path) -> dict[str, Path]:

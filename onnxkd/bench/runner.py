@@ -53,13 +53,12 @@ def bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> BenchResult:
         rows += _bench_ep(cfg, ep_name, models, static, log)
     if len(eps) == 1 and rows and all(r["status"] == "error" for r in rows):
         raise ProviderError(f"nothing could be timed on {eps[0]}: {rows[0]['error']}")
-    for row in rows:
-        if row.get("cv", 0) > cfg.cv_warn:
-            log(
-                f"warning: {row['model']} on {row['ep']} at batch {row['batch']} varied a lot "
-                f"(coefficient of variation {row['cv']:.2f}); close other programs or raise "
-                "--rounds/--min-seconds"
-            )
+    noisy = [f"{r['model']}/{r['ep']}/b{r['batch']}" for r in rows if r.get("cv", 0) > cfg.cv_warn]
+    if noisy:
+        log(
+            f"warning: run-to-run variation above CV {cfg.cv_warn} for {', '.join(noisy)}: "
+            "trust p50 over the mean, close other programs, or raise --rounds/--min-seconds"
+        )
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
     document = {
