@@ -21,6 +21,7 @@ class BenchConfig:
     """
 
     models: tuple[Path, ...] = ()
+    labels: tuple[str, ...] = ()  # names for `models` in tables and plots; default: file names
     eps: tuple[str, ...] = ("cpu",)
     batches: tuple[int, ...] = (1, 8, 32)
     runs: int = 50  # timed runs per round, at least…
@@ -39,6 +40,7 @@ class BenchConfig:
     def __post_init__(self) -> None:
         checks = [
             (self.eps, "--ep needs at least one execution provider"),
+            (not self.labels or len(self.labels) == len(self.models), "one label per model"),
             (self.batches and all(b >= 1 for b in self.batches), "--batch sizes must be >= 1"),
             (self.runs >= 1, f"--runs must be >= 1, got {self.runs}"),
             (self.rounds >= 1, f"--rounds must be >= 1, got {self.rounds}"),
@@ -56,6 +58,7 @@ class BenchConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["models"] = [str(m) for m in self.models]
+        d["labels"] = list(self.labels)
         for key, value in d.items():
             if isinstance(value, Path):
                 d[key] = str(value)

@@ -105,6 +105,9 @@ def accuracy(session, batches, output: str | None = None) -> float:
     hits = count = 0
     for x, labels in batches:
         out = session.run([output] if output else None, {name: x})[0]
+        if isinstance(out, list) and out and isinstance(out[0], dict):
+            # a ZipMap (scikit-learn's default): one {class: probability} map per sample
+            out = [[row[k] for k in sorted(row)] for row in out]
         hits += int((np.asarray(out).reshape(len(x), -1).argmax(axis=1) == labels).sum())
         count += len(labels)
     return hits / max(count, 1)

@@ -88,15 +88,28 @@ def attach_data(
             log(f"{model.label}: no validation data ({e}); timing it on noise, no accuracy")
 
 
-def label_models(paths: tuple[Path, ...]) -> list[BenchModel]:
-    """Models named on the command line, labelled by file name (made unique)."""
+def label_models(paths: tuple[Path, ...], given: tuple[str, ...] = ()) -> list[BenchModel]:
+    """Models named on the command line, labelled as given or by file name (made unique)."""
     labels: dict[str, int] = {}
     models = []
-    for path in paths:
+    for i, path in enumerate(paths):
         if not Path(path).is_file():
             raise DataError(f"{path} is not a file")
-        stem = Path(path).name.removesuffix(".onnx")
+        stem = given[i] if given else Path(path).name.removesuffix(".onnx")
         labels[stem] = labels.get(stem, 0) + 1
         label = stem if labels[stem] == 1 else f"{stem}#{labels[stem]}"
         models.append(BenchModel(label, Path(path)))
     return models
+
+
+def teacher_outputs(models: list[BenchModel], cache: Path | None) -> None:
+    """Score a cache's teacher on the output it was cached from (a classifier exported with a
+    label output first, say), found by content hash."""
+    from onnxkd.teacher.cache_files import sha256_file
+
+    if cache is None or not (Path(cache) / "manifest.json").exists():
+        return
+    teacher = json.loads((Path(cache) / "manifest.json").read_text())["teacher"]
+    for model in models:
+        if model.output is None and sha256_file(model.path) == teacher["sha256"]:
+            model.output = teacher["output_used"]

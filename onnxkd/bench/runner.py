@@ -19,7 +19,13 @@ import numpy as np
 from onnxkd.bench import measure, report
 from onnxkd.bench.config import BenchConfig
 from onnxkd.bench.host import host_info
-from onnxkd.bench.models import BenchModel, attach_data, label_models, workspace_models
+from onnxkd.bench.models import (
+    BenchModel,
+    attach_data,
+    label_models,
+    teacher_outputs,
+    workspace_models,
+)
 from onnxkd.bench.timing import summarize, time_session
 from onnxkd.errors import ProviderError
 from onnxkd.providers import PROVIDERS, resolve_provider
@@ -44,7 +50,11 @@ def bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> BenchResult:
             resolve_provider(name)  # raises: unknown name, listing the known ones
     if len(eps) == 1 and eps[0] not in MOBILE_EPS:
         resolve_provider(eps[0])  # asked for alone, an unavailable EP is an error
-    models = label_models(cfg.models) if cfg.models else workspace_models(cfg.workdir, log)
+    if cfg.models:
+        models = label_models(cfg.models, cfg.labels)
+        teacher_outputs(models, cfg.cache)
+    else:
+        models = workspace_models(cfg.workdir, log)
     if cfg.accuracy:
         attach_data(models, cfg.workdir, cfg.cache, cfg.data, log)
     static = {m.label: _static_facts(m) for m in models}

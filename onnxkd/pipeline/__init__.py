@@ -1,0 +1,1 @@
+"""`run`: a whole compression recipe (cache -> distill -> quantize -> bench) and its report."""

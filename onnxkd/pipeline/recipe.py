@@ -1,0 +1,147 @@
+"""A pipeline recipe: plain TOML naming a teacher, the data and each stage's options.
+
+    name = "digits"
+    teacher = "../models/digits_cnn.onnx"      # relative to the recipe file
+    [data]      data = "digits"                 # + split, holdout, split_seed, x_key, y_key
+    [cache]     views = 10, augment = "crop"    # cache-teacher options (+ layout, size, …)
+    [distill]   student = "resnet8", epochs = 10
+    [qat]       epochs = 3                      # optional: QAT with KD after distill
+    [quantize]  max_drop = 1.0                  # optional table; present = run PTQ
+    [bench]     eps = ["cpu"], batches = [1, 32]
+
+Each table is checked against the fields of its stage's settings dataclass, so an unknown key is
+an error that names the valid ones. Paths in the recipe are relative to the recipe's folder.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from onnxkd.errors import OnnxkdError
+
+TOP_LEVEL = (
+    "name",
+    "description",
+    "teacher",
+    "data",
+    "cache",
+    "distill",
+    "qat",
+    "quantize",
+    "bench",
+)
+DATA_KEYS = ("data", "split", "holdout", "split_seed", "x_key", "y_key", "image_size")
+SPEC_KEYS = ("layout", "size", "scale", "mean", "std")
+# Settings the pipeline decides itself (where outputs go, which artifact feeds which stage).
+MANAGED = {
+    "cache": {"teacher", "data", "out", "workdir", "spec", "shard", "overwrite"},
+    "distill": {"cache", "data", "workdir", "out", "resume", "export", "qat", "init"},
+    "qat": {"cache", "data", "workdir", "out", "resume", "export", "qat", "init", "student"},
+    "quantize": {"model", "out", "workdir", "cache", "data"},
+    "bench": {"models", "workdir", "out", "cache", "data"},
+}
+
+
+class RecipeError(OnnxkdError):
+    """A pipeline recipe is malformed."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A parsed recipe: resolved teacher path, data reference fields and per-stage options."""
+
+    path: Path
+    name: str
+    description: str
+    teacher: Path
+    data: dict
+    cache: dict
+    distill: dict
+    qat: dict | None
+    quantize: dict | None
+    bench: dict | None
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "teacher": str(self.teacher),
+            "data": self.data,
+            "cache": self.cache,
+            "distill": self.distill,
+            "qat": self.qat,
+            "quantize": self.quantize,
+            "bench": self.bench,
+        }
+
+
+def load_recipe(path: Path) -> Recipe:
+    """Parse and check a recipe file; raise RecipeError saying what is wrong and what is valid."""
+    from onnxkd.bench.config import BenchConfig
+    from onnxkd.distill.config import DistillConfig
+    from onnxkd.quantize.config import QuantizeConfig
+    from onnxkd.teacher.cache_teacher import CacheConfig
+
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"no recipe at {path}")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise RecipeError(f"{path} is not valid TOML: {e}") from e
+    _check_keys(raw, TOP_LEVEL, f"{path.name}")
+    for key in ("name", "teacher", "data", "distill"):
+        if key not in raw:
+            raise RecipeError(
+                f"{path.name} has no `{key}`; a recipe needs name, teacher, [data] and [distill]"
+            )
+    base = path.parent
+    data = dict(raw["data"])
+    _check_keys(data, DATA_KEYS, "[data]")
+    if "data" not in data:
+        raise RecipeError("[data] needs `data` (a bundled name such as digits, or a path)")
+    if data["data"] != "digits" and not Path(data["data"]).is_absolute():
+        data["data"] = str((base / data["data"]).resolve())
+    tables = {
+        "cache": CacheConfig,
+        "distill": DistillConfig,
+        "qat": DistillConfig,
+        "quantize": QuantizeConfig,
+        "bench": BenchConfig,
+    }
+    parsed = {}
+    for table, cls in tables.items():
+        if table not in raw:
+            parsed[table] = None
+            continue
+        valid = {f.name for f in fields(cls)} - MANAGED[table]
+        if table == "cache":
+            valid |= set(SPEC_KEYS)
+        _check_keys(raw[table], sorted(valid), f"[{table}]")
+        parsed[table] = dict(raw[table])
+    teacher = Path(raw["teacher"])
+    teacher = teacher if teacher.is_absolute() else (base / teacher).resolve()
+    if not teacher.is_file():
+        raise RecipeError(f"the recipe's teacher {teacher} does not exist")
+    return Recipe(
+        path=path.resolve(),
+        name=str(raw["name"]),
+        description=str(raw.get("description", "")),
+        teacher=teacher,
+        data=data,
+        cache=parsed["cache"] or {},
+        distill=parsed["distill"],
+        qat=parsed["qat"],
+        quantize=parsed["quantize"],
+        bench=parsed["bench"],
+    )
+
+
+def _check_keys(table, valid, where: str) -> None:
+    if not isinstance(table, dict):
+        raise RecipeError(f"{where} must be a table, got {type(table).__name__}")
+    unknown = sorted(set(table) - set(valid))
+    if unknown:
+        raise RecipeError(f"unknown key(s) {unknown} in {where}; valid: {', '.join(valid)}")

@@ -1,0 +1,178 @@
+"""`report.md`: what was compressed, by how much, at what accuracy cost, on which hardware.
+
+Written from the artifacts the stages left (cache manifest, run metrics and export check,
+quantization report, bench.json), with the training curves and the Pareto plot beside it, the
+resolved recipe and the versions of everything that ran.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+from pathlib import Path
+
+from onnxkd.teacher.cache_files import read_json, write_json_atomic
+
+
+def write_report(state) -> Path:
+    """Write `report/report.md` (and its images and resolved config) for a pipeline run."""
+    out = state.root / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    bench = read_json(state.bench / "bench.json") if state.bench else None
+    manifest = read_json(state.cache / "manifest.json")
+    export = read_json(state.run / "export.json")
+    images = []
+    for src, name in (
+        (state.run / "curves.png", "curves.png"),
+        (state.bench / "pareto.png" if state.bench else None, "pareto.png"),
+    ):
+        if src is not None and src.exists():
+            shutil.copy(src, out / name)
+            images.append(name)
+    resolved = {
+        "recipe": state.recipe.to_dict(),
+        "recipe_file": str(state.recipe.path),
+        "outputs": {s.name: s.output for s in state.stages},
+        "distill_config": read_json(state.run / "config.json"),
+        "versions": versions(),
+    }
+    write_json_atomic(out / "resolved.json", resolved)
+    text = _markdown(state, manifest, export, bench, images)
+    tmp = out / "report.md.tmp"
+    tmp.write_text(text)
+    tmp.replace(out / "report.md")
+    return out / "report.md"
+
+
+def versions() -> dict:
+    import onnx
+    import onnxruntime
+    import torch
+
+    from onnxkd import __version__
+
+    return {
+        "onnxkd": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def _markdown(state, manifest: dict, export: dict, bench: dict | None, images: list) -> str:
+    recipe = state.recipe
+    teacher = manifest["teacher"]
+    config = read_json(state.run / "config.json")
+    train = manifest["sections"]["train"]
+    lines = [
+        f"# {recipe.name}: {Path(teacher['path']).name} -> {config['config']['student']}",
+        "",
+        recipe.description,
+        "",
+        f"- **Teacher**: `{Path(teacher['path']).name}` ({teacher.get('producer') or 'ONNX'}, "
+        f"opset {_opset(teacher.get('opset'))}), cached on {train['n']} training samples x "
+        f"{train['views']} views ({train['augmentation']['policy']} augmentation) of "
+        f"`{train['data_ref']['data']}`.",
+        f"- **Student**: `{config['config']['student']}`, {config['student_parameters']:,} "
+        f"parameters, {config['config']['loss']} loss for {config['config']['epochs']} epochs "
+        f"(best epoch {export['best_epoch'] + 1}); onnxruntime and torch agree to "
+        f"{export['max_abs_diff']:.1e}.",
+    ]
+    if bench:
+        lines += _comparison(bench)
+    lines += ["", "## Stages", "", "| stage | output | time |", "|---|---|---|"]
+    for s in state.stages:
+        when = f"up to date ({s.note or 'skipped'})" if s.skipped else f"{s.seconds:.1f} s"
+        lines.append(
+            f"| {s.name} | `{Path(s.output).relative_to(state.root.parent.parent)}` | {when} |"
+        )
+    if "curves.png" in images:
+        lines += ["", "## Training", "", "![training curves](curves.png)"]
+    if "pareto.png" in images:
+        lines += ["", "## Accuracy, latency and size", "", "![pareto](pareto.png)"]
+    lines += [
+        "",
+        "## Reproduce",
+        "",
+        "```",
+        f"onnxkd run {recipe.path.name}",
+        "```",
+        "",
+        "The resolved recipe, every stage's settings and the versions are in "
+        "`resolved.json` next to this file.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _comparison(bench: dict) -> list[str]:
+    host = bench["host"]
+    rows = [r for r in bench["rows"] if r["status"] == "ok"]
+    if not rows:
+        return []
+    small, large = min(r["batch"] for r in rows), max(r["batch"] for r in rows)
+    by = {(r["model"], r["ep"], r["batch"]): r for r in rows}
+    models = list(dict.fromkeys(r["model"] for r in bench["rows"]))
+    eps = list(dict.fromkeys(r["ep"] for r in rows))
+    teacher = bench["models"].get("teacher", {})
+    lines = [
+        f"- **Hardware**: {host['cpu']}, {host['logical_cores']} logical cores "
+        f"({' '.join(host['isa_flags'])}); onnxruntime {host['onnxruntime']}, "
+        f"{host['intra_op_threads']} intra-op threads.",
+        "",
+        "## Result",
+        "",
+        f"| model | accuracy | size | vs teacher | params | p50 @{small} | p99 @{small} | "
+        f"throughput @{large} | speed-up vs teacher @{small} |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for ep in eps:
+        base = by.get(("teacher", ep, small))
+        for m in models:
+            r, big = by.get((m, ep, small)), by.get((m, ep, large))
+            if r is None:
+                continue
+            acc = f"{100 * r['accuracy']:.2f}%" if r.get("accuracy") is not None else "-"
+            ratio = (
+                f"{teacher['size_bytes'] / r['size_bytes']:.1f}x smaller"
+                if teacher and m != "teacher"
+                else ""
+            )
+            speed = f"{base['p50_ms'] / r['p50_ms']:.2f}x" if base and m != "teacher" else ""
+            name = m if len(eps) == 1 else f"{m} ({ep})"
+            lines.append(
+                f"| {name} | {acc} | {r['size_bytes'] / 1e6:.3f} MB | {ratio} | "
+                f"{_count(r['parameters'])} | {r['p50_ms']:.3f} ms | {r['p99_ms']:.3f} ms | "
+                f"{big['throughput']:,.0f}/s | {speed} |"
+            )
+    lines += [
+        "",
+        f"Latency: median and 99th percentile of {bench['config']['rounds']} "
+        "interleaved rounds per model (onnxkd bench); accuracy on the validation split "
+        "with onnxruntime on this CPU.",
+    ]
+    noisy = [r for r in rows if r.get("cv", 0) > bench["config"]["cv_warn"]]
+    if noisy:
+        lines.append(
+            f"Run-to-run variation was high for {len(noisy)} of {len(rows)} rows "
+            "(coefficient of variation above "
+            f"{bench['config']['cv_warn']}): trust the medians, not the means."
+        )
+    return lines
+
+
+def _opset(opset) -> str:
+    if isinstance(opset, dict):
+        return ", ".join(f"{v}" if k in ("", "ai.onnx") else f"{k} {v}" for k, v in opset.items())
+    return str(opset)
+
+
+def _ratio(teacher_bytes: int, model_bytes: int) -> str:
+    if model_bytes <= teacher_bytes:
+        return f"{teacher_bytes / model_bytes:.1f}x smaller"
+    return f"{model_bytes / teacher_bytes:.1f}x larger"
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.2f} M" if n >= 1e5 else f"{n / 1e3:.1f} k"
