@@ -1,0 +1,135 @@
+"""`onnxkd run`: recipe checking, a whole run with its report, and reruns that redo only what
+is missing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+from onnxkd.pipeline.recipe import RecipeError, load_recipe
+from onnxkd.pipeline.runner import run_pipeline
+
+QUIET = {"log": lambda s: None}
+SMALL = """
+name = "tiny"
+teacher = "{teacher}"
+[data]
+data = "digits"
+[cache]
+views = 2
+augment = "crop"
+[distill]
+student = "small_cnn_s"
+epochs = 2
+threads = 1
+[quantize]
+calib_samples = 64
+[bench]
+batches = [1, 4]
+rounds = 1
+runs = 5
+min_seconds = 0.0
+warmup = 1
+"""
+
+
+def write_recipe(tmp_path: Path, text: str = SMALL) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(text.format(teacher=ROOT / "models" / "digits_cnn.onnx"))
+    return path
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (("epochs = 2", "epochz = 2"), "in [distill]; valid: alpha, alpha_warmup_epochs"),
+        (("[bench]", "[benchmark]"), "unknown key(s) ['benchmark'] in tiny.toml; valid:"),
+        (('data = "digits"', 'dataset = "digits"'), "unknown key(s) ['dataset'] in [data]"),
+        (("views = 2", "views = 2\nout = 'x'"), "unknown key(s) ['out'] in [cache]"),
+        (('name = "tiny"', 'name = "tiny"\nname = "again"'), "is not valid TOML"),
+    ],
+)
+def test_bad_recipes_name_what_is_valid(tmp_path, change, message):
+    path = write_recipe(tmp_path, SMALL.replace(*change))
+    with pytest.raises(RecipeError) as error:
+        load_recipe(path)
+    assert message in str(error.value)
+
+
+def test_missing_teacher_and_missing_sections(tmp_path):
+    path = write_recipe(tmp_path, SMALL.replace("{teacher}", "nowhere.onnx"))
+    with pytest.raises(RecipeError, match="teacher .*nowhere.onnx does not exist"):
+        load_recipe(path)
+    path.write_text('name = "x"\nteacher = "t.onnx"\n[data]\ndata = "digits"\n')
+    with pytest.raises(RecipeError, match="has no `distill`"):
+        load_recipe(path)
+
+
+def test_run_writes_a_report_and_reruns_only_what_is_missing(tmp_path):
+    recipe = write_recipe(tmp_path)
+    work = tmp_path / "onnxkd-out"
+    state = run_pipeline(recipe, work, **QUIET)
+    assert [s.name for s in state.stages] == ["cache", "distill", "quantize", "bench"]
+    assert not any(s.skipped for s in state.stages)
+    report_dir = work / "pipelines" / "tiny" / "report"
+    report = (report_dir / "report.md").read_text()
+    for row in ("| teacher | 99.16% |", "| student |", "| int8 (PTQ) |"):
+        assert row in report
+    assert "x smaller" in report and "logical cores" in report
+    for image in ("curves.png", "pareto.png"):
+        assert (report_dir / image).read_bytes()[:4] == b"\x89PNG"
+        assert f"]({image})" in report
+    resolved = json.loads((report_dir / "resolved.json").read_text())
+    assert resolved["recipe"]["distill"]["epochs"] == 2 and resolved["versions"]["onnxruntime"]
+
+    again = run_pipeline(recipe, work, **QUIET)
+    assert all(s.skipped for s in again.stages)
+    assert "made in" in (report_dir / "report.md").read_text()
+
+    # Lose the INT8 model's report (as if quantize was interrupted before finishing): only
+    # quantize runs again; its output is byte-identical, so the bench stays up to date.
+    Path(state.quantized).with_suffix(".json").unlink()
+    third = run_pipeline(recipe, work, **QUIET)
+    assert {s.name: s.skipped for s in third.stages} == {
+        "cache": True,
+        "distill": True,
+        "quantize": False,
+        "bench": True,
+    }
+
+    # A changed stage option makes a new stage folder; the upstream stages stay up to date.
+    recipe.write_text(recipe.read_text().replace("epochs = 2", "epochs = 3"))
+    fourth = run_pipeline(recipe, work, **QUIET)
+    assert {s.name: s.skipped for s in fourth.stages} == {
+        "cache": True,
+        "distill": False,
+        "quantize": False,
+        "bench": False,
+    }
+    assert fourth.run != state.run and state.run.exists()
+
+
+def test_interrupted_distill_resumes_in_the_same_stage_folder(tmp_path):
+    recipe = write_recipe(tmp_path)
+    work = tmp_path / "onnxkd-out"
+    state = run_pipeline(recipe, work, **QUIET)
+    run = state.run
+    history = (run / "metrics.jsonl").read_text()
+    # As if killed after training but before the export: the checkpoints are kept.
+    (run / "export.json").unlink()
+    again = run_pipeline(recipe, work, **QUIET)
+    assert again.run == run and (run / "export.json").exists()
+    assert not next(s for s in again.stages if s.name == "distill").skipped
+    assert (run / "metrics.jsonl").read_text() == history  # no epoch trained twice
+
+
+def test_run_command_prints_the_report(cli, tmp_path):
+    recipe = write_recipe(tmp_path)
+    result = cli("run", recipe)
+    assert result.returncode == 0, result.stderr
+    assert "| teacher | 99.16% |" in result.stdout and "report:" in result.stdout
+    bad = cli("run", tmp_path / "missing.toml")
+    assert bad.returncode == 1 and "no recipe at" in bad.stderr
