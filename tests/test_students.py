@@ -39,6 +39,7 @@ PARAMS_M = {
     "shufflenetv2": (1.2, 1.35),
     "shufflenetv2_w050": (0.3, 0.4),
     "small_cnn": (0.05, 0.2),
+    "small_cnn_s": (0.01, 0.03),
     "mlp": (0.03, 0.07),
 }
 
