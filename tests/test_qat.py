@@ -271,3 +271,42 @@ def test_every_student_exports_to_int8_kernels(name, tmp_path):
         ref = model.eval()(x).numpy()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert session.run(None, {"input": x.numpy()})[0].shape == ref.shape
+
+
+def test_relu6_after_a_layer_is_fused_and_clamped_by_its_fixed_range():
+    """torch.ao has no conv + ReLU6 fusion: each ReLU6 that follows a conv (+ BN) becomes the
+    fused layer's ReLU with a fixed [0, 6] uint8 range, so the export needs no float Clip; the
+    model's input keeps an observed range (normalized pixels are negative too)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU6(),
+        torch.nn.Conv2d(8, 4, 1),
+        torch.nn.ReLU6(),
+    ).eval()
+    with torch.no_grad():
+        net[3].weight.mul_(4)  # so that the last ReLU6 clamps too
+    _, relu6_layers = qat.fold_batchnorm(net)
+    assert relu6_layers == ["0", "3"]
+    model = qat.prepare(net, torch.randn(2, 3, 8, 8))
+    x = 4 * torch.randn(32, 3, 8, 8)
+    with torch.no_grad():
+        model(x)  # training mode: the observers learn the ranges
+        fake, ref = model.eval()(x), net(x)
+    assert ref.max() == 6.0 and ref.min() == 0.0  # the ReLU6s do clamp on this input
+    assert fake.max() <= 6.0 and fake.min() >= 0.0
+    # A clamped input quantizer would wreck the output; quantization noise stays small.
+    assert (fake - ref).abs().mean() < 0.05
+
+
+def test_mobilenetv2_exports_without_float_clips(tmp_path):
+    torch.manual_seed(0)
+    student = create_student("mobilenetv2_w050", num_classes=10, in_chans=3, input_size=16)
+    spec = InputSpec("NCHW", (16, 16), 3)
+    model = qat.build(student, spec, init=None)
+    with torch.no_grad():
+        model(torch.randn(8, *spec.input_shape))
+    path = qat.export_qat(model, spec, tmp_path / "m.int8.onnx", "mobilenetv2_w050")
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert "Clip" not in ops and ops.count("Relu") == 35

@@ -6,17 +6,21 @@ QDQ model that onnxruntime runs with int8 kernels.
 
 Quantization is U8S8, the combination onnxruntime's x86 kernels are fast with: activations
 unsigned 8-bit, asymmetric, per tensor; weights signed 8-bit, symmetric, per output channel.
+A ReLU6 right after a conv or linear layer is quantized as TFLite does it: a ReLU fused into
+the layer, whose output range is fixed to [0, 6], so that the quantization itself clamps at 6.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch import fx, nn
 from torch.ao import quantization as tq
+from torch.ao.nn.intrinsic import _FusedModule
 from torch.ao.quantization.quantize_fx import fuse_fx, prepare_qat_fx
 
 from onnxkd.data.spec import InputSpec
@@ -32,6 +36,13 @@ QAT_ONNX = "student.int8.onnx"
 QUANTIZED_KEY = "onnxkd.quantized"
 # Per-channel QuantizeLinear needs opset 13; the legacy exporter is verified there (DESIGN.md).
 QAT_OPSET = 13
+# The uint8 grid of a ReLU6 output: 0 .. 255 steps of 6/255, so that 255 means 6.
+RELU6_SCALE = 6.0 / 255.0
+
+# Layers that torch.ao fuses with a following ReLU, and the BatchNorm it folds between them.
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_FUSES_WITH_RELU = (*_CONVS, nn.Linear)
+_FOLDED_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 class QATError(OnnxkdError):
@@ -63,6 +74,20 @@ def qconfig() -> tq.QConfig:
     return tq.QConfig(activation=activation, weight=weight)
 
 
+def relu6_qconfig() -> tq.QConfig:
+    """`qconfig()` with the activation fixed to ReLU6's range: scale 6/255, zero point 0.
+
+    For a layer with a fused ReLU, this fake quantization computes min(relu(x), 6) on the
+    uint8 grid: ReLU6 without a Clip op, and with all 256 codes spent on [0, 6].
+    """
+    activation = tq.FixedQParamsFakeQuantize.with_args(
+        observer=tq.FixedQParamsObserver.with_args(
+            scale=RELU6_SCALE, zero_point=0, dtype=torch.quint8, quant_min=0, quant_max=255
+        )
+    )
+    return tq.QConfig(activation=activation, weight=qconfig().weight)
+
+
 class QATStudent(nn.Module):
     """A fake-quantized student whose observers learn ranges in training mode only.
 
@@ -84,26 +109,108 @@ class QATStudent(nn.Module):
         return self.model(x)
 
 
-def fold_batchnorm(student: nn.Module) -> nn.Module:
+def relu6_to_relu(graph: fx.GraphModule) -> list[str]:
+    """Replace each ReLU6 module that directly follows a conv (+ BatchNorm) or linear layer with
+    a ReLU, in place, so that `fuse_fx` fuses it into that layer; the names of those layers.
+
+    The function is kept only once `relu6_qconfig()` clamps each named layer's output at 6.
+    torch.ao has no Conv + ReLU6 fusion: left alone, the layer's output is fake-quantized
+    before the ReLU6, on a range with its negative values, and the export keeps a Clip.
+    """
+    modules = dict(graph.named_modules())
+    calls = Counter(n.target for n in graph.graph.nodes if n.op == "call_module")
+
+    def called_once(node: object, types: tuple[type, ...]) -> bool:
+        # A module called in several places must stay what it is in all of them.
+        return (
+            isinstance(node, fx.Node)
+            and node.op == "call_module"
+            and isinstance(modules[node.target], types)
+            and calls[node.target] == 1
+        )
+
+    def feeds_only(node: object, types: tuple[type, ...]) -> bool:
+        return called_once(node, types) and len(node.users) == 1
+
+    layers = []
+    for node in list(graph.graph.nodes):
+        if not called_once(node, (nn.ReLU6,)) or len(node.args) != 1 or node.kwargs:
+            continue
+        source = node.args[0]
+        if feeds_only(source, _FOLDED_NORMS):
+            source = source.args[0]
+            if not feeds_only(source, _CONVS):
+                continue
+        elif not feeds_only(source, _FUSES_WITH_RELU):
+            continue
+        relu6 = modules[node.target]
+        parent, _, name = node.target.rpartition(".")
+        setattr(graph.get_submodule(parent), name, nn.ReLU(relu6.inplace).train(relu6.training))
+        layers.append(source.target)
+    return layers
+
+
+def fold_batchnorm(student: nn.Module) -> tuple[nn.Module, list[str]]:
     """The student as an FX graph with each BatchNorm folded into the conv or linear before it
-    (running statistics, so in eval mode), and each conv + ReLU fused into one module.
+    (running statistics, so in eval mode), and each conv + ReLU fused into one module; with the
+    names of the fused layers whose ReLU stands for a ReLU6 (`relu6_to_relu`).
 
     Folding before QAT means the weights that get fake-quantized are the ones the export
-    carries: a Conv with the BN scale in its weights, as onnxruntime will run it.
+    carries: a Conv with the BN scale in its weights, as onnxruntime will run it. The student
+    itself is not modified.
     """
+    graph = fx.symbolic_trace(student.eval())  # its own module tree: swaps stay in it
+    relu6_layers = relu6_to_relu(graph)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torch.ao's notice to move to torchao
-        return fuse_fx(student.eval())
+        fused = fuse_fx(graph)
+    modules = dict(fused.named_modules())
+    for name in relu6_layers:  # a ReLU left unfused would now compute ReLU, not ReLU6
+        layer = modules.get(name)
+        if not (isinstance(layer, _FusedModule) and isinstance(layer[-1], nn.ReLU)):
+            raise QATError(f"torch.ao did not fuse {name} with the ReLU that stands for its ReLU6")
+    return fused, relu6_layers
 
 
 def prepare(student: nn.Module, example: torch.Tensor) -> QATStudent:
-    """Fold BatchNorm and insert fake quantization (FX graph mode, `qconfig()` everywhere)."""
-    folded = fold_batchnorm(student)
+    """Fold BatchNorm and insert fake quantization (FX graph mode): `qconfig()` everywhere,
+    `relu6_qconfig()` on the layers whose fused ReLU stands for a ReLU6."""
+    folded, relu6_layers = fold_batchnorm(student)
     mapping = tq.QConfigMapping().set_global(qconfig())
+    for name in relu6_layers:
+        mapping.set_module_name(name, relu6_qconfig())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         prepared = prepare_qat_fx(folded.train(), mapping, (example,))
+    observe_inputs(prepared, relu6_layers)
     return QATStudent(prepared).train()
+
+
+def observe_inputs(prepared: fx.GraphModule, relu6_layers: list[str]) -> None:
+    """Give back an observed range to each fixed [0, 6] fake quantization that is not on the
+    output of one of `relu6_layers`.
+
+    torch.ao quantizes a layer's input with that layer's activation qconfig where nothing
+    before it did (the model's input, for a ReLU6 stem): fixed to [0, 6], it would clamp
+    normalized pixels.
+    """
+    observers = {
+        node.target: prepared.get_submodule(node.target)
+        for node in prepared.graph.nodes
+        if node.op == "call_module" and node.target.startswith("activation_post_process")
+    }
+    layers = set(relu6_layers)
+    # One observer module may serve several tensors (ops that keep their input's range).
+    outputs = {
+        id(observers[node.target])
+        for node in prepared.graph.nodes
+        if node.target in observers and getattr(node.args[0], "target", None) in layers
+    }
+    for target, observer in observers.items():
+        if not isinstance(observer, tq.FixedQParamsFakeQuantize) or id(observer) in outputs:
+            continue
+        parent, _, name = target.rpartition(".")
+        setattr(prepared.get_submodule(parent), name, qconfig().activation())
 
 
 def build(student: nn.Module, spec: InputSpec, init: Path | None) -> QATStudent:
