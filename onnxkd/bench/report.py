@@ -124,23 +124,31 @@ def pareto_plot(document: dict, path: Path) -> Path | None:
         return 100 * r["accuracy"] if scored else r["parameters"] / 1e6
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    # A legend, not labels beside the points: models of equal accuracy and close latency (an
+    # INT8 student next to its float one) would print their labels over each other.
     for r in rows:
-        left.scatter(r["p50_ms"], y_of(r), s=70, color=colour[r["model"]], marker=marker[r["ep"]])
-        left.annotate(
-            f"{r['model']} ({r['ep']})" if len(eps) > 1 else r["model"],
-            (r["p50_ms"], y_of(r)),
-            textcoords="offset points",
-            xytext=(6, 4),
+        label = f"{r['model']} ({r['ep']})" if len(eps) > 1 else r["model"]
+        left.scatter(
+            r["p50_ms"],
+            y_of(r),
+            s=70,
+            color=colour[r["model"]],
+            marker=marker[r["ep"]],
+            label=label,
+            alpha=0.85,
         )
     for m in models:
         r = next(r for r in rows if r["model"] == m)
-        right.scatter(r["size_bytes"] / 1e6, y_of(r), s=70, color=colour[m])
-        right.annotate(
-            m, (r["size_bytes"] / 1e6, y_of(r)), textcoords="offset points", xytext=(6, 4)
-        )
+        right.scatter(r["size_bytes"] / 1e6, y_of(r), s=70, color=colour[m], label=m, alpha=0.85)
     ylabel = "validation accuracy (%)" if scored else "parameters (M, no data to score)"
-    _axis(left, [r["p50_ms"] for r in rows], f"p50 latency at batch {batch} (ms)", ylabel)
-    _axis(right, [r["size_bytes"] / 1e6 for r in rows], "size on disk (MB)", ylabel)
+    ys = [y_of(r) for r in rows]
+    for axis, xs, xlabel in (
+        (left, [r["p50_ms"] for r in rows], f"p50 latency at batch {batch} (ms)"),
+        (right, [r["size_bytes"] / 1e6 for r in rows], "size on disk (MB)"),
+    ):
+        _axis(axis, xs, xlabel, ylabel)
+        _y_limits(axis, ys, ceiling=100.0 if scored else None)
+        axis.legend(fontsize="small", loc="best")
     left.set_title(f"latency on {', '.join(eps)}")
     right.set_title("size")
     fig.tight_layout()
@@ -152,17 +160,26 @@ def pareto_plot(document: dict, path: Path) -> Path | None:
 
 
 def _axis(axis, xs: list[float], xlabel: str, ylabel: str) -> None:
-    """Log x only when values span more than a decade; room on the right for the labels."""
+    """Log x only when values span more than a decade."""
     low, high = min(xs), max(xs)
     if high > 10 * low:
         axis.set_xscale("log")
-        axis.set_xlim(low / 1.5, high * 2.5)
+        axis.set_xlim(low / 1.5, high * 1.5)
     else:
         pad = (high - low) or high or 1.0
-        axis.set_xlim(low - 0.15 * pad, high + 0.45 * pad)
+        axis.set_xlim(max(0.0, low - 0.2 * pad), high + 0.2 * pad)
+        axis.locator_params(axis="x", nbins=5)  # long tick labels such as 0.0225 collide
     axis.set_xlabel(xlabel)
     axis.set_ylabel(ylabel)
     axis.grid(alpha=0.3)
+
+
+def _y_limits(axis, ys: list[float], ceiling: float | None) -> None:
+    """Room around the points, but no accuracy axis above 100%."""
+    low, high = min(ys), max(ys)
+    pad = max(0.5, 0.25 * (high - low))
+    top = high + pad if ceiling is None else min(ceiling + 0.2, high + pad)
+    axis.set_ylim(low - 2 * pad, top)
 
 
 def write_all(document: dict, out: Path) -> dict[str, Path]:

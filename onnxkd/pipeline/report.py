@@ -96,7 +96,7 @@ def _markdown(state, manifest: dict, export: dict, bench: dict | None, images: l
         "## Reproduce",
         "",
         "```",
-        f"onnxkd run {recipe.path.name}",
+        f"onnxkd run {_shown_path(recipe.path)}",
         "```",
         "",
         "The resolved recipe, every stage's settings and the versions are in "
@@ -135,9 +135,7 @@ def _comparison(bench: dict) -> list[str]:
                 continue
             acc = f"{100 * r['accuracy']:.2f}%" if r.get("accuracy") is not None else "-"
             ratio = (
-                f"{teacher['size_bytes'] / r['size_bytes']:.1f}x smaller"
-                if teacher and m != "teacher"
-                else ""
+                _ratio(teacher["size_bytes"], r["size_bytes"]) if teacher and m != "teacher" else ""
             )
             speed = f"{base['p50_ms'] / r['p50_ms']:.2f}x" if base and m != "teacher" else ""
             name = m if len(eps) == 1 else f"{m} ({ep})"
@@ -146,6 +144,7 @@ def _comparison(bench: dict) -> list[str]:
                 f"{_count(r['parameters'])} | {r['p50_ms']:.3f} ms | {r['p99_ms']:.3f} ms | "
                 f"{big['throughput']:,.0f}/s | {speed} |"
             )
+    lines += _headline(by, models, eps[0], small)
     lines += [
         "",
         f"Latency: median and 99th percentile of {bench['config']['rounds']} "
@@ -162,10 +161,44 @@ def _comparison(bench: dict) -> list[str]:
     return lines
 
 
+def _headline(by: dict, models: list[str], ep: str, batch: int) -> list[str]:
+    """One sentence on the model to ship (the last stage's) against the teacher."""
+    teacher = by.get(("teacher", ep, batch))
+    final = next((by[m, ep, batch] for m in reversed(models) if (m, ep, batch) in by), None)
+    if teacher is None or final is None or final is teacher:
+        return []
+    text = (
+        f"**In short**: `{final['model']}` is {_ratio(teacher['size_bytes'], final['size_bytes'])}"
+        f" than the teacher and {teacher['p50_ms'] / final['p50_ms']:.2f}x its speed at batch "
+        f"{batch} on {ep}"
+    )
+    if final.get("accuracy") is not None and teacher.get("accuracy") is not None:
+        drop = 100 * (teacher["accuracy"] - final["accuracy"])
+        text += (
+            f", at {100 * final['accuracy']:.2f}% accuracy against the teacher's "
+            f"{100 * teacher['accuracy']:.2f}% ({_points(drop)})"
+        )
+    return ["", text + "."]
+
+
+def _points(drop: float) -> str:
+    if abs(drop) < 0.005:
+        return "no loss"
+    return f"{drop:.2f} points lost" if drop > 0 else f"{-drop:.2f} points gained"
+
+
 def _opset(opset) -> str:
     if isinstance(opset, dict):
         return ", ".join(f"{v}" if k in ("", "ai.onnx") else f"{k} {v}" for k, v in opset.items())
     return str(opset)
+
+
+def _shown_path(path: Path) -> str:
+    """The recipe as a user would type it: relative to the current folder when inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _ratio(teacher_bytes: int, model_bytes: int) -> str:
