@@ -576,12 +576,14 @@ def students_cmd():
 
 def _add_stage_commands() -> None:
     from onnxkd.cli_bench import bench_cmd
+    from onnxkd.cli_ondevice import ondevice_cmd
     from onnxkd.cli_quantize import quantize_cmd
     from onnxkd.cli_run import run_cmd
 
     main.add_command(quantize_cmd)
     main.add_command(bench_cmd)
     main.add_command(run_cmd)
+    main.add_command(ondevice_cmd)
 
 
 _add_stage_commands()
