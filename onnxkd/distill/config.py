@@ -29,7 +29,7 @@ class DistillConfig:
 
     `hints`, `attention` and `rkd` add feature terms as "STUDENT:TEACHER" pairs: a student
     stage name (`stage1`…, `embedding`, or a module path) and a teacher feature cached with
-    `cache-teacher --features`.
+    `cache-teacher --features`, split at the first colon (TensorFlow names end in ":0").
 
     `qat` continues a finished float run (`init`) with fake quantization and exports an int8
     model; it takes its student and cache from that run unless they are given.
@@ -90,7 +90,9 @@ class DistillConfig:
             if not ok:
                 raise DistillConfigError(message)
         for pair in (*self.hints, *self.attention, *([self.rkd] if self.rkd else [])):
-            if pair.count(":") != 1 or not all(pair.split(":")):
+            # Split at the first colon: student keys have none, TensorFlow tensor names (a
+            # tf2onnx teacher's features) end in ":0".
+            if not all(pair.partition(":")[::2]):
                 raise DistillConfigError(
                     f"feature pair {pair!r} must be STUDENT:TEACHER, e.g. stage3:layer3_out"
                 )

@@ -12,7 +12,8 @@ from onnxkd.errors import OnnxkdError
 
 
 def _pairs(pairs: tuple[str, ...]) -> list[tuple[str, str]]:
-    return [tuple(p.split(":")) for p in pairs]  # type: ignore[misc]
+    # At the first colon: teacher names may hold colons (TensorFlow's "conv/Relu:0").
+    return [tuple(p.split(":", 1)) for p in pairs]  # type: ignore[misc]
 
 
 def build_objective(cfg: DistillConfig) -> CompositeLoss:
@@ -36,7 +37,7 @@ def build_objective(cfg: DistillConfig) -> CompositeLoss:
             (1.0, build_loss("at", pairs=_pairs(cfg.attention), weight=cfg.attention_weight))
         )
     if cfg.rkd:
-        student_key, teacher_key = cfg.rkd.split(":")
+        student_key, teacher_key = cfg.rkd.split(":", 1)
         terms.append((1.0, build_loss("rkd", student_key=student_key, teacher_key=teacher_key)))
     return CompositeLoss(terms)
 

@@ -31,7 +31,7 @@ from onnxkd.distill.history import plot_curves, write_metrics
 from onnxkd.distill.objective import DistillModule, build_objective
 from onnxkd.distill.qdq import count_int8_ops
 from onnxkd.errors import CacheError
-from onnxkd.students import create_student
+from onnxkd.students.for_spec import create_student_for_spec
 from onnxkd.teacher.cache_files import read_json, write_json_atomic
 from onnxkd.teacher.cache_reader import CacheReader
 from onnxkd.workspace import Workspace
@@ -162,12 +162,10 @@ def distill(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    student = create_student(
-        cfg.student,
-        num_classes=cache.num_classes,
-        in_chans=spec.channels,
-        input_size=tuple(spec.size) if spec.size else spec.channels,
-    )
+    # Takes the cache's input as the teacher does (NHWC, NHW, flat), so its export does too.
+    student = create_student_for_spec(cfg.student, spec, cache.num_classes)
+    # --channels-last re-lays NCHW batches; other layouts reach the network already permuted.
+    channels_last = cfg.channels_last and spec.layout == "NCHW"
     if cfg.qat:  # on resume the run's own checkpoint fills the weights, not the float run
         student = qat.build(student, spec, init=None if cfg.resume else cfg.init)
         log(f"QAT from {cfg.init}: BatchNorm folded, U8S8 fake quantization inserted")
@@ -200,7 +198,7 @@ def distill(
     if features:  # a first forward builds the lazily shaped adapters of feature losses
         with torch.no_grad():
             probe = batches.load(np.arange(min(2, len(batches))), 0)
-            module(*_to_device(probe, device, cfg.channels_last))
+            module(*_to_device(probe, device, channels_last))
     steps_per_epoch = max(1, -(-len(batches) // (cfg.batch_size * dist.world)))
     optimizer = _optimizer(cfg, module.parameters())
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, steps_per_epoch))
@@ -228,7 +226,9 @@ def distill(
         module.objective.set_epoch(epoch)
         _ramp_alpha(module, cfg, epoch)
         started = time.perf_counter()
-        train_loss = _train_epoch(model, batches, optimizer, scheduler, cfg, epoch, device, dist)
+        train_loss = _train_epoch(
+            model, batches, optimizer, scheduler, cfg, epoch, device, dist, channels_last
+        )
         seconds = time.perf_counter() - started
         row = {
             "epoch": epoch,
@@ -239,7 +239,7 @@ def distill(
             "teacher_accuracy": teacher_acc,
         }
         if dist.is_main:
-            row.update(evaluate(student, eval_batches, device, cfg.channels_last))
+            row.update(evaluate(student, eval_batches, device, channels_last))
             state.history.append(row)
             state.epoch = epoch
             best = row["val_accuracy"] > state.best_accuracy
@@ -301,6 +301,7 @@ def _train_epoch(
     epoch: int,
     device: torch.device,
     dist,
+    channels_last: bool,
 ) -> float:
     from tqdm import tqdm
 
@@ -327,7 +328,7 @@ def _train_epoch(
         disable=None if dist.is_main else True,
     )
     for batch in bar:
-        x, teacher, labels = _to_device(batch, device, cfg.channels_last)
+        x, teacher, labels = _to_device(batch, device, channels_last)
         with autocast:
             loss, _ = model(x, teacher, labels)
         optimizer.zero_grad(set_to_none=True)
