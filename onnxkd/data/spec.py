@@ -5,7 +5,9 @@ later stage and written into every exported model's `metadata_props` under `META
 model carries its own preprocessing and teacher/student mismatches cannot happen silently.
 
 Raw samples are what data sources yield: images as (H, W, C) arrays (uint8 or float), flat
-feature vectors as (D,) arrays. `InputSpec.apply` turns a batch of them into model input.
+feature vectors as (D,) arrays. `InputSpec.apply` turns a batch of them into model input. A flat
+model can also take images, flattened: `flatten` then records the (H, W, C) shape of the raw
+samples, whose H·W·C values become the D features in row-major (H, W, C) order.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ class InputSpec:
     """How a raw sample becomes one row of model input.
 
     `x = ((raw * scale) - mean) / std`, laid out as `layout`, cast to `dtype`. `mean`/`std` hold
-    one value, or one per channel (images) or per feature (flat).
+    one value, or one per channel (images) or per feature (flat). With `flatten` (flat layout
+    only) raw samples are (H, W, C) images, flattened row-major before scaling: pixel (h, w, c)
+    is feature (h·W + w)·C + c, the order of scikit-learn's `load_digits().data`.
 
     Example:
         >>> spec = InputSpec(layout="NCHW", size=(8, 8), channels=1, scale=1 / 16)
@@ -46,6 +50,7 @@ class InputSpec:
     std: tuple[float, ...] = (1.0,)
     dtype: str = "float32"
     label_names: tuple[str, ...] | None = field(default=None)
+    flatten: tuple[int, int, int] | None = None  # flat layout: the (H, W, C) images flattened
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -56,6 +61,16 @@ class InputSpec:
             raise SpecError(f"an image layout ({self.layout}) needs size (H, W), got {self.size}")
         if self.layout == "NHW" and self.channels != 1:
             raise SpecError("layout NHW has no channel axis, so channels must be 1")
+        if self.flatten is not None:
+            if self.layout != "flat" or len(self.flatten) != 3:
+                raise SpecError(
+                    f"flatten {self.flatten} needs layout flat and an (H, W, C) image shape"
+                )
+            if int(np.prod(self.flatten)) != self.channels:
+                raise SpecError(
+                    f"flatten {self.flatten} makes {int(np.prod(self.flatten))} features, the "
+                    f"spec has {self.channels}"
+                )
         for name in ("mean", "std"):
             values = getattr(self, name)
             if len(values) not in (1, self.channels):
@@ -70,8 +85,20 @@ class InputSpec:
         return self.layout != "flat"
 
     @property
+    def raw_is_image(self) -> bool:
+        """Raw samples are (H, W, C) images (so augmentation applies), whatever the layout."""
+        return self.is_image or self.flatten is not None
+
+    @property
+    def raw_size(self) -> tuple[int, int] | None:
+        """(H, W) of the raw images; None for feature vectors."""
+        return tuple(self.flatten[:2]) if self.flatten else self.size
+
+    @property
     def raw_shape(self) -> tuple[int, ...]:
         """Shape of one raw sample as data sources yield it."""
+        if self.flatten is not None:
+            return tuple(self.flatten)
         if self.layout == "flat":
             return (self.channels,)
         return (self.size[0], self.size[1], self.channels)
@@ -95,6 +122,8 @@ class InputSpec:
                 f"raw samples have shape {tuple(raw.shape[1:])}, the input spec expects "
                 f"{self.raw_shape}"
             )
+        if self.flatten is not None:
+            raw = raw.reshape(len(raw), self.channels)  # row-major (H, W, C)
         x = raw.astype(np.float32, copy=False) * np.float32(self.scale)
         mean = np.asarray(self.mean, np.float32)
         std = np.asarray(self.std, np.float32)
@@ -113,6 +142,12 @@ class InputSpec:
         d["size"] = list(self.size) if self.size else None
         d["mean"], d["std"] = list(self.mean), list(self.std)
         d["label_names"] = list(self.label_names) if self.label_names else None
+        # Written only when set: every other spec serializes as it did before `flatten`
+        # existed, so existing caches keep their keys and students their metadata.
+        if self.flatten is None:
+            del d["flatten"]
+        else:
+            d["flatten"] = list(self.flatten)
         return d
 
     def to_json(self) -> str:
@@ -127,8 +162,9 @@ class InputSpec:
                 f"unknown input-spec keys {sorted(unknown)}; valid keys: {sorted(known)}"
             )
         d = dict(d)
-        if d.get("size") is not None:
-            d["size"] = tuple(int(v) for v in d["size"])
+        for key in ("size", "flatten"):
+            if d.get(key) is not None:
+                d[key] = tuple(int(v) for v in d[key])
         for key in ("mean", "std"):
             if key in d:
                 d[key] = tuple(float(v) for v in np.atleast_1d(d[key]))

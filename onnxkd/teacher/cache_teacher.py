@@ -104,14 +104,22 @@ class _Plan:
             self.teacher, self.sources["train"], cfg.spec
         )
         train = self.sources["train"]
-        if cfg.augment != "none" and not self.spec.is_image:
+        if self.spec.flatten is not None:
+            h, w, c = self.spec.flatten
+            log(
+                f"note: the teacher takes {self.spec.channels} flat features and the data holds "
+                f"{h}x{w}x{c} images: each is flattened row-major (H, W, C), the order of "
+                "scikit-learn's load_digits().data (recorded as `flatten` in the input spec)"
+            )
+        # Augmentation works on raw images, so flattened images can be augmented too.
+        if cfg.augment != "none" and not self.spec.raw_is_image:
             raise DataError(
                 f"--augment {cfg.augment} needs images; this data holds feature vectors"
             )
         pad = (
             cfg.pad
             if cfg.pad is not None
-            else (Augmentation.default_pad(self.spec.size) if self.spec.is_image else 0)
+            else (Augmentation.default_pad(self.spec.raw_size) if self.spec.raw_is_image else 0)
         )
         self.augmentations = {
             "train": Augmentation(cfg.augment, pad if cfg.augment != "none" else 0, cfg.seed),

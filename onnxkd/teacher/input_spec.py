@@ -78,6 +78,25 @@ def _default_scale(teacher: Teacher, source: Source) -> float:
     return 1.0 / 255 if source.dtype == np.uint8 else 1.0
 
 
+def _flat_spec(teacher: Teacher, source: Source, features: int | None) -> InputSpec:
+    """A flat spec; images whose H·W·C values are the teacher's D features are flattened.
+
+    A scikit-learn model on digits is the classic case: trained on `load_digits().data`, which
+    is the 8×8 images flattened row-major, while the `digits` source yields (8, 8, 1) images.
+    Row-major (H, W, C) is that order. When the counts differ nothing is flattened, and the
+    raw-shape check refuses the data with both shapes.
+    """
+    shape = source.sample_shape
+    if len(shape) == 3 and features in (None, int(np.prod(shape))):
+        return InputSpec(
+            layout="flat",
+            channels=int(np.prod(shape)),
+            dtype=teacher.input_dtype,
+            flatten=tuple(int(d) for d in shape),
+        )
+    return InputSpec(layout="flat", channels=features or shape[0], dtype=teacher.input_dtype)
+
+
 def _spec_from_options(teacher: Teacher, source: Source, options: SpecOptions) -> InputSpec:
     shape = teacher.input_shape
     layout = options.layout or detect_layout(shape)
@@ -88,8 +107,7 @@ def _spec_from_options(teacher: Teacher, source: Source, options: SpecOptions) -
         )
     geometry = spec_geometry(layout, shape) if len(shape) >= 2 else {}
     if layout == "flat":
-        channels = geometry.get("channels") or source.sample_shape[0]
-        spec = InputSpec(layout="flat", channels=channels, dtype=teacher.input_dtype)
+        spec = _flat_spec(teacher, source, geometry.get("channels"))
     else:
         if len(source.sample_shape) != 3:
             raise SpecError(

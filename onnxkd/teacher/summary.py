@@ -20,6 +20,8 @@ def summarize(path: Path, manifest: dict, seconds: float | None = None) -> str:
         if spec["size"]
         else (f"{spec['channels']} features")
     )
+    if spec.get("flatten"):
+        geometry += f" (flattened {'x'.join(map(str, spec['flatten']))} images)"
     lines = [
         f"cache:    {path}",
         f"teacher:  {Path(teacher['path']).name} (sha256 {teacher['sha256'][:12]}…, output "
