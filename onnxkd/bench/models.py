@@ -67,8 +67,27 @@ def workspace_models(workdir: Path, log) -> list[BenchModel]:
     cache = ws.state().get("cache")
     if cache and "teacher" in [m.label for m in models]:
         manifest = json.loads((Path(cache) / "manifest.json").read_text())
-        models[0].output = manifest["teacher"]["output_used"]
+        models[0].output = scored_output(models[0].path, manifest["teacher"]["output_used"])
     return models
+
+
+def scored_output(path: Path, cached: str) -> str:
+    """The output of the file as shipped that holds the scores cached from tensor `cached`.
+
+    Caching may read a tensor the file does not output: onnxkd strips skl2onnx's default ZipMap
+    and caches the probability tensor that feeds it. The benchmark times the file as shipped,
+    ZipMap included, so it scores the ZipMap's output (a map per sample, which
+    `measure.accuracy` reads).
+    """
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    outputs = {o.name for o in graph.output}
+    if cached not in outputs:
+        for node in graph.node:
+            if node.op_type == "ZipMap" and node.input[0] == cached and node.output[0] in outputs:
+                return node.output[0]
+    return cached
 
 
 def attach_data(
@@ -112,4 +131,4 @@ def teacher_outputs(models: list[BenchModel], cache: Path | None) -> None:
     teacher = json.loads((Path(cache) / "manifest.json").read_text())["teacher"]
     for model in models:
         if model.output is None and sha256_file(model.path) == teacher["sha256"]:
-            model.output = teacher["output_used"]
+            model.output = scored_output(model.path, teacher["output_used"])
