@@ -7,7 +7,8 @@ Run from the repository root:
 Plain `jax.numpy`/`jax.lax` with a hand-written Adam loop (no flax, no optax). Writes
 models/digits_jax_cnn.onnx exactly as `jax2onnx.to_onnx` emits it (NCHW input, raw logits, no
 onnxkd metadata, since users' files have none) and models/digits_jax_cnn.md, and updates the
-zoo table in models/README.md. The data and split are onnxkd's own `digits`. At the end the
+zoo table in models/README.md (`--out DIR/x.onnx --no-readme` writes the file and its card
+elsewhere and leaves models/ alone). The data and split are onnxkd's own `digits`. At the end the
 card's commands (`onnxkd cache-teacher`, a 2-epoch `onnxkd distill`) are run in a temporary
 folder, and the script fails unless they succeed and onnxkd's teacher accuracy on the eval split
 equals the one measured here.
@@ -150,6 +151,9 @@ def main() -> None:
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=HERE / "digits_jax_cnn.onnx")
+    parser.add_argument(
+        "--no-readme", action="store_true", help="leave the zoo table in models/README.md alone"
+    )
     args = parser.parse_args()
 
     x_train, y_train = nchw_split("train")
@@ -347,6 +351,9 @@ sha256, may differ slightly.
             ),
         ],
     )
+    if args.no_readme:
+        print(f"wrote {args.out}, {args.out.with_suffix('.md')}")
+        return
     update_zoo_readme(
         args.out.name,
         [

@@ -22,9 +22,8 @@ import onnxruntime as ort
 import pytest
 from conftest import MODELS
 
-from onnxkd.data.loaders import open_source
-from onnxkd.data.source import DataRef
 from onnxkd.teacher.cache_files import sha256_file
+from onnxkd.teacher.cache_reader import CacheReader
 
 # file stem: the converter that wrote it (the ONNX producer_name)
 ZOO = {
@@ -113,13 +112,20 @@ def test_card_command_caches_with_card_accuracy(name, cli, tmp_path):
     assert manifest["input_spec_origin"] != "teacher metadata"
 
 
-def test_sklearn_card_data_is_the_digits_split(tmp_path):
-    """The flat .npz the scikit-learn card makes splits into exactly onnxkd's digits splits."""
-    run_card_setup(card_commands(read_card("digits_sklearn_mlp")), tmp_path)
-    for split in ("train", "test"):
-        flat = open_source(DataRef(str(tmp_path / "digits-flat.npz"), split=split))
-        digits = open_source(DataRef("digits", split=split))
-        x_flat, y_flat = flat.read(np.arange(len(flat)))
-        x, y = digits.read(np.arange(len(digits)))
-        np.testing.assert_array_equal(x_flat, x.reshape(len(x), -1).astype(np.float32))
-        np.testing.assert_array_equal(y_flat, y)
+def test_sklearn_card_caches_digits_flattened_as_fitted(cli, tmp_path):
+    """The scikit-learn card caches onnxkd's digits images for its flat teacher: flattened
+    exactly as `load_digits().data`, on which the model was fitted."""
+    from sklearn.datasets import load_digits
+
+    (tmp_path / "models").symlink_to(MODELS)
+    (argv,) = run_card_setup(card_commands(read_card("digits_sklearn_mlp")), tmp_path)[:1]
+    assert argv[0] == "cache-teacher" and argv[argv.index("--data") + 1] == "digits"
+    result = cli(*argv, "--workdir", "ws")
+    assert result.returncode == 0, result.stderr
+    assert "flattened row-major (H, W, C)" in result.stderr + result.stdout
+    state = json.loads((tmp_path / "ws" / "state.json").read_text())
+    spec = CacheReader(state["cache"]).input_spec
+    assert spec.flatten == (8, 8, 1)
+    digits = load_digits()
+    x = spec.apply(digits.images.astype(np.uint8)[..., None])
+    np.testing.assert_array_equal(x, digits.data.astype(np.float32))
