@@ -21,13 +21,9 @@ which onnxruntime refuses at run time ("Unsupported pooling size").
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import shlex
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -48,7 +44,13 @@ from jax import lax  # noqa: E402
 
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # onnxkd, when not installed
 
-from zoo_common import sha256_file, update_zoo_readme, write_card  # noqa: E402
+from zoo_common import (  # noqa: E402
+    ort_scores_accuracy,
+    run_card_commands,
+    sha256_file,
+    update_zoo_readme,
+    write_card,
+)
 
 from onnxkd.data.loaders import open_source  # noqa: E402
 from onnxkd.data.source import DataRef  # noqa: E402
@@ -117,32 +119,6 @@ def adam_step(p, m, v, t, x, y, lr, weight_decay):
     return p, m, v, loss
 
 
-def ort_accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> tuple[float, int, np.ndarray]:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (logits,) = session.run(None, {session.get_inputs()[0].name: x})
-    correct = int((logits.argmax(1) == y).sum())
-    return correct / len(y), correct, logits
-
-
-def run_card_commands(model: Path, commands: tuple[str, ...]) -> dict:
-    """Run the card's commands verbatim in a temporary folder (with `models/` linked in and a
-    private workspace); return the manifest of the cache they wrote."""
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "models").symlink_to(model.parent.resolve())
-        for line in commands:
-            program, *rest = shlex.split(line)
-            if program == "onnxkd":
-                argv = [sys.executable, "-m", "onnxkd", *rest, "--workdir", "ws"]
-            else:
-                argv = [sys.executable, *rest]
-            done = subprocess.run(argv, cwd=tmp, capture_output=True, text=True)
-            if done.returncode != 0:
-                raise RuntimeError(f"{line}\nfailed:\n{done.stderr[-2000:]}")
-            print(f"ran: {line}")
-        cache = Path(json.loads((Path(tmp) / "ws" / "state.json").read_text())["cache"])
-        return json.loads((cache / "manifest.json").read_text())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=40)
@@ -201,7 +177,7 @@ def main() -> None:
     in_dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
     out_dims = [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim]
     ops = sorted({n.op_type for n in proto.graph.node})
-    acc, correct, logits = ort_accuracy(args.out, x_test, y_test)
+    acc, correct, logits = ort_scores_accuracy(args.out, x_test, y_test)
     diff = float(np.abs(logits - jax_logits).max())
     size, digest = args.out.stat().st_size, sha256_file(args.out)
     print(f"{args.out.name}: IR {proto.ir_version}, opsets {opsets}, input {inp.name} {in_dims}")

@@ -17,12 +17,8 @@ equals the one measured here.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import shlex
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,7 +35,12 @@ from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # onnxkd, when not installed
 
-from zoo_common import sha256_file, update_zoo_readme, write_card  # noqa: E402
+from zoo_common import (  # noqa: E402
+    run_card_commands,
+    sha256_file,
+    update_zoo_readme,
+    write_card,
+)
 
 from onnxkd.data.loaders import open_source  # noqa: E402
 from onnxkd.data.source import DataRef  # noqa: E402
@@ -68,25 +69,6 @@ def ort_accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         raise RuntimeError("the label output and the argmax of the ZipMap probabilities differ")
     correct = int((labels == y).sum())
     return correct / len(y), correct
-
-
-def run_card_commands(model: Path, commands: tuple[str, ...]) -> dict:
-    """Run the card's commands verbatim in a temporary folder (with `models/` linked in and a
-    private workspace); return the manifest of the cache they wrote."""
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "models").symlink_to(model.parent.resolve())
-        for line in commands:
-            program, *rest = shlex.split(line)
-            if program == "onnxkd":
-                argv = [sys.executable, "-m", "onnxkd", *rest, "--workdir", "ws"]
-            else:
-                argv = [sys.executable, *rest]
-            done = subprocess.run(argv, cwd=tmp, capture_output=True, text=True)
-            if done.returncode != 0:
-                raise RuntimeError(f"{line}\nfailed:\n{done.stderr[-2000:]}")
-            print(f"ran: {line}")
-        cache = Path(json.loads((Path(tmp) / "ws" / "state.json").read_text())["cache"])
-        return json.loads((cache / "manifest.json").read_text())
 
 
 def main() -> None:

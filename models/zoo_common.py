@@ -12,6 +12,10 @@ import json
 import platform
 import random
 import re
+import shlex
+import subprocess
+import sys
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -192,3 +196,30 @@ def update_zoo_readme(file_name: str, row: Sequence[str]) -> None:
         else:
             lines.insert(last + 1, line)
     ZOO_README.write_text("\n".join(lines) + "\n")
+
+
+def ort_scores_accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> tuple[float, int, np.ndarray]:
+    """(accuracy, correct count, scores) of the file's only output on inputs as it takes them."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (scores,) = session.run(None, {session.get_inputs()[0].name: x})
+    correct = int((scores.argmax(1) == y).sum())
+    return correct / len(y), correct, scores
+
+
+def run_card_commands(model: Path, commands: Sequence[str]) -> dict:
+    """Run a card's commands verbatim in a temporary folder (with `models/` linked in and a
+    private workspace); return the manifest of the cache they wrote."""
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "models").symlink_to(model.parent.resolve())
+        for line in commands:
+            program, *rest = shlex.split(line)
+            if program == "onnxkd":
+                argv = [sys.executable, "-m", "onnxkd", *rest, "--workdir", "ws"]
+            else:
+                argv = [sys.executable, *rest]
+            done = subprocess.run(argv, cwd=tmp, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"{line}\nfailed:\n{done.stderr[-2000:]}")
+            print(f"ran: {line}")
+        cache = Path(json.loads((Path(tmp) / "ws" / "state.json").read_text())["cache"])
+        return json.loads((cache / "manifest.json").read_text())
