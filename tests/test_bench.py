@@ -38,7 +38,7 @@ def test_four_command_session_from_a_clean_folder(cli, tmp_path):
         line.split() for line in table[1:] if line.split()[0] in ("teacher", "student", "quantized")
     ]
     assert [r[0] for r in rows] == ["teacher", "student", "quantized"] * 2
-    document = json.loads((tmp_path / "onnxkd-out" / "bench" / "bench.json").read_text())
+    document = json.loads((tmp_path / "onnxkd-out" / "bench" / "cpu" / "bench.json").read_text())
     by_model = {(r["model"], r["batch"]): r for r in document["rows"]}
     for role in ("teacher", "student", "quantized"):
         row = by_model[role, 1]
@@ -51,8 +51,9 @@ def test_four_command_session_from_a_clean_folder(cli, tmp_path):
     assert by_model["teacher", 1]["accuracy"] == pytest.approx(0.9916, abs=1e-3)
     assert by_model["quantized", 1]["size_bytes"] < by_model["student", 1]["size_bytes"]
     assert document["host"]["isa_flags"] and document["host"]["onnxruntime"]
-    assert (tmp_path / "onnxkd-out" / "bench" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| teacher | cpu | 1 |" in (tmp_path / "onnxkd-out" / "bench" / "bench.md").read_text()
+    out = tmp_path / "onnxkd-out" / "bench" / "cpu"
+    assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| teacher | cpu | 1 |" in (out / "bench.md").read_text()
 
 
 def sleeping_model(path):
@@ -174,7 +175,9 @@ def test_an_ep_onnxruntime_silently_drops_is_never_timed(tmp_path, monkeypatch):
 def test_models_given_by_path_are_scored_on_data_given(cli, tmp_path):
     result = cli("bench", MODELS / "digits_cnn.onnx", "--data", "digits", "--batch", "4", *FAST)
     assert result.returncode == 0, result.stderr
-    (row,) = json.loads((tmp_path / "onnxkd-out" / "bench" / "bench.json").read_text())["rows"]
+    (row,) = json.loads((tmp_path / "onnxkd-out" / "bench" / "cpu" / "bench.json").read_text())[
+        "rows"
+    ]
     assert row["model"] == "digits_cnn" and row["accuracy"] == pytest.approx(0.9916, abs=1e-3)
     assert row["batch"] == 4 and np.isfinite(row["p99_ms"])
 
@@ -192,13 +195,14 @@ def test_coreml_and_nnapi_give_static_analysis_and_ort_files_not_timings(cli, tm
     result = cli("bench", MODELS / "digits_cnn.onnx", "--ep", "coreml,nnapi", "--no-accuracy")
     assert result.returncode == 0, result.stderr
     assert "not timed" in result.stdout
-    rows = json.loads((tmp_path / "onnxkd-out" / "bench" / "bench.json").read_text())["rows"]
+    out = tmp_path / "onnxkd-out" / "bench" / "coreml-nnapi"
+    rows = json.loads((out / "bench.json").read_text())["rows"]
     assert {r["ep"] for r in rows} == {"coreml", "nnapi"}
     for row in rows:
         assert row["status"] == "not timed" and "p50_ms" not in row
         analysis = row["mobile"]
         assert analysis["timed"] is False and analysis["verdict"] in ("YES", "MAYBE", "NO")
         assert Path(analysis["ort_model"]).is_file()
-        assert Path(analysis["ort_model"]).is_relative_to(tmp_path / "onnxkd-out" / "bench")
-    markdown = (tmp_path / "onnxkd-out" / "bench" / "bench.md").read_text()
+        assert Path(analysis["ort_model"]).is_relative_to(out)
+    markdown = (out / "bench.md").read_text()
     assert "nothing was timed" in markdown and "op types only" in markdown

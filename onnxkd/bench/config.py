@@ -30,7 +30,7 @@ class BenchConfig:
     rounds: int = 3  # interleaved rounds: A B C A B C …
     threads: int | None = None  # onnxruntime intra-op threads; None: onnxruntime's default
     workdir: Path = DEFAULT_WORKDIR
-    out: Path | None = None  # None: WORKDIR/bench
+    out: Path | None = None  # None: WORKDIR/bench/EPS (bench/cpu, bench/coreml-nnapi, …)
     cache: Path | None = None  # data for accuracy; None: as each model's metadata says
     data: str | None = None
     accuracy: bool = True
@@ -53,7 +53,11 @@ class BenchConfig:
 
     @property
     def out_dir(self) -> Path:
-        return Path(self.out) if self.out else Path(self.workdir) / "bench"
+        # One folder per EP set: `bench --ep coreml` after `bench --ep cpu` must not overwrite
+        # the CPU timings; a rerun with the same EPs replaces its own results.
+        if self.out:
+            return Path(self.out)
+        return Path(self.workdir) / "bench" / "-".join(self.eps)
 
     def to_dict(self) -> dict:
         d = asdict(self)
