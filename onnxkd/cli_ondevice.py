@@ -123,7 +123,8 @@ def artifacts_cmd(
 @click.option(
     "--lr",
     type=click.FloatRange(0, min_open=True),
-    help="Peak learning rate [default: 2e-3 AdamW, 0.05 SGD].",
+    help="Peak learning rate [default: 1e-4 AdamW, 0.005 SGD, for fine-tuning a trained "
+    "student; a weak one learns faster with more].",
 )
 @click.option(
     "--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True

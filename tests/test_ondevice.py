@@ -183,6 +183,23 @@ def test_training_from_the_cache_lifts_a_weak_student(trained):
     assert "accuracy:" in result.stdout and "->" in result.stdout
     assert report["export"]["accuracy"] == pytest.approx(after)
     assert report["export"]["max_abs_diff_vs_eval_model"] < 1e-5
+    assert report["worse_than_before"] is False and "warning" not in result.stderr
+
+
+def test_training_that_lowers_the_accuracy_says_so(trained, weak, tmp_path):
+    """A trained student fine-tuned at a learning rate far too high: the report and the log say
+    that the accuracy fell, and how to retry."""
+    good = Path(trained["report"]["export"]["onnx"])
+    out = tmp_path / "artifacts"
+    made = run_cli("ondevice", "artifacts", good, "-o", out, cwd=weak["root"], env=ENV)
+    assert made.returncode == 0, made.stderr
+    args = ("--cache", weak["cache"], "--threads", "1", "--lr", "1.0", "--epochs", "1")
+    result = run_cli("ondevice", "train", out, *args, cwd=weak["root"], env=ENV)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "run" / "report.json").read_text())
+    assert report["after"]["val_accuracy"] < report["before"]["val_accuracy"] - 0.2
+    assert report["worse_than_before"] is True
+    assert "lowered the accuracy" in result.stderr and "lower --lr" in result.stderr
 
 
 def test_exported_model_runs_here_and_onnxkd_quantize_takes_it(trained, weak):

@@ -171,11 +171,20 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         "settings": settings,
         "teacher_accuracy": cache.manifest["sections"]["eval"]["teacher_accuracy"][0],
     }
+    # One image in the eval split, so that noise of a single sample is not called a loss.
+    report["worse_than_before"] = after["val_accuracy"] < before["val_accuracy"] - 1 / max(
+        len(eval_batches), 1
+    )
     write_json_atomic(run / REPORT, report)
     log(
         f"exported {export['onnx']}: onnxruntime accuracy {100 * export['accuracy']:.2f}% "
         f"(before on-device training {100 * before['val_accuracy']:.2f}%)"
     )
+    if report["worse_than_before"]:
+        log(
+            "warning: on-device training lowered the accuracy; the artifacts' own student is "
+            "unchanged. Retry with a lower --lr (and --restart)."
+        )
     return report
 
 
