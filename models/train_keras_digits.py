@@ -37,8 +37,8 @@ import tf2onnx  # noqa: E402
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # onnxkd, when not installed
 
 from zoo_common import (  # noqa: E402
+    check_with_onnxkd,
     ort_scores_accuracy,
-    run_card_commands,
     sha256_file,
     update_zoo_readme,
     write_card,
@@ -144,18 +144,9 @@ def main() -> None:
         f"{diff:.1e}"
     )
     print(f"{size:,} bytes, sha256 {digest}")
-    if size >= 1024 * 1024:
-        raise RuntimeError(f"{args.out.name} is {size} bytes, over 1 MB")
 
-    commands = (
-        f"onnxkd cache-teacher models/{args.out.name} {CACHE_OPTIONS}",
-        "onnxkd distill --student small_cnn --epochs 2 --threads 1",
-    )
-    manifest = run_card_commands(args.out, commands)
+    commands, manifest = check_with_onnxkd(args.out, CACHE_OPTIONS, "small_cnn", acc)
     onnxkd_acc = manifest["sections"]["eval"]["teacher_accuracy"][0]
-    print(f"onnxkd cache-teacher: eval teacher accuracy {onnxkd_acc:.6f}")
-    if onnxkd_acc != round(acc, 6):
-        raise RuntimeError(f"onnxkd measured {onnxkd_acc}, this script {acc}")
     teacher, targets = manifest["teacher"], manifest["targets"]
 
     opset_text = ", ".join(f"{d} {v}" for d, v in opsets.items())

@@ -223,3 +223,24 @@ def run_card_commands(model: Path, commands: Sequence[str]) -> dict:
             print(f"ran: {line}")
         cache = Path(json.loads((Path(tmp) / "ws" / "state.json").read_text())["cache"])
         return json.loads((cache / "manifest.json").read_text())
+
+
+def check_with_onnxkd(
+    model: Path, cache_options: str, student: str, accuracy: float
+) -> tuple[tuple[str, ...], dict]:
+    """The card's commands for `model` (cache it, distill `student` for 2 epochs), run verbatim
+    in a temporary folder; fails unless the file is under 1 MB and onnxkd's teacher accuracy on
+    the eval split equals `accuracy`. Returns the commands and the cache manifest."""
+    size = model.stat().st_size
+    if size >= 1024 * 1024:
+        raise RuntimeError(f"{model.name} is {size} bytes, over 1 MB")
+    commands = (
+        f"onnxkd cache-teacher models/{model.name} {cache_options}",
+        f"onnxkd distill --student {student} --epochs 2 --threads 1",
+    )
+    manifest = run_card_commands(model, commands)
+    measured = manifest["sections"]["eval"]["teacher_accuracy"][0]
+    print(f"onnxkd cache-teacher: eval teacher accuracy {measured:.6f}")
+    if measured != round(accuracy, 6):
+        raise RuntimeError(f"onnxkd measured {measured}, this script {accuracy}")
+    return commands, manifest
