@@ -223,3 +223,46 @@ def test_nothing_to_quantize_is_an_error(workspace, tmp_path):
     with pytest.raises(QuantizeError, match="quantized no node of this model: it has Flatten"):
         quantize(QuantizeConfig(model=model, workdir=workspace / "onnxkd-out"), **QUIET)
     assert not model.with_name("student.int8.onnx").exists()
+
+
+def test_zero_points_of_symmetric_weights_are_dropped_without_changing_the_model(
+    workspace, tmp_path, monkeypatch
+):
+    """The INT8 file leaves out the all-zero zero points of its conv weights and biases: the
+    same outputs, the same integer kernels in onnxruntime, a smaller file."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from onnxkd.distill.qdq import optimized_op_types
+    from onnxkd.quantize import passes
+
+    model = copy_student(workspace, tmp_path)
+    base = dict(model=model, workdir=workspace / "onnxkd-out")
+    dropped = quantize(QuantizeConfig(**base, out=tmp_path / "dropped.onnx"), **QUIET).model
+    real = passes.drop_zero_zero_points
+    monkeypatch.setattr(passes, "drop_zero_zero_points", lambda m: None)
+    kept = quantize(QuantizeConfig(**base, out=tmp_path / "kept.onnx"), **QUIET).model
+    monkeypatch.setattr(passes, "drop_zero_zero_points", real)
+    assert dropped.stat().st_size < kept.stat().st_size
+    assert optimized_op_types(dropped) == optimized_op_types(kept)
+    graph = onnx.load(str(dropped)).graph
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    readers = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, set()).add(node.op_type)
+    conv_constants = [
+        n
+        for n in graph.node
+        if n.op_type == "DequantizeLinear"
+        and n.input[0] in inits
+        and readers[n.output[0]] == {"Conv"}
+    ]
+    assert conv_constants and all(len(n.input) == 2 for n in conv_constants)
+    x = np.random.default_rng(0).standard_normal((8, 1, 8, 8)).astype(np.float32)
+
+    def run(path: Path) -> np.ndarray:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+    np.testing.assert_array_equal(run(dropped), run(kept))

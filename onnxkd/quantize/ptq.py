@@ -220,6 +220,7 @@ def _accuracy_aware(cfg, data, src, prepared, work, eval_batches, preds, quantiz
 def _write_model(src: Path, out: Path, metadata: dict[str, str], how: str) -> passes.PassResult:
     """Copy the INT8 model to `out`, compacted, with the float model's metadata, atomically."""
     model = onnx.load(str(src))
+    passes.drop_zero_zero_points(model)
     compacted = passes.compact_tensor_names(model)
     del model.metadata_props[:]
     for key, value in {**metadata, "onnxkd.quantized": how}.items():
