@@ -141,7 +141,9 @@ def main() -> None:
             )
             result = distill(cfg, log=lambda s: None)
             scores[method].append(result.export["onnxruntime_accuracy"])
-            minutes[method].append(sum(r["epoch_seconds"] for r in result.history) / 60)
+            # median epoch x epochs: robust to a run paused or resumed midway
+            epoch = statistics.median(r["epoch_seconds"] for r in result.history)
+            minutes[method].append(epoch * len(result.history) / 60)
             print(f"seed {seed} {method:14} {100 * scores[method][-1]:.2f}%", flush=True)
 
     def summary(values: list[float]) -> dict:
