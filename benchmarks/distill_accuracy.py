@@ -89,6 +89,9 @@ def main() -> None:
         help="build the methods' caches and stop (then start workers on disjoint methods/seeds)",
     )
     parser.add_argument("--work", type=Path, default=ROOT / "onnxkd-out" / "bench-accuracy")
+    parser.add_argument(
+        "--out", type=Path, help="results file [default: results/distill_accuracy_SUITE.json]"
+    )
     args = parser.parse_args()
     suite = dict(SUITES[args.suite])
     if args.teacher:
@@ -173,7 +176,7 @@ def main() -> None:
         "total_seconds": round(time.perf_counter() - started, 1),
         "command": " ".join(sys.argv),
     }
-    out = ROOT / "benchmarks" / "results" / f"distill_accuracy_{args.suite}.json"
+    out = args.out or ROOT / "benchmarks" / "results" / f"distill_accuracy_{args.suite}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1) + "\n")
     print(
@@ -182,7 +185,7 @@ def main() -> None:
     )
     for m, s in table.items():
         print(f"  {m:14} {s['mean']:6.2f} ± {s['std']:.2f}  {s['runs']}")
-    print(f"total {results['total_seconds'] / 60:.1f} min; written to {out.relative_to(ROOT)}")
+    print(f"total {results['total_seconds'] / 60:.1f} min; written to {out}")
 
 
 if __name__ == "__main__":
