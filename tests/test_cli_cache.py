@@ -98,8 +98,9 @@ def test_interrupted_run_resumes_to_an_identical_cache(cli, tmp_path, sig):
     proc = _start(out, tmp_path)
     _interrupt_midway(proc, out, sig)
     if sig == signal.SIGINT:
-        assert proc.returncode == 130
-        assert "interrupted; rerun the same command to resume" in proc.stderr.read()
+        stderr = proc.stderr.read()
+        assert proc.returncode == 130, stderr
+        assert "interrupted; rerun the same command to resume" in stderr
     assert not (out / "manifest.json").exists()
     info = cli("cache-info", out)
     assert info.returncode == 1 and "is incomplete" in info.stderr

@@ -18,6 +18,7 @@ from onnxkd.data.augment import Augmentation
 from onnxkd.data.loaders import open_source
 from onnxkd.data.source import DataRef, Source
 from onnxkd.errors import CacheError, DataError, TeacherError
+from onnxkd.interrupt import checkpoints
 from onnxkd.teacher.cache_files import (
     FORMAT,
     MANIFEST,
@@ -324,8 +325,14 @@ def cache_teacher(
     done = sum(min(j.chunks_done() * j.batch_size, j.n) * j.views for j in jobs)
     done = total if all(j.is_done() for j in jobs) else done
     tick = progress(total, done) if progress else (lambda n: None)
-    for job in jobs:
-        write_part(job, plan.spec, plan.runner, plan.layout, on_chunk=tick)
+    with checkpoints() as check:
+
+        def on_chunk(n: int) -> None:  # a chunk's arrays and progress are on disk here
+            tick(n)
+            check()
+
+        for job in jobs:
+            write_part(job, plan.spec, plan.runner, plan.layout, on_chunk=on_chunk)
     manifest = finalize(out)
     seconds = time.perf_counter() - started
     if manifest is not None:
