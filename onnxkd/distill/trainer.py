@@ -14,8 +14,6 @@ import torch
 from torch import nn
 
 from onnxkd import __version__
-from onnxkd.data.loaders import open_source
-from onnxkd.data.source import DataRef, Source
 from onnxkd.distill import checkpoint, distributed, qat
 from onnxkd.distill.config import (
     DEFAULT_EPOCHS,
@@ -44,16 +42,6 @@ class RunResult:
     run_dir: Path
     history: list[dict]
     export: dict | None
-
-
-def _open_checked(cache: CacheReader, section: str, data: str | None) -> Source:
-    """The data a cache section was made from, refusing anything else by fingerprint."""
-    ref = dict(cache.manifest["sections"][section]["data_ref"])
-    if data is not None:
-        ref["data"] = data
-    source = open_source(DataRef.from_dict(ref))
-    cache.check_data(source, section)
-    return source
 
 
 def _lr_lambda(cfg: DistillConfig, steps_per_epoch: int) -> Callable[[int], float]:
@@ -151,8 +139,8 @@ def distill(
         raise CacheError(
             f"cache {cache_path} has no eval section to validate on; recache without --no-eval"
         )
-    train_src = _open_checked(cache, "train", cfg.data)
-    eval_src = _open_checked(cache, "eval", None)
+    train_src = cache.open_data("train", cfg.data)
+    eval_src = cache.open_data("eval", None)
     spec = cache.input_spec
     device = torch.device(
         "cuda"

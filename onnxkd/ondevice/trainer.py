@@ -23,8 +23,6 @@ import numpy as np
 import onnx
 
 from onnxkd import __version__
-from onnxkd.data.loaders import open_source
-from onnxkd.data.source import DataRef, Source
 from onnxkd.distill.data import CachedBatches
 from onnxkd.ondevice.config import (
     CHECKPOINT,
@@ -45,16 +43,6 @@ METRICS = "metrics.jsonl"
 EVAL_BATCH = 512
 PROGRESS_SECONDS = 15.0
 HISTORY_PROPERTY = "onnxkd.history"
-
-
-def open_checked(cache: CacheReader, section: str, data: str | None) -> Source:
-    """The data a cache section was made from (at `data` if it moved), checked by fingerprint."""
-    ref = dict(cache.manifest["sections"][section]["data_ref"])
-    if data is not None:
-        ref["data"] = data
-    source = open_source(DataRef.from_dict(ref))
-    cache.check_data(source, section)
-    return source
 
 
 def learning_rate(cfg: TrainConfig, lr: float, step: int, total: int) -> float:
@@ -96,8 +84,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     manifest = read_artifacts(cfg.artifacts)
     cache = CacheReader(cfg.cache)
     check_cache_fits(manifest, cache)
-    train_batches = CachedBatches(cache.section("train"), open_checked(cache, "train", cfg.data))
-    eval_batches = CachedBatches(cache.section("eval"), open_checked(cache, "eval", cfg.data))
+    train_batches = CachedBatches(cache.section("train"), cache.open_data("train", cfg.data))
+    eval_batches = CachedBatches(cache.section("eval"), cache.open_data("eval", cfg.data))
     settings = run_settings(manifest, cache.manifest["key"], cfg)
     lr, run = settings["lr"], cfg.run_dir
     checkpoint = _prepare_run(cfg, settings)

@@ -47,7 +47,6 @@ def _probe(request: dict) -> dict:
     from onnxkd.distill.data import CachedBatches
     from onnxkd.ondevice.config import CHECKPOINT, check_cache_fits, read_artifacts
     from onnxkd.ondevice.session import open_module, run_batch
-    from onnxkd.ondevice.trainer import open_checked
     from onnxkd.teacher.cache_reader import CacheReader
 
     artifacts = Path(request["artifacts"])
@@ -55,7 +54,7 @@ def _probe(request: dict) -> dict:
     cache = CacheReader(request["cache"])
     check_cache_fits(manifest, cache)
     section = request.get("section", "train")
-    batches = CachedBatches(cache.section(section), open_checked(cache, section, None))
+    batches = CachedBatches(cache.section(section), cache.open_data(section))
     batch = batches.load(np.asarray(request["indices"]), request.get("view", 0))
     checkpoint = Path(request.get("checkpoint") or artifacts / CHECKPOINT)
     state, module, _ = open_module(artifacts, checkpoint, request.get("threads"))

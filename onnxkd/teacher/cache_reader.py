@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from onnxkd.data.augment import Augmentation
-from onnxkd.data.source import Source
+from onnxkd.data.loaders import open_source
+from onnxkd.data.source import DataRef, Source
 from onnxkd.data.spec import InputSpec
 from onnxkd.errors import CacheError
 from onnxkd.teacher.cache_files import (
@@ -113,6 +114,15 @@ class CacheReader:
                 f"is not the data this cache was made from ({recorded['data_ref']['data']}, "
                 f"{recorded['n']} samples): fingerprints differ"
             )
+
+    def open_data(self, section: str = "train", data: str | None = None) -> Source:
+        """The data a section was made from (at `data` if it moved), checked by fingerprint."""
+        ref = dict(self.manifest["sections"][section]["data_ref"])
+        if data is not None:
+            ref["data"] = data
+        source = open_source(DataRef.from_dict(ref))
+        self.check_data(source, section)
+        return source
 
     def verify(self) -> list[str]:
         """Check every array against the manifest (shape, dtype, sha256); return the problems."""
