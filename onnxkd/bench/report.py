@@ -161,10 +161,18 @@ def pareto_plot(document: dict, path: Path) -> Path | None:
 
 def _axis(axis, xs: list[float], xlabel: str, ylabel: str) -> None:
     """Log x only when values span more than a decade."""
+    from matplotlib import ticker
+
     low, high = min(xs), max(xs)
     if high > 10 * low:
         axis.set_xscale("log")
         axis.set_xlim(low / 1.5, high * 1.5)
+        # matplotlib labels the minor ticks of a log axis under two decades wide as
+        # "2x10^-2", and they run into each other: plain numbers at 1-2-5 steps instead
+        steps = (1.0, 2.0, 5.0) if high < 100 * low else (1.0,)
+        axis.xaxis.set_major_locator(ticker.LogLocator(subs=steps))
+        axis.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.xaxis.set_minor_formatter(ticker.NullFormatter())
     else:
         pad = (high - low) or high or 1.0
         axis.set_xlim(max(0.0, low - 0.2 * pad), high + 0.2 * pad)
