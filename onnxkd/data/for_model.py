@@ -82,8 +82,8 @@ def resolve_model_data(
                 f"was made with {reader.input_spec.to_json()}: they must be the same "
                 "preprocessing"
             )
-        train = _open_section(reader, "train", data)
-        evaluation = _open_section(reader, "eval", data)
+        train = reader.open_data("train", data)
+        evaluation = reader.open_data("eval", data)
         return ModelData(reader.input_spec, train, evaluation, f"cache {cache_path}")
     if data is not None:
         if spec is None:
@@ -97,15 +97,6 @@ def resolve_model_data(
         f"no data known for {model_path}: it names no onnxkd cache that can be found here; pass "
         "--cache CACHE_DIR (the cache it was distilled from) or --data DATA"
     )
-
-
-def _open_section(reader, section: str, data: str | None) -> Source:
-    ref = dict(reader.manifest["sections"][section]["data_ref"])
-    if data is not None:
-        ref["data"] = data
-    source = open_source(DataRef.from_dict(ref))
-    reader.check_data(source, section)
-    return source
 
 
 def _cache_for_key(model_path: Path, key: str | None, workdir: Path) -> Path | None:
