@@ -1,7 +1,7 @@
 """Ctrl-C honoured at safe points of long loops.
 
 Python raises KeyboardInterrupt wherever the main thread happens to be, and one raised inside
-a finalizer (a `__del__`, a weakref callback of the thread pool) is printed and swallowed, so
+a finalizer (a `__del__`, a weakref callback) is printed and swallowed, so
 a Ctrl-C could be lost and the run finish as if nothing happened. Inside `checkpoints()` the
 signal only sets a flag, which the loop turns into KeyboardInterrupt where its state is
 consistent; a second Ctrl-C interrupts at once.

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
-from onnx import TensorProto
+from onnx import TensorProto, numpy_helper
 
 from onnxkd.errors import QuantizeError
 
@@ -171,8 +171,6 @@ def drop_zero_zero_points(model: onnx.ModelProto) -> PassResult:
     onnxruntime fuses such nodes into QLinearConv as before; only those read by Conv alone are
     touched, since onnxruntime 1.32 no longer fuses a Gemm whose bias has no zero point.
     """
-    from onnx import numpy_helper
-
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     readers: dict[str, set[str]] = {}
