@@ -406,7 +406,8 @@ def cache_merge_cmd(cache):
     type=click.FloatRange(0),
     default=0.0,
     show_default=True,
-    help="Ramp α up from 0 over this many epochs.",
+    help="Ramp the distillation term up from 0 over this many epochs (KD: α; DKD: its "
+    "TCKD + NCKD part, as in the DKD paper's warm-up).",
 )
 @click.option("--dkd-beta", type=click.FloatRange(0), default=8.0, show_default=True)
 @click.option("--label-smoothing", type=click.FloatRange(0, 1), default=0.0)

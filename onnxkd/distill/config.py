@@ -49,7 +49,7 @@ class DistillConfig:
     loss: str = "kd"
     alpha: float = 0.9
     temperature: float = 4.0
-    alpha_warmup_epochs: float = 0.0  # ramp α from 0 over this many epochs
+    alpha_warmup_epochs: float = 0.0  # ramp KD's α (DKD: its distillation part) from 0
     dkd_beta: float = 8.0
     label_smoothing: float = 0.0
     hints: tuple[str, ...] = ()

@@ -21,7 +21,14 @@ def build_objective(cfg: DistillConfig) -> CompositeLoss:
     if cfg.loss == "ce":
         main = build_loss("ce", label_smoothing=cfg.label_smoothing)
     elif cfg.loss == "dkd":
-        main = build_loss("dkd", beta=cfg.dkd_beta, temperature=cfg.temperature)
+        # DKD's own warm-up ramps its whole distillation part (TCKD and NCKD), as the authors'
+        # code does; its α weighs TCKD and is not KD's α.
+        main = build_loss(
+            "dkd",
+            beta=cfg.dkd_beta,
+            temperature=cfg.temperature,
+            warmup_epochs=cfg.alpha_warmup_epochs,
+        )
     else:
         main = build_loss(cfg.loss, alpha=cfg.alpha, temperature=cfg.temperature)
     terms: list[tuple[float, nn.Module]] = [(1.0, main)]

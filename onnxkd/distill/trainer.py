@@ -263,10 +263,10 @@ def distill(
 
 
 def _ramp_alpha(module: DistillModule, cfg: DistillConfig, epoch: int) -> None:
-    if cfg.alpha_warmup_epochs > 0:
-        main = module.objective.terms[0][1]
-        if hasattr(main, "alpha"):
-            main.alpha = cfg.alpha * min(1.0, (epoch + 1) / cfg.alpha_warmup_epochs)
+    # KD's α only: DKD ramps through its own warm-up (build_objective)
+    if cfg.alpha_warmup_epochs > 0 and cfg.loss in ("kd", "kd_topk"):
+        main = module.objective.terms[0]
+        main.alpha = cfg.alpha * min(1.0, (epoch + 1) / cfg.alpha_warmup_epochs)
 
 
 def _to_device(batch, device: torch.device, channels_last: bool):

@@ -219,7 +219,7 @@ class DKD(DistillLoss):
         beta: float = 8.0,
         temperature: float = 4.0,
         ce_weight: float = 1.0,
-        warmup_epochs: int = 0,
+        warmup_epochs: float = 0,
         student_key: str = "logits",
         teacher_key: str = "logits",
     ) -> None:
@@ -227,7 +227,7 @@ class DKD(DistillLoss):
         check_arg(temperature > 0, self.name, f"temperature must be > 0, got {temperature}")
         check_arg(warmup_epochs >= 0, self.name, "warmup_epochs must be >= 0")
         self.alpha, self.beta, self.temperature = float(alpha), float(beta), float(temperature)
-        self.ce_weight, self.warmup_epochs = float(ce_weight), int(warmup_epochs)
+        self.ce_weight, self.warmup_epochs = float(ce_weight), float(warmup_epochs)
         self.student_key, self.teacher_key = student_key, teacher_key
         self.student_keys, self.teacher_keys = (student_key,), (teacher_key,)
         self.epoch = 0
