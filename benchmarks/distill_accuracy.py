@@ -15,7 +15,8 @@ Methods (same student, epochs, optimizer and schedule; only the targets and view
   scratch_strong  cross-entropy on K views of the strong augmentation (no teacher)
   kd_1view        KD from a cache with a single view of KD's augmentation, replayed every epoch
   kd_kviews       KD from a cache with K = epochs views of KD's augmentation (one per epoch)
-  dkd_kviews      decoupled KD from the same K-view cache
+  dkd_kviews      decoupled KD from the same K-view cache, at KD's learning rate
+  dkd_warmup      the same with lr 0.01 and a 5-epoch warm-up of its distillation part
   kd_online       KD with the teacher run live through onnxruntime on the same K views
 KD's augmentation is the strong policy on CIFAR (a teacher that has memorized its training
 images gives near one-hot targets on lightly augmented ones) and crops on MNIST; both scratch
@@ -69,6 +70,10 @@ METHODS = {
     "kd_1view": ("1", "kd", {"loss": "kd"}),
     "kd_kviews": ("k", "kd", {"loss": "kd"}),
     "dkd_kviews": ("k", "kd", {"loss": "dkd"}),
+    # DKD's loss runs ~10x KD's scale here: the lr RepDistiller/CRD use for MobileNetV2
+    # students (0.01) and DKD's warm-up of its distillation part (20 of 240 epochs in the
+    # authors' code, 5 of 30 here)
+    "dkd_warmup": ("k", "kd", {"loss": "dkd", "lr": 0.01, "alpha_warmup_epochs": 5}),
     "kd_online": ("k", "kd", {"loss": "kd", "online": True}),
 }
 
