@@ -16,6 +16,10 @@ from onnxkd import __version__
 from onnxkd.cli_options import workdir_option
 from onnxkd.errors import OnnxkdError
 
+RESUME_HINTS = {
+    "distill": "`onnxkd distill --resume` continues the run from its last finished epoch",
+}
+
 
 class OnnxkdGroup(click.Group):
     """Turns user errors into one line on stderr: exit 1 for runtime errors, 130 on Ctrl-C."""
@@ -27,7 +31,9 @@ class OnnxkdGroup(click.Group):
             click.echo(f"error: {e}", err=True)
             ctx.exit(1)
         except KeyboardInterrupt:
-            click.echo("interrupted; rerun the same command to resume", err=True)
+            # distill keeps every finished epoch but starts a new run unless told to resume
+            how = RESUME_HINTS.get(ctx.invoked_subcommand, "rerun the same command to resume")
+            click.echo(f"interrupted; {how}", err=True)
             ctx.exit(130)
 
 

@@ -10,12 +10,15 @@ from onnxkd.errors import WorkspaceError
 
 DEFAULT_WORKDIR = Path("onnxkd-out")
 STATE = "state.json"
-KINDS = ("teacher", "cache", "run", "student", "quantized")
+# "training" is the run last started (recorded before its first epoch, so `distill --resume`
+# finds a killed run); "run" is the last one that finished.
+KINDS = ("teacher", "cache", "training", "run", "student", "quantized")
 
 # What to run to produce each kind, for the error when it is missing.
 PRODUCERS = {
     "teacher": "onnxkd cache-teacher TEACHER.onnx --data …",
     "cache": "onnxkd cache-teacher TEACHER.onnx --data …",
+    "training": "onnxkd distill --student …",
     "run": "onnxkd distill --student …",
     "student": "onnxkd distill --student …",
     "quantized": "onnxkd quantize",

@@ -103,30 +103,41 @@ def test_distill_from_the_workspace_with_no_options(cli, workspace, tmp_path):
     assert "student:" in result.stdout and "onnxruntime accuracy" in result.stdout
 
 
-def test_killed_run_resumes_without_losing_epochs(cli, workspace, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+def test_killed_run_resumes_without_losing_epochs(cli, workspace, tmp_path, sig):
+    """kill -9 of a run in a named folder, or Ctrl-C of one in the workspace's runs/: a bare
+    `distill --resume` finds the interrupted run (not the last finished one)."""
     root = fresh(workspace, tmp_path)
     whole = cli("distill", *FAST, "--epochs", "4", "-o", root / "whole", cwd=root)
     assert whole.returncode == 0, whole.stderr
-    run = root / "killed"
+    named = ("-o", str(root / "killed")) if sig == signal.SIGKILL else ()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "onnxkd", "distill", *FAST, "--epochs", "4", "-o", str(run)],
+        [sys.executable, "-m", "onnxkd", "distill", *FAST, "--epochs", "4", *named],
         cwd=root,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    metrics = run / "metrics.jsonl"
+    state = root / "onnxkd-out" / "state.json"
     deadline = time.time() + 300
+    metrics = None
     while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+        # without -o: the run's folder once the workspace records it (until then, "whole")
+        run = Path(named[1]) if named else Path(json.loads(state.read_text())["training"])
+        metrics = run / "metrics.jsonl"
+        if run.name != "whole" and metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
             break
         time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    os.kill(proc.pid, sig)
+    _, stderr = proc.communicate(timeout=120)
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130, stderr[-3000:]
+        assert "`onnxkd distill --resume` continues the run" in stderr
     done_before = metrics.read_text().splitlines()
-    resumed = cli("distill", "--resume", "-o", run, cwd=root)
+    resumed = cli("distill", "--resume", *named, cwd=root)
     assert resumed.returncode == 0, resumed.stderr
-    assert "resuming" in resumed.stderr
+    assert f"resuming {metrics.parent}" in resumed.stderr
     after = metrics.read_text().splitlines()
     assert [json.loads(r)["epoch"] for r in after] == [0, 1, 2, 3]
     assert after[: len(done_before)] == done_before  # finished epochs are kept as they were

@@ -29,6 +29,7 @@ from onnxkd.distill.history import plot_curves, write_metrics
 from onnxkd.distill.objective import DistillModule, build_objective
 from onnxkd.distill.qdq import count_int8_ops
 from onnxkd.errors import CacheError
+from onnxkd.interrupt import checkpoints
 from onnxkd.students.for_spec import create_student_for_spec
 from onnxkd.teacher.cache_files import read_json, write_json_atomic
 from onnxkd.teacher.cache_reader import CacheReader
@@ -101,7 +102,8 @@ def _resolve_new(cfg: DistillConfig, ws: Workspace) -> DistillConfig:
 
 def _resolve_resume(cfg: DistillConfig, ws: Workspace) -> tuple[DistillConfig, Path]:
     """The saved config of the run to continue (only --epochs may grow)."""
-    run_dir = cfg.out or ws.latest("run")
+    # The run last started, killed or not (workspaces from before "training": the last finished)
+    run_dir = cfg.out or ws.latest("training" if "training" in ws.state() else "run")
     saved_path = run_dir / "config.json"
     if not saved_path.exists():
         raise DistillConfigError(f"{run_dir} has no config.json: nothing to resume there")
@@ -208,44 +210,44 @@ def distill(
                 "student_parameters": sum(p.numel() for p in student.parameters()),
             },
         )
+        ws.record(training=run_dir)
     model = dist.wrap(module)
     teacher_acc = cache.manifest["sections"]["eval"]["teacher_accuracy"][0]
-    for epoch in range(state.epoch + 1, cfg.epochs):
-        module.objective.set_epoch(epoch)
-        _ramp_alpha(module, cfg, epoch)
-        started = time.perf_counter()
-        train_loss = _train_epoch(
-            model, batches, optimizer, scheduler, cfg, epoch, device, dist, channels_last
-        )
-        seconds = time.perf_counter() - started
-        row = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "epoch_seconds": round(seconds, 3),
-            "lr": scheduler.get_last_lr()[0],
-            "view": batches.view_for_epoch(epoch),
-            "teacher_accuracy": teacher_acc,
-        }
-        if dist.is_main:
-            row.update(evaluate(student, eval_batches, device, channels_last))
-            state.history.append(row)
-            state.epoch = epoch
-            best = row["val_accuracy"] > state.best_accuracy
-            if best:
-                state.best_accuracy, state.best_epoch = row["val_accuracy"], epoch
-            checkpoint.save(run_dir, module, optimizer, scheduler, state, best=best)
-            write_metrics(run_dir / "metrics.jsonl", state.history)
-            plot_curves(
-                run_dir / "curves.png",
-                state.history,
-                f"{cfg.student}{' QAT' if cfg.qat else ''} ({cfg.loss}) on {Path(cache_path).name}",
+    title = f"{cfg.student}{' QAT' if cfg.qat else ''} ({cfg.loss}) on {Path(cache_path).name}"
+    # Ctrl-C stops at the next step (finished epochs are checkpointed; --resume continues)
+    with checkpoints() as check:
+        for epoch in range(state.epoch + 1, cfg.epochs):
+            module.objective.set_epoch(epoch)
+            _ramp_alpha(module, cfg, epoch)
+            started = time.perf_counter()
+            train_loss = _train_epoch(
+                model, batches, optimizer, scheduler, cfg, epoch, device, dist, channels_last, check
             )
-            log(
-                f"epoch {epoch + 1}/{cfg.epochs}  loss {train_loss:.4f}  val acc "
-                f"{100 * row['val_accuracy']:.2f}%  agreement {100 * row['val_agreement']:.2f}%"
-                f"  KL {row['val_kl']:.4f}  ({seconds:.1f} s)"
-            )
-        dist.barrier()
+            seconds = time.perf_counter() - started
+            row = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "epoch_seconds": round(seconds, 3),
+                "lr": scheduler.get_last_lr()[0],
+                "view": batches.view_for_epoch(epoch),
+                "teacher_accuracy": teacher_acc,
+            }
+            if dist.is_main:
+                row.update(evaluate(student, eval_batches, device, channels_last))
+                state.history.append(row)
+                state.epoch = epoch
+                best = row["val_accuracy"] > state.best_accuracy
+                if best:
+                    state.best_accuracy, state.best_epoch = row["val_accuracy"], epoch
+                checkpoint.save(run_dir, module, optimizer, scheduler, state, best=best)
+                write_metrics(run_dir / "metrics.jsonl", state.history)
+                plot_curves(run_dir / "curves.png", state.history, title)
+                log(
+                    f"epoch {epoch + 1}/{cfg.epochs}  loss {train_loss:.4f}  val acc "
+                    f"{100 * row['val_accuracy']:.2f}%  agreement {100 * row['val_agreement']:.2f}%"
+                    f"  KL {row['val_kl']:.4f}  ({seconds:.1f} s)"
+                )
+            dist.barrier()
     report = None
     if dist.is_main and cfg.export:
         report = _export_best(run_dir, student, cfg, cache, eval_batches, state)
@@ -290,6 +292,7 @@ def _train_epoch(
     device: torch.device,
     dist,
     channels_last: bool,
+    check: Callable[[], None],
 ) -> float:
     from tqdm import tqdm
 
@@ -316,6 +319,7 @@ def _train_epoch(
         disable=None if dist.is_main else True,
     )
     for batch in bar:
+        check()
         x, teacher, labels = _to_device(batch, device, channels_last)
         with autocast:
             loss, _ = model(x, teacher, labels)
