@@ -8,7 +8,7 @@ On 2 cores, two one-thread workers on disjoint methods finish sooner than one tw
     distill_accuracy.py --suite cifar --caches-only
     distill_accuracy.py --suite cifar --threads 1 --methods scratch,kd_online,kd_1view &
     distill_accuracy.py --suite cifar --threads 1 --methods kd_kviews,dkd_kviews,scratch_strong &
-    distill_accuracy.py --suite cifar --threads 1   # then: finished runs are only re-scored
+    distill_accuracy.py --suite cifar --collect     # then: summarize the finished runs
 
 Methods (same student, epochs, optimizer and schedule; only the targets and views differ):
   scratch         cross-entropy on K views of the suite's standard augmentation (no teacher)
@@ -93,6 +93,12 @@ def main() -> None:
         action="store_true",
         help="build the methods' caches and stop (then start workers on disjoint methods/seeds)",
     )
+    parser.add_argument(
+        "--collect",
+        action="store_true",
+        help="train nothing: summarize the finished runs among --methods x --seeds (each "
+        "method lists the seeds it has)",
+    )
     parser.add_argument("--work", type=Path, default=ROOT / "onnxkd-out" / "bench-accuracy")
     parser.add_argument(
         "--out", type=Path, help="results file [default: results/distill_accuracy_SUITE.json]"
@@ -103,8 +109,56 @@ def main() -> None:
         suite["teacher"] = args.teacher.resolve()
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = args.methods.split(",")
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        parser.error(f"unknown method(s) {unknown}; valid: {', '.join(METHODS)}")
     started = time.perf_counter()
+    caches = build_caches(args, suite, methods)
+    cache_seconds = time.perf_counter() - started
+    if args.caches_only:
+        print(f"caches built in {cache_seconds:.0f} s")
+        return
+    runs = {m: {} for m in methods}  # method -> seed -> (accuracy, training minutes)
+    for seed in seeds:
+        for method in methods:
+            run = args.work / args.suite / f"{method}-s{seed}"
+            if args.collect:
+                if (run / "export.json").exists():
+                    runs[method][seed] = finished_run(run)
+                continue
+            runs[method][seed] = train_run(args, suite, caches, method, seed, run)
+            print(f"seed {seed} {method:14} {100 * runs[method][seed][0]:.2f}%", flush=True)
+    results = {
+        "suite": args.suite,
+        "student": suite["student"],
+        "teacher": suite["teacher"].name,
+        "teacher_test_accuracy": teacher_accuracy(caches),
+        "epochs": args.epochs,
+        "seeds": seeds,
+        "precision": "fp32" if args.fp32 else "bf16 autocast, channels-last",
+        "accuracy_percent": {m: summary(r) for m, r in runs.items() if r},
+        "cache_seconds": round(cache_seconds, 1),
+        "total_seconds": round(time.perf_counter() - started, 1),
+        "command": " ".join(sys.argv),
+    }
+    results["goals"] = goals(results["accuracy_percent"])
+    out = args.out or ROOT / "benchmarks" / "results" / f"distill_accuracy_{args.suite}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    print(
+        f"\n{args.suite}: {suite['student']} for {args.epochs} epochs; teacher "
+        f"{results['teacher_test_accuracy']}%"
+    )
+    for m, s in results["accuracy_percent"].items():
+        spread = f"± {s['std']:.2f}" if len(s["runs"]) > 1 else "(1 run)"
+        print(f"  {m:14} {s['mean']:6.2f} {spread:7}  seeds {s['seeds']}: {s['runs']}")
+    for name, goal in results["goals"].items():
+        print(f"  goal {name}: {goal['value']:+.2f} ({'holds' if goal['holds'] else 'MISSED'})")
+    print(f"total {results['total_seconds'] / 60:.1f} min; written to {out}")
 
+
+def build_caches(args, suite: dict, methods: list[str]) -> dict:
+    """The teacher's caches the methods read, keyed by (views, augmentation)."""
     caches = {}
     for views, augment in sorted({METHODS[m][:2] for m in methods}):
         count = 1 if views == "1" else args.epochs
@@ -123,74 +177,69 @@ def main() -> None:
             log=print,
         )
         caches[views, augment] = out
-    cache_seconds = time.perf_counter() - started
-    if args.caches_only:
-        print(f"caches built in {cache_seconds:.0f} s")
-        return
+    return caches
 
-    scores: dict[str, list[float]] = {m: [] for m in methods}
-    minutes: dict[str, list[float]] = {m: [] for m in methods}
-    for seed in seeds:
-        for method in methods:
-            views, augment, extra = METHODS[method]
-            run = args.work / args.suite / f"{method}-s{seed}"
-            cfg = DistillConfig(
-                student=suite["student"],
-                cache=caches[views, augment],
-                epochs=args.epochs,
-                seed=seed,
-                threads=args.threads,
-                workdir=args.work / "ws",
-                out=run,
-                resume=(run / "checkpoints" / "last.pt").exists(),
-                bf16=not args.fp32,
-                channels_last=not args.fp32,
-                **extra,
-            )
-            result = distill(cfg, log=lambda s: None)
-            scores[method].append(result.export["onnxruntime_accuracy"])
-            # median epoch x epochs: robust to a run paused or resumed midway
-            epoch = statistics.median(r["epoch_seconds"] for r in result.history)
-            minutes[method].append(epoch * len(result.history) / 60)
-            print(f"seed {seed} {method:14} {100 * scores[method][-1]:.2f}%", flush=True)
 
-    def summary(values: list[float]) -> dict:
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        return {
-            "mean": round(100 * statistics.mean(values), 2),
-            "std": round(100 * std, 2),
-            "runs": [round(100 * v, 2) for v in values],
-        }
-
-    table = {m: summary(v) for m, v in scores.items()}
-    for m, t in minutes.items():  # training time of one run (all epochs), from its metrics
-        table[m]["train_minutes_mean"] = round(statistics.mean(t), 1)
-    teacher_acc = json.loads((next(iter(caches.values())) / "manifest.json").read_text())
-    results = {
-        "suite": args.suite,
-        "student": suite["student"],
-        "teacher": suite["teacher"].name,
-        "teacher_test_accuracy": round(
-            100 * teacher_acc["sections"]["eval"]["teacher_accuracy"][0], 2
-        ),
-        "epochs": args.epochs,
-        "seeds": seeds,
-        "precision": "fp32" if args.fp32 else "bf16 autocast, channels-last",
-        "accuracy_percent": table,
-        "cache_seconds": round(cache_seconds, 1),
-        "total_seconds": round(time.perf_counter() - started, 1),
-        "command": " ".join(sys.argv),
-    }
-    out = args.out or ROOT / "benchmarks" / "results" / f"distill_accuracy_{args.suite}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1) + "\n")
-    print(
-        f"\n{args.suite}: {suite['student']} for {args.epochs} epochs, seeds {seeds}; teacher "
-        f"{results['teacher_test_accuracy']}%"
+def train_run(args, suite: dict, caches: dict, method: str, seed: int, run: Path) -> tuple:
+    """Train (or resume, or only re-score) one method's run: (accuracy, training minutes)."""
+    views, augment, extra = METHODS[method]
+    cfg = DistillConfig(
+        student=suite["student"],
+        cache=caches[views, augment],
+        epochs=args.epochs,
+        seed=seed,
+        threads=args.threads,
+        workdir=args.work / "ws",
+        out=run,
+        resume=(run / "checkpoints" / "last.pt").exists(),
+        bf16=not args.fp32,
+        channels_last=not args.fp32,
+        **extra,
     )
-    for m, s in table.items():
-        print(f"  {m:14} {s['mean']:6.2f} ± {s['std']:.2f}  {s['runs']}")
-    print(f"total {results['total_seconds'] / 60:.1f} min; written to {out}")
+    result = distill(cfg, log=lambda s: None)
+    return result.export["onnxruntime_accuracy"], training_minutes(result.history)
+
+
+def finished_run(run: Path) -> tuple:
+    """A finished run's exported accuracy and training minutes, from its folder."""
+    export = json.loads((run / "export.json").read_text())
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return export["onnxruntime_accuracy"], training_minutes(history)
+
+
+def training_minutes(history: list[dict]) -> float:
+    # median epoch x epochs: robust to a run paused or resumed midway
+    return statistics.median(r["epoch_seconds"] for r in history) * len(history) / 60
+
+
+def summary(runs: dict) -> dict:
+    accuracies = [100 * a for a, _ in runs.values()]
+    return {
+        "mean": round(statistics.mean(accuracies), 2),
+        "std": round(statistics.stdev(accuracies), 2) if len(accuracies) > 1 else 0.0,
+        "seeds": list(runs),
+        "runs": [round(a, 2) for a in accuracies],
+        "train_minutes_mean": round(statistics.mean(m for _, m in runs.values()), 1),
+    }
+
+
+def goals(table: dict) -> dict:
+    """The issue's goals, on the means: KD beats the better scratch by >= 3 points; cached
+    views within 0.5 points of online KD."""
+    out = {}
+    scratch = [table[m]["mean"] for m in ("scratch", "scratch_strong") if m in table]
+    if "kd_kviews" in table and scratch:
+        gap = table["kd_kviews"]["mean"] - max(scratch)
+        out["kd_kviews_over_best_scratch"] = {"value": round(gap, 2), "holds": gap >= 3}
+    if "kd_kviews" in table and "kd_online" in table:
+        gap = table["kd_kviews"]["mean"] - table["kd_online"]["mean"]
+        out["kd_kviews_minus_kd_online"] = {"value": round(gap, 2), "holds": abs(gap) <= 0.5}
+    return out
+
+
+def teacher_accuracy(caches: dict) -> float:
+    manifest = json.loads((next(iter(caches.values())) / "manifest.json").read_text())
+    return round(100 * manifest["sections"]["eval"]["teacher_accuracy"][0], 2)
 
 
 if __name__ == "__main__":
