@@ -141,7 +141,8 @@ def main() -> None:
         "total_seconds": round(time.perf_counter() - started, 1),
         "command": " ".join(sys.argv),
     }
-    results["goals"] = goals(results["accuracy_percent"])
+    # The issue states its goals for the CIFAR subset (MNIST leaves a teacher little to add)
+    results["goals"] = goals(results["accuracy_percent"]) if args.suite == "cifar" else {}
     out = args.out or ROOT / "benchmarks" / "results" / f"distill_accuracy_{args.suite}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1) + "\n")
