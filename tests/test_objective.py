@@ -1,4 +1,5 @@
-"""The distill config's loss settings reach the loss terms: KD's α ramp, DKD's own warm-up."""
+"""The distill config's loss settings reach the loss terms: KD's α ramp and DKD's warm-up,
+both through the losses' `set_epoch`."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from torch import nn
 
 from onnxkd.distill.config import DistillConfig
 from onnxkd.distill.objective import DistillModule, build_objective
-from onnxkd.distill.trainer import _ramp_alpha
 
 
 def _module(cfg: DistillConfig) -> DistillModule:
@@ -19,7 +19,7 @@ def test_kd_alpha_ramps_over_the_warmup_epochs():
     module = _module(cfg)
     kd = module.objective.terms[0]
     for epoch, alpha in [(0, 0.2), (1, 0.4), (3, 0.8), (9, 0.8)]:
-        _ramp_alpha(module, cfg, epoch)
+        module.objective.set_epoch(epoch)
         assert kd.alpha == pytest.approx(alpha)
 
 
@@ -29,7 +29,6 @@ def test_dkd_warmup_ramps_its_distillation_part_not_kd_alpha():
     module = _module(cfg)
     dkd = module.objective.terms[0]
     assert (dkd.warmup_epochs, dkd.beta) == (2.5, 2.0)
-    _ramp_alpha(module, cfg, 0)
     module.objective.set_epoch(0)
     assert dkd.alpha == 1.0
     assert dkd.warmup_factor == pytest.approx(0.4)

@@ -21,7 +21,7 @@ def build_objective(cfg: DistillConfig) -> CompositeLoss:
     if cfg.loss == "ce":
         main = build_loss("ce", label_smoothing=cfg.label_smoothing)
     elif cfg.loss == "dkd":
-        # DKD's own warm-up ramps its whole distillation part (TCKD and NCKD), as the authors'
+        # DKD's warm-up ramps its whole distillation part (TCKD and NCKD), as the authors'
         # code does; its α weighs TCKD and is not KD's α.
         main = build_loss(
             "dkd",
@@ -30,7 +30,12 @@ def build_objective(cfg: DistillConfig) -> CompositeLoss:
             warmup_epochs=cfg.alpha_warmup_epochs,
         )
     else:
-        main = build_loss(cfg.loss, alpha=cfg.alpha, temperature=cfg.temperature)
+        main = build_loss(
+            cfg.loss,
+            alpha=cfg.alpha,
+            temperature=cfg.temperature,
+            warmup_epochs=cfg.alpha_warmup_epochs,
+        )
     terms: list[tuple[float, nn.Module]] = [(1.0, main)]
     for student_key, teacher_key in _pairs(cfg.hints):
         terms.append(

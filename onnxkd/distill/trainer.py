@@ -218,7 +218,6 @@ def distill(
     with checkpoints() as check:
         for epoch in range(state.epoch + 1, cfg.epochs):
             module.objective.set_epoch(epoch)
-            _ramp_alpha(module, cfg, epoch)
             started = time.perf_counter()
             train_loss = _train_epoch(
                 model, batches, optimizer, scheduler, cfg, epoch, device, dist, channels_last, check
@@ -262,13 +261,6 @@ def distill(
         ws.record(run=run_dir)
     dist.close()
     return RunResult(run_dir, state.history, report)
-
-
-def _ramp_alpha(module: DistillModule, cfg: DistillConfig, epoch: int) -> None:
-    # KD's α only: DKD ramps through its own warm-up (build_objective)
-    if cfg.alpha_warmup_epochs > 0 and cfg.loss in ("kd", "kd_topk"):
-        main = module.objective.terms[0]
-        main.alpha = cfg.alpha * min(1.0, (epoch + 1) / cfg.alpha_warmup_epochs)
 
 
 def _to_device(batch, device: torch.device, channels_last: bool):

@@ -46,7 +46,7 @@ class DistillLoss(nn.Module):
         raise NotImplementedError
 
     def set_epoch(self, epoch: int) -> None:
-        """Tell the loss which epoch (0-based) starts; only schedules (DKD warm-up) use it."""
+        """The epoch (0-based) that starts; for schedules (KD's α ramp, DKD's warm-up)."""
 
     @property
     def hparams(self) -> Mapping[str, Any]:

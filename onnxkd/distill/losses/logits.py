@@ -49,8 +49,22 @@ class CrossEntropy(DistillLoss):
         return F.cross_entropy(s, labels, label_smoothing=self.label_smoothing)
 
 
+class _RampedAlpha:
+    """α ramped up from 0 over `warmup_epochs` epochs through `set_epoch` (0: no ramp), so the
+    student first fits the labels before the teacher's softened targets take their weight."""
+
+    def _init_ramp(self, alpha: float, warmup_epochs: float) -> None:
+        check_arg(warmup_epochs >= 0, self.name, "warmup_epochs must be >= 0")
+        self.base_alpha, self.warmup_epochs = float(alpha), float(warmup_epochs)
+        self.alpha = self.base_alpha
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.warmup_epochs > 0:
+            self.alpha = self.base_alpha * min(1.0, (epoch + 1) / self.warmup_epochs)
+
+
 @register("kd")
-class KD(DistillLoss):
+class KD(_RampedAlpha, DistillLoss):
     """Hinton's KD: `(1 − α)·CE(s, y) + α·T²·KL(softmax(t/T) ‖ softmax(s/T))`, KL batchmean.
 
     The teacher scores may be logits or log-probabilities: softmax ignores per-row constants.
@@ -74,15 +88,18 @@ class KD(DistillLoss):
         temperature: float = 4.0,
         student_key: str = "logits",
         teacher_key: str = "logits",
+        warmup_epochs: float = 0,
     ) -> None:
         super().__init__()
         _check_kd_args(self.name, alpha, temperature)
-        self.alpha, self.temperature = float(alpha), float(temperature)
+        self._init_ramp(alpha, warmup_epochs)
+        self.temperature = float(temperature)
         self.student_key, self.teacher_key = student_key, teacher_key
         self.student_keys, self.teacher_keys = (student_key,), (teacher_key,)
         self._remember(
             alpha=self.alpha,
             temperature=self.temperature,
+            warmup_epochs=self.warmup_epochs,
             student_key=student_key,
             teacher_key=teacher_key,
         )
@@ -101,7 +118,7 @@ class KD(DistillLoss):
 
 
 @register("kd_topk")
-class KDTopK(DistillLoss):
+class KDTopK(_RampedAlpha, DistillLoss):
     """KD from top-k teacher targets, on k + 1 bins: the teacher's top-k classes and the rest.
 
     Both distributions are collapsed onto the same bins and KD's KL is taken between them; the
@@ -142,16 +159,19 @@ class KDTopK(DistillLoss):
         values_key: str = "topk_values",
         indices_key: str = "topk_indices",
         residual_key: str = "residual",
+        warmup_epochs: float = 0,
     ) -> None:
         super().__init__()
         _check_kd_args(self.name, alpha, temperature)
-        self.alpha, self.temperature = float(alpha), float(temperature)
+        self._init_ramp(alpha, warmup_epochs)
+        self.temperature = float(temperature)
         self.student_key, self.student_keys = student_key, (student_key,)
         self.values_key, self.indices_key, self.residual_key = values_key, indices_key, residual_key
         self.teacher_keys = (values_key, indices_key, residual_key)
         self._remember(
             alpha=self.alpha,
             temperature=self.temperature,
+            warmup_epochs=self.warmup_epochs,
             student_key=student_key,
             values_key=values_key,
             indices_key=indices_key,
