@@ -113,7 +113,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown method(s) {unknown}; valid: {', '.join(METHODS)}")
     started = time.perf_counter()
-    caches = build_caches(args, suite, methods)
+    caches = {} if args.collect else build_caches(args, suite, methods)
     cache_seconds = time.perf_counter() - started
     if args.caches_only:
         print(f"caches built in {cache_seconds:.0f} s")
@@ -128,11 +128,13 @@ def main() -> None:
                 continue
             runs[method][seed] = train_run(args, suite, caches, method, seed, run)
             print(f"seed {seed} {method:14} {100 * runs[method][seed][0]:.2f}%", flush=True)
+    if not any(runs.values()):
+        sys.exit(f"no finished runs of {methods} x seeds {seeds} under {args.work / args.suite}")
     results = {
         "suite": args.suite,
         "student": suite["student"],
         "teacher": suite["teacher"].name,
-        "teacher_test_accuracy": teacher_accuracy(caches),
+        "teacher_test_accuracy": teacher_accuracy(caches, args.work / args.suite),
         "epochs": args.epochs,
         "seeds": seeds,
         "precision": "fp32" if args.fp32 else "bf16 autocast, channels-last",
@@ -238,9 +240,15 @@ def goals(table: dict) -> dict:
     return out
 
 
-def teacher_accuracy(caches: dict) -> float:
-    manifest = json.loads((next(iter(caches.values())) / "manifest.json").read_text())
-    return round(100 * manifest["sections"]["eval"]["teacher_accuracy"][0], 2)
+def teacher_accuracy(caches: dict, folder: Path) -> float:
+    """From a cache's manifest, or (--collect builds none) from a finished run's export."""
+    if caches:
+        manifest = json.loads((next(iter(caches.values())) / "manifest.json").read_text())
+        accuracy = manifest["sections"]["eval"]["teacher_accuracy"][0]
+    else:
+        export = next(folder.glob("*-s*/export.json"))
+        accuracy = json.loads(export.read_text())["teacher_accuracy"]
+    return round(100 * accuracy, 2)
 
 
 if __name__ == "__main__":
