@@ -34,10 +34,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "models"))
 
+from onnxkd.cache.build import CacheConfig, cache_teacher  # noqa: E402
+from onnxkd.cache.reader import CacheReader  # noqa: E402
 from onnxkd.data.loaders import open_source  # noqa: E402
 from onnxkd.data.source import DataRef  # noqa: E402
-from onnxkd.teacher.cache_reader import CacheReader  # noqa: E402
-from onnxkd.teacher.cache_teacher import CacheConfig, cache_teacher  # noqa: E402
 from onnxkd.teacher.model import load_teacher  # noqa: E402
 from onnxkd.teacher.runner import make_session  # noqa: E402
 
@@ -116,7 +116,8 @@ def thousand_class_teacher(work: Path) -> tuple[Path, Path]:
     import onnx
     import torch
 
-    from onnxkd.data.spec import METADATA_KEY, InputSpec
+    from onnxkd.data.spec import InputSpec
+    from onnxkd.metadata import INPUT_SPEC
 
     torch.manual_seed(0)
     head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 1000))
@@ -133,7 +134,7 @@ def thousand_class_teacher(work: Path) -> tuple[Path, Path]:
     model = onnx.load(str(path))
     spec = load_teacher(TEACHER).metadata_spec
     entry = model.metadata_props.add()
-    entry.key = METADATA_KEY
+    entry.key = INPUT_SPEC
     entry.value = InputSpec.from_json(spec).with_labels(None).to_json()
     onnx.save(model, str(path))
     data = np.load(DATA)

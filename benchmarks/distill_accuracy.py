@@ -38,10 +38,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from onnxkd.cache.build import CacheConfig, cache_teacher  # noqa: E402
 from onnxkd.data.source import DataRef  # noqa: E402
 from onnxkd.distill.config import DistillConfig  # noqa: E402
 from onnxkd.distill.trainer import distill  # noqa: E402
-from onnxkd.teacher.cache_teacher import CacheConfig, cache_teacher  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 SUITES = {

@@ -25,10 +25,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "models"))
 
+from onnxkd.cache.build import CacheConfig, cache_teacher  # noqa: E402
 from onnxkd.data.source import DataRef  # noqa: E402
 from onnxkd.distill.config import DistillConfig  # noqa: E402
 from onnxkd.distill.trainer import distill  # noqa: E402
-from onnxkd.teacher.cache_teacher import CacheConfig, cache_teacher  # noqa: E402
 
 TEACHER = ROOT / "models" / "cifar10_resnet.onnx"
 DATA = ROOT.parent / "shared" / "data" / "cifar10" / "cifar10-subset.npz"

@@ -27,7 +27,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 from onnxkd.bench.timing import time_session  # noqa: E402
-from onnxkd.data.for_model import model_metadata, resolve_model_data  # noqa: E402
+from onnxkd.cache.for_model import resolve_model_data  # noqa: E402
+from onnxkd.metadata import read_metadata  # noqa: E402
 from onnxkd.quantize import evaluate  # noqa: E402
 from onnxkd.quantize.config import QuantizeConfig  # noqa: E402
 from onnxkd.quantize.ptq import quantize  # noqa: E402
@@ -72,7 +73,7 @@ def main() -> None:
         print(f"{name}: {100 * result.report['int8_accuracy']:.2f}%", flush=True)
     models["qat_kd"], reports["qat_kd"] = qat(args)
 
-    data = resolve_model_data(student, model_metadata(student), args.work / "ws")
+    data = resolve_model_data(student, read_metadata(student), args.work / "ws")
     sessions = {name: evaluate.session(path, args.threads) for name, path in models.items()}
     preds = evaluate.predictions(sessions, data.batches(data.eval, 256))
     x = next(data.batches(data.eval, 32))[0]

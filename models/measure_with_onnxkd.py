@@ -17,8 +17,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(1, str(HERE.parent))  # onnxkd, when not installed
 
+from onnxkd.cache.build import CacheConfig, cache_teacher  # noqa: E402
 from onnxkd.data.source import DataRef  # noqa: E402
-from onnxkd.teacher.cache_teacher import CacheConfig, cache_teacher  # noqa: E402
 
 SHARED = HERE.parents[0].parent / "shared" / "data"
 ZOO = {

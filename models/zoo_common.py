@@ -25,7 +25,8 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from onnxkd.data.spec import METADATA_KEY, InputSpec
+from onnxkd.data.spec import InputSpec
+from onnxkd.metadata import INPUT_SPEC
 
 MAX_BYTES = 5 * 1024 * 1024
 ZOO_README = Path(__file__).resolve().parent / "README.md"
@@ -91,7 +92,7 @@ def export_teacher(
             raise RuntimeError(f"initializer {init.name} is stored as external data")
     del proto.metadata_props[:]
     meta = proto.metadata_props.add()
-    meta.key = METADATA_KEY
+    meta.key = INPUT_SPEC
     meta.value = spec.to_json()
     proto.producer_name = "pytorch"
     proto.producer_version = torch.__version__.split("+")[0]
@@ -109,7 +110,7 @@ def ort_accuracy(path: Path, raw: np.ndarray, labels: np.ndarray, batch: int = 2
     read back from the file itself, so the metadata is checked along with the weights."""
     proto = onnx.load(str(path), load_external_data=False)
     meta = {p.key: p.value for p in proto.metadata_props}
-    spec = InputSpec.from_json(meta[METADATA_KEY])
+    spec = InputSpec.from_json(meta[INPUT_SPEC])
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -262,8 +262,8 @@ def cache_teacher_cmd(
     workdir,
 ):
     """Run TEACHER (.onnx) once over the data and cache its soft targets."""
+    from onnxkd.cache.build import CacheConfig, cache_teacher
     from onnxkd.data.source import DataRef
-    from onnxkd.teacher.cache_teacher import CacheConfig, cache_teacher
     from onnxkd.teacher.input_spec import SpecOptions
 
     cfg = CacheConfig(
@@ -297,7 +297,7 @@ def cache_teacher_cmd(
         overwrite=overwrite,
     )
     result = cache_teacher(cfg, log=lambda s: click.echo(s, err=True), progress=_progress_bar)
-    from onnxkd.teacher.summary import summarize
+    from onnxkd.cache.summary import summarize
 
     click.echo(summarize(result.path, result.manifest, result.seconds))
 
@@ -334,8 +334,8 @@ def _progress_bar(total: int, done: int):
 @workdir_option
 def cache_info_cmd(cache, verify, workdir):
     """Summarize CACHE (default: the workspace's latest) and verify its arrays."""
-    from onnxkd.teacher.cache_reader import CacheReader
-    from onnxkd.teacher.summary import summarize
+    from onnxkd.cache.reader import CacheReader
+    from onnxkd.cache.summary import summarize
     from onnxkd.workspace import Workspace
 
     path = cache or Workspace(workdir).latest("cache")
@@ -354,10 +354,10 @@ def cache_info_cmd(cache, verify, workdir):
 @click.argument("cache", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def cache_merge_cmd(cache):
     """Complete a sharded CACHE once every shard has written its slice."""
+    from onnxkd.cache.build import finalize
+    from onnxkd.cache.reader import incomplete_status
+    from onnxkd.cache.summary import summarize
     from onnxkd.errors import CacheError
-    from onnxkd.teacher.cache_reader import incomplete_status
-    from onnxkd.teacher.cache_teacher import finalize
-    from onnxkd.teacher.summary import summarize
 
     manifest = finalize(cache)
     if manifest is None:

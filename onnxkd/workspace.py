@@ -42,7 +42,7 @@ class Workspace:
         return self.root / STATE
 
     def state(self) -> dict:
-        from onnxkd.teacher.cache_files import read_json
+        from onnxkd.files import read_json
 
         if not self.state_path.exists():
             return {}
@@ -52,7 +52,7 @@ class Workspace:
             raise WorkspaceError(f"{self.state_path} is not valid JSON ({e}); delete it") from e
 
     def record(self, **paths: Path) -> None:
-        from onnxkd.teacher.cache_files import write_json_atomic
+        from onnxkd.files import write_json_atomic
 
         unknown = set(paths) - set(KINDS)
         if unknown:

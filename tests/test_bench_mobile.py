@@ -15,8 +15,9 @@ from conftest import MODELS
 from onnxkd.bench.mobile import MOBILE_EPS, mobile_analysis, quantization_of
 from onnxkd.data.loaders import open_source
 from onnxkd.data.source import DataRef
-from onnxkd.data.spec import METADATA_KEY, InputSpec
+from onnxkd.data.spec import InputSpec
 from onnxkd.errors import ProviderError
+from onnxkd.metadata import INPUT_SPEC
 
 TEACHER = MODELS / "digits_cnn.onnx"
 KEYS = {
@@ -40,7 +41,7 @@ def digits_batch(count: int, split: str = "test") -> np.ndarray:
     meta = {
         p.key: p.value for p in onnx.load(str(TEACHER), load_external_data=False).metadata_props
     }
-    spec = InputSpec.from_json(meta[METADATA_KEY])
+    spec = InputSpec.from_json(meta[INPUT_SPEC])
     raw, _ = open_source(DataRef("digits", split=split)).read(np.arange(count))
     return spec.apply(raw)
 

@@ -10,11 +10,11 @@ import onnxruntime as ort
 import pytest
 from teachers import build_dynamic_nchw
 
+from onnxkd.cache.build import CacheConfig, cache_teacher, finalize
+from onnxkd.cache.reader import CacheReader
 from onnxkd.data.loaders import open_source
 from onnxkd.data.source import DataRef
 from onnxkd.errors import CacheError
-from onnxkd.teacher.cache_reader import CacheReader
-from onnxkd.teacher.cache_teacher import CacheConfig, cache_teacher, finalize
 from onnxkd.teacher.input_spec import SpecOptions
 
 DIGITS_SPEC = SpecOptions(scale=1 / 16)

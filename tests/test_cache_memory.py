@@ -15,7 +15,7 @@ SCRIPT = textwrap.dedent(
     import numpy as np
     import torch
     from onnxkd.data.source import DataRef
-    from onnxkd.teacher.cache_teacher import CacheConfig, cache_teacher
+    from onnxkd.cache.build import CacheConfig, cache_teacher
 
     n, out = int(sys.argv[1]), Path(sys.argv[2])
 

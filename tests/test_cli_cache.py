@@ -15,9 +15,9 @@ import onnxruntime as ort
 import pytest
 from conftest import MODELS, SHARED_DATA
 
+from onnxkd.cache.reader import CacheReader
 from onnxkd.data.loaders import open_source
 from onnxkd.data.source import DataRef
-from onnxkd.teacher.cache_reader import CacheReader
 
 DIGITS_TEACHER = MODELS / "digits_cnn.onnx"
 

@@ -18,13 +18,13 @@ import pytest
 import torch
 from conftest import MODELS
 
+from onnxkd.cache.build import CacheConfig, cache_teacher
+from onnxkd.cache.reader import CacheReader
 from onnxkd.data.loaders import open_source
 from onnxkd.data.source import DataRef
 from onnxkd.distill.config import DistillConfig
 from onnxkd.distill.data import CachedBatches
 from onnxkd.distill.trainer import distill
-from onnxkd.teacher.cache_reader import CacheReader
-from onnxkd.teacher.cache_teacher import CacheConfig, cache_teacher
 
 DIGITS_TEACHER = MODELS / "digits_cnn.onnx"
 FAST = ("--student", "small_cnn", "--batch-size", "64", "--threads", "1")

@@ -23,6 +23,8 @@ import torch
 from conftest import MODELS, ROOT, run_cli
 from onnx import numpy_helper
 
+from onnxkd.cache.build import CacheConfig, cache_teacher
+from onnxkd.cache.reader import CacheReader
 from onnxkd.data.loaders import open_source
 from onnxkd.data.source import DataRef
 from onnxkd.distill.config import DistillConfig
@@ -32,8 +34,6 @@ from onnxkd.ondevice.bridge import find_python, run_worker
 from onnxkd.ondevice.config import FORMAT, MANIFEST, REQUIRED, VERSION
 from onnxkd.ondevice.errors import OnDeviceError
 from onnxkd.ondevice.student import prepare
-from onnxkd.teacher.cache_reader import CacheReader
-from onnxkd.teacher.cache_teacher import CacheConfig, cache_teacher
 
 ONDEVICE_ENV = ROOT / ".venv-ondevice"
 DIGITS_TEACHER = MODELS / "digits_cnn.onnx"

@@ -16,6 +16,7 @@ import torch
 from conftest import MODELS
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxkd.cache.build import CacheConfig, cache_teacher
 from onnxkd.data.source import DataRef
 from onnxkd.data.spec import InputSpec
 from onnxkd.distill import qat
@@ -23,7 +24,6 @@ from onnxkd.distill.config import DistillConfig, DistillConfigError
 from onnxkd.distill.qdq import count_int8_ops, integer_clip, optimized_op_types
 from onnxkd.distill.trainer import distill
 from onnxkd.students import create_student, student_names
-from onnxkd.teacher.cache_teacher import CacheConfig, cache_teacher
 
 FLOAT_EPOCHS = 3
 QAT_EPOCHS = 2

@@ -12,13 +12,13 @@ import pytest
 from conftest import MODELS
 from onnx import numpy_helper
 
+from onnxkd.cache.build import CacheConfig, cache_teacher
 from onnxkd.data.source import DataRef
 from onnxkd.distill.config import DistillConfig
 from onnxkd.distill.trainer import distill
 from onnxkd.quantize.config import QuantizeConfig
 from onnxkd.quantize.ptq import quantize
 from onnxkd.quantize.sensitivity import search_exclusions
-from onnxkd.teacher.cache_teacher import CacheConfig, cache_teacher
 
 QUIET = {"log": lambda s: None}
 

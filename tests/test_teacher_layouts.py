@@ -20,17 +20,18 @@ import teachers
 import torch
 from conftest import MODELS
 
+from onnxkd.cache.build import CacheConfig, cache_teacher
+from onnxkd.cache.reader import CacheReader
 from onnxkd.data.loaders import open_source
 from onnxkd.data.source import DataRef
-from onnxkd.data.spec import METADATA_KEY, InputSpec
+from onnxkd.data.spec import InputSpec
 from onnxkd.distill.config import DistillConfig
 from onnxkd.distill.trainer import distill
 from onnxkd.errors import SpecError
+from onnxkd.metadata import INPUT_SPEC
 from onnxkd.quantize.config import QuantizeConfig
 from onnxkd.quantize.ptq import quantize
 from onnxkd.students.for_spec import TeacherLayout, create_student_for_spec
-from onnxkd.teacher.cache_reader import CacheReader
-from onnxkd.teacher.cache_teacher import CacheConfig, cache_teacher
 from onnxkd.teacher.input_spec import SpecOptions
 
 KERAS = MODELS / "digits_keras_cnn.onnx"
@@ -55,7 +56,7 @@ def input_dims(path: Path) -> list:
 
 def metadata_spec(path: Path) -> InputSpec:
     proto = onnx.load(str(path), load_external_data=False)
-    return InputSpec.from_json({p.key: p.value for p in proto.metadata_props}[METADATA_KEY])
+    return InputSpec.from_json({p.key: p.value for p in proto.metadata_props}[INPUT_SPEC])
 
 
 def assert_takes_teachers_input(model: Path, teacher: Path, cache: Path) -> None:

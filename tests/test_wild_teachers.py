@@ -10,11 +10,11 @@ import onnxruntime as ort
 import pytest
 import teachers
 
+from onnxkd.cache.build import CacheConfig, cache_teacher
+from onnxkd.cache.reader import CacheReader
 from onnxkd.data.loaders import open_source
 from onnxkd.data.source import DataRef
 from onnxkd.errors import TeacherError
-from onnxkd.teacher.cache_reader import CacheReader
-from onnxkd.teacher.cache_teacher import CacheConfig, cache_teacher
 from onnxkd.teacher.input_spec import SpecOptions
 
 SCALE = SpecOptions(scale=1 / 16)

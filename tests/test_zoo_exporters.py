@@ -23,7 +23,7 @@ from test_zoo_foreign import card_accuracy, read_card
 
 from onnxkd.data.loaders import open_source
 from onnxkd.data.source import DataRef
-from onnxkd.teacher.cache_files import sha256_file
+from onnxkd.files import sha256_file
 
 # Accuracy points a fresh export may differ by from the card: the scripts are seeded and
 # deterministic on one machine, but another CPU or BLAS rounds differently (1.4 points is

@@ -22,8 +22,8 @@ import onnxruntime as ort
 import pytest
 from conftest import MODELS
 
-from onnxkd.teacher.cache_files import sha256_file
-from onnxkd.teacher.cache_reader import CacheReader
+from onnxkd.cache.reader import CacheReader
+from onnxkd.files import sha256_file
 
 # file stem: the converter that wrote it (the ONNX producer_name)
 ZOO = {

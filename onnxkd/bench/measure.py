@@ -15,6 +15,7 @@ import numpy as np
 
 from onnxkd.errors import ProviderError
 from onnxkd.providers import ExecutionProvider
+from onnxkd.runtime import ort_session, session_options
 
 
 def create_session(path: Path, ep: ExecutionProvider, threads: int | None):
@@ -23,39 +24,22 @@ def create_session(path: Path, ep: ExecutionProvider, threads: int | None):
     onnxruntime falls back to CPU when a provider fails to initialise (a missing CUDA library,
     say) and only logs it: timing that session under the EP's name would be a lie.
     """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
     started = time.perf_counter()
-    try:
-        session = ort.InferenceSession(str(path), options, providers=[ep.ort_name])
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ProviderError(f"onnxruntime could not create a {ep.name} session: {first}") from e
-    seconds = time.perf_counter() - started
-    if ep.ort_name not in session.get_providers():
-        raise ProviderError(
-            f"onnxruntime fell back to {session.get_providers()} instead of {ep.ort_name} "
-            f"(its libraries failed to load?); nothing was timed on {ep.name}"
-        )
-    return session, seconds
+    session = ort_session(
+        path,
+        ep,
+        threads,
+        error=ProviderError,
+        failure=f"onnxruntime could not create a {ep.name} session",
+    )
+    return session, time.perf_counter() - started
 
 
 def node_placement(path: Path, ep: ExecutionProvider, feeds: dict, threads: int | None) -> dict:
     """How many nodes of the optimized graph each provider ran, from one profiled run."""
-    import onnxruntime as ort
-
     with tempfile.TemporaryDirectory(prefix="onnxkd-prof-") as tmp:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.enable_profiling = True
-        options.profile_file_prefix = os.path.join(tmp, "profile")
-        if threads:
-            options.intra_op_num_threads = threads
-        session = ort.InferenceSession(str(path), options, providers=[ep.ort_name])
+        options = session_options(threads, profile_prefix=os.path.join(tmp, "profile"))
+        session = ort_session(path, ep, options=options, error=ProviderError)
         session.run(None, feeds)
         events = json.loads(Path(session.end_profiling()).read_text())
     placed: dict[str, str] = {}

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxkd.data.for_model import ModelData, model_metadata, resolve_model_data
+from onnxkd.cache.for_model import ModelData, resolve_model_data
 from onnxkd.errors import DataError, OnnxkdError, WorkspaceError
+from onnxkd.metadata import read_metadata
 from onnxkd.workspace import Workspace
 
 WORKSPACE_ROLES = ("teacher", "student", "quantized")
@@ -100,7 +101,7 @@ def attach_data(
         if use_cache is None and model.label == "teacher" and ws_cache:
             use_cache = Path(ws_cache)
         try:
-            metadata = model_metadata(model.path)
+            metadata = read_metadata(model.path)
             model.data = resolve_model_data(model.path, metadata, workdir, use_cache, data)
         except (DataError, OnnxkdError) as e:
             model.data_note = str(e)
@@ -124,7 +125,7 @@ def label_models(paths: tuple[Path, ...], given: tuple[str, ...] = ()) -> list[B
 def teacher_outputs(models: list[BenchModel], cache: Path | None) -> None:
     """Score a cache's teacher on the output it was cached from (a classifier exported with a
     label output first, say), found by content hash."""
-    from onnxkd.teacher.cache_files import sha256_file
+    from onnxkd.files import sha256_file
 
     if cache is None or not (Path(cache) / "manifest.json").exists():
         return

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from onnxkd.teacher.cache_files import write_json_atomic
+from onnxkd.files import write_json_atomic
 
 COLUMNS = (
     ("model", "model"),

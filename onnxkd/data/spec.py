@@ -1,8 +1,8 @@
 """The input spec: how raw samples become model input.
 
 Preprocessing is data, not code: the spec is recorded in the cache manifest, reused by every
-later stage and written into every exported model's `metadata_props` under `METADATA_KEY`, so a
-model carries its own preprocessing and teacher/student mismatches cannot happen silently.
+later stage and written into every exported model's `metadata_props` (`onnxkd.metadata`), so
+a model carries its own preprocessing and teacher/student mismatches cannot happen silently.
 
 Raw samples are what data sources yield: images as (H, W, C) arrays (uint8 or float), flat
 feature vectors as (D,) arrays. `InputSpec.apply` turns a batch of them into model input. A flat
@@ -19,8 +19,6 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from onnxkd.errors import SpecError
-
-METADATA_KEY = "onnxkd.input_spec"
 
 # NHW: single-channel images fed without a channel axis (some MNIST models); flat: vectors.
 LAYOUTS = ("NCHW", "NHWC", "NHW", "flat")

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from onnxkd.cache.reader import CacheReader, CacheSection
 from onnxkd.data.source import Source
-from onnxkd.teacher.cache_reader import CacheReader, CacheSection
 
 
 @dataclass

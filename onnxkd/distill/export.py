@@ -11,7 +11,9 @@ import onnx
 import torch
 
 from onnxkd import __version__
-from onnxkd.data.spec import METADATA_KEY, InputSpec
+from onnxkd.data.spec import InputSpec
+from onnxkd.metadata import INPUT_SPEC, STUDENT, VERSION, write_metadata
+from onnxkd.runtime import ort_session
 
 OPSET = 17
 
@@ -50,14 +52,12 @@ def export_student(
     for graph_pass in passes:
         graph_pass(proto)
     meta = {
-        METADATA_KEY: spec.to_json(),
-        "onnxkd.student": student_name,
-        "onnxkd.version": __version__,
+        INPUT_SPEC: spec.to_json(),
+        STUDENT: student_name,
+        VERSION: __version__,
         **(extra_metadata or {}),
     }
-    for key, value in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
+    write_metadata(proto, meta)
     proto.producer_name = "onnxkd"
     proto.producer_version = __version__
     onnx.checker.check_model(proto)
@@ -75,9 +75,7 @@ def check_export(
 
     Batches are streamed, so the validation split never has to fit in memory at once.
     """
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = ort_session(path)
     model = model.eval().to("cpu")
     max_diff = 0.0
     n = ort_hits = torch_hits = agree = 0

@@ -29,11 +29,11 @@ from onnxkd.distill.config import DistillConfig
 from onnxkd.distill.export import export_student
 from onnxkd.distill.qdq import QDQ_PASSES
 from onnxkd.errors import OnnxkdError
-from onnxkd.teacher.cache_files import read_json
+from onnxkd.files import read_json
+from onnxkd.metadata import QUANTIZED
 from onnxkd.workspace import Workspace
 
 QAT_ONNX = "student.int8.onnx"
-QUANTIZED_KEY = "onnxkd.quantized"
 # Per-channel QuantizeLinear needs opset 13; the legacy exporter is verified there (DESIGN.md).
 QAT_OPSET = 13
 # The uint8 grid of a ReLU6 output: 0 .. 255 steps of 6/255, so that 255 means 6.
@@ -284,7 +284,7 @@ def export_qat(
             spec,
             path,
             student_name,
-            {**(extra_metadata or {}), QUANTIZED_KEY: "qat"},
+            {**(extra_metadata or {}), QUANTIZED: "qat"},
             opset=QAT_OPSET,
             passes=QDQ_PASSES,
         )

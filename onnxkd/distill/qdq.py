@@ -21,6 +21,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxkd.runtime import ort_session, session_options
+
 Pass = Callable[[onnx.ModelProto], bool]
 
 # Integer kernels of onnxruntime's CPU provider besides the QLinear* family (QLinearConv,
@@ -227,14 +229,11 @@ def apply_passes(model: onnx.ModelProto, passes: Sequence[Pass]) -> list[str]:
 
 def optimized_op_types(path: Path) -> Counter:
     """Op types of the graph onnxruntime's CPU provider actually runs, after all its fusions."""
-    import onnxruntime as ort
-
     with tempfile.TemporaryDirectory() as tmp:
-        options = ort.SessionOptions()
-        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-        options.log_severity_level = 3  # the NCHWc serialization notice is expected here
-        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        graph = onnx.load(options.optimized_model_filepath).graph
+        optimized = Path(tmp) / "optimized.onnx"
+        # Quiet: the NCHWc serialization notice is expected here.
+        ort_session(path, options=session_options(optimized_model_path=optimized))
+        graph = onnx.load(str(optimized)).graph
     return Counter(node.op_type for node in graph.node)
 
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from onnxkd import __version__
+from onnxkd.cache.reader import CacheReader
 from onnxkd.distill import checkpoint, distributed, qat
 from onnxkd.distill.config import (
     DEFAULT_EPOCHS,
@@ -29,10 +30,10 @@ from onnxkd.distill.history import plot_curves, write_metrics
 from onnxkd.distill.objective import DistillModule, build_objective
 from onnxkd.distill.qdq import count_int8_ops
 from onnxkd.errors import CacheError
+from onnxkd.files import read_json, write_json_atomic
 from onnxkd.interrupt import checkpoints
+from onnxkd.metadata import CACHE_KEY
 from onnxkd.students.for_spec import create_student_for_spec
-from onnxkd.teacher.cache_files import read_json, write_json_atomic
-from onnxkd.teacher.cache_reader import CacheReader
 from onnxkd.workspace import Workspace
 
 TOPK_KEYS = {"logits", "topk_values", "topk_indices", "residual"}
@@ -341,7 +342,7 @@ def _export_best(
         cache.input_spec,
         run_dir / (qat.QAT_ONNX if cfg.qat else "student.onnx"),
         cfg.student,
-        {"onnxkd.cache_key": cache.manifest["key"]},
+        {CACHE_KEY: cache.manifest["key"]},
     )
     batches = ((b.x, b.labels) for b in eval_batches.epoch(0, 256, shuffle=False))
     # For QAT this compares onnxruntime's int8 kernels with torch's fake quantization.

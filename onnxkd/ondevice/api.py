@@ -14,6 +14,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from onnxkd import __version__
+from onnxkd.files import sha256_file, write_json_atomic
+from onnxkd.metadata import STUDENT
 from onnxkd.ondevice.bridge import find_python, run_worker
 from onnxkd.ondevice.config import (
     BASE_MODEL,
@@ -29,7 +31,7 @@ from onnxkd.ondevice.config import (
     run_settings,
 )
 from onnxkd.ondevice.errors import OnDeviceError
-from onnxkd.teacher.cache_files import sha256_file, write_json_atomic
+from onnxkd.runtime import ort_session
 from onnxkd.workspace import Workspace
 
 
@@ -105,7 +107,7 @@ def _manifest(cfg: ArtifactsConfig, student: Path, info: dict, built: dict, tmp:
         "student": {
             "path": str(student.resolve()),
             "sha256": sha256_file(student),
-            "name": info["metadata"].get("onnxkd.student"),
+            "name": info["metadata"].get(STUDENT),
             "input_spec": info["input_spec"],
             "input_shape": info["input_shape"],
             "metadata": info["metadata"],
@@ -167,7 +169,7 @@ def train_on_device(
         >>> cfg = TrainConfig(Path("run/ondevice"), cache=Path("cache"))
         >>> train_on_device(cfg)  # doctest: +SKIP
     """
-    from onnxkd.teacher.cache_reader import CacheReader
+    from onnxkd.cache.reader import CacheReader
 
     manifest = read_artifacts(cfg.artifacts)
     cache = Path(cfg.cache or Workspace(cfg.workdir).latest("cache"))
@@ -195,10 +197,7 @@ def _check_here(path: Path, manifest: dict, threads: int | None) -> str:
     import onnxruntime
 
     shape = [d if isinstance(d, int) else 2 for d in manifest["student"]["input_shape"]]
-    options = onnxruntime.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = ort_session(path, "cpu", threads, error=OnDeviceError)
     (logits,) = session.run(None, {manifest["input"]: np.zeros(shape, np.float32)})
     if logits.shape != (shape[0], manifest["num_classes"]):
         raise OnDeviceError(f"the exported {path} gives logits of shape {logits.shape}")

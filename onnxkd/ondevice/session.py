@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from onnxkd import runtime
 from onnxkd.ondevice.config import (
     EVAL_MODEL,
     LABELS_INPUT,
@@ -24,12 +25,8 @@ def quiet() -> None:
 
 
 def session_options(threads: int | None):
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
+    options = runtime.session_options(threads)
     if threads:
-        options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     return options
 

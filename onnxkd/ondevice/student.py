@@ -15,7 +15,7 @@ from pathlib import Path
 import onnx
 import onnx.version_converter
 
-from onnxkd.data.spec import METADATA_KEY
+from onnxkd.metadata import INPUT_SPEC, read_metadata
 from onnxkd.ondevice.config import (
     LABELS_INPUT,
     LOSS_OUTPUT,
@@ -189,14 +189,14 @@ def prepare(path: Path, freeze_prefix: int = 0, freeze: tuple[str, ...] = ()) ->
     if not params:
         raise OnDeviceError(f"{path.name} has no float weights to train")
     frozen = select_frozen(params, freeze_prefix, freeze)
-    metadata = {p.key: p.value for p in model.metadata_props}
+    metadata = read_metadata(model)
     info = {
         **io,
         "opset": default_opset(model),
         "ir_version": model.ir_version,
         "converted": notes,
         "metadata": metadata,
-        "input_spec": json.loads(metadata[METADATA_KEY]) if METADATA_KEY in metadata else None,
+        "input_spec": json.loads(metadata[INPUT_SPEC]) if INPUT_SPEC in metadata else None,
         "trainable": [_row(p) for p in params if p.name not in frozen],
         "frozen": [_row(p) for p in params if p.name in frozen],
     }

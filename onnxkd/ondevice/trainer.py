@@ -23,7 +23,10 @@ import numpy as np
 import onnx
 
 from onnxkd import __version__
+from onnxkd.cache.reader import CacheReader
 from onnxkd.distill.data import CachedBatches
+from onnxkd.files import write_json_atomic
+from onnxkd.metadata import CACHE_KEY, ONDEVICE, VERSION, write_metadata
 from onnxkd.ondevice.config import (
     CHECKPOINT,
     RUN_CONFIG,
@@ -33,9 +36,9 @@ from onnxkd.ondevice.config import (
     read_artifacts,
     run_settings,
 )
+from onnxkd.ondevice.errors import OnDeviceError
 from onnxkd.ondevice.session import open_module, run_batch, session_options
-from onnxkd.teacher.cache_files import write_json_atomic
-from onnxkd.teacher.cache_reader import CacheReader
+from onnxkd.runtime import ort_session
 
 EXPORT = "student.onnx"
 REPORT = "report.json"
@@ -203,7 +206,6 @@ def _write_metrics(path: Path, rows: list[dict]) -> None:
 
 def _export(module, manifest: dict, cache: CacheReader, cfg: TrainConfig, run: Path, batches):
     """Export for inference with the student's metadata, and check it against the eval model."""
-    import onnxruntime
 
     module.eval()
     tmp = run / (EXPORT + ".tmp")
@@ -211,16 +213,13 @@ def _export(module, manifest: dict, cache: CacheReader, cfg: TrainConfig, run: P
     model = onnx.load(str(tmp))
     metadata = {
         **manifest["student"]["metadata"],
-        "onnxkd.cache_key": cache.manifest["key"],  # the data it was last trained on
-        "onnxkd.ondevice": json.dumps(
+        CACHE_KEY: cache.manifest["key"],  # the data it was last trained on
+        ONDEVICE: json.dumps(
             {"artifacts": str(Path(cfg.artifacts).resolve()), "epochs": cfg.epochs}
         ),
-        "onnxkd.version": __version__,
+        VERSION: __version__,
     }
-    del model.metadata_props[:]
-    for key, value in metadata.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
+    write_metadata(model, metadata, replace=True)
     model.producer_name, model.producer_version = "onnxkd", __version__
     # The training graph's domains (com.microsoft, ai.onnx.training, …) stay imported after
     # the export; tools such as mobile converters reject what they do not know, so drop them.
@@ -230,9 +229,7 @@ def _export(module, manifest: dict, cache: CacheReader, cfg: TrainConfig, run: P
     model.opset_import.extend(keep)
     onnx.checker.check_model(model)
     onnx.save(model, str(tmp))
-    session = onnxruntime.InferenceSession(
-        str(tmp), session_options(cfg.threads), providers=["CPUExecutionProvider"]
-    )
+    session = ort_session(tmp, "cpu", options=session_options(cfg.threads), error=OnDeviceError)
     hits = n = 0
     max_diff = 0.0
     for batch in batches.epoch(0, EVAL_BATCH, shuffle=False):

@@ -44,10 +44,10 @@ def _train(request: dict) -> dict:
 
 
 def _probe(request: dict) -> dict:
+    from onnxkd.cache.reader import CacheReader
     from onnxkd.distill.data import CachedBatches
     from onnxkd.ondevice.config import CHECKPOINT, check_cache_fits, read_artifacts
     from onnxkd.ondevice.session import open_module, run_batch
-    from onnxkd.teacher.cache_reader import CacheReader
 
     artifacts = Path(request["artifacts"])
     manifest = read_artifacts(artifacts)

@@ -80,9 +80,9 @@ class Recipe:
 def load_recipe(path: Path) -> Recipe:
     """Parse and check a recipe file; raise RecipeError saying what is wrong and what is valid."""
     from onnxkd.bench.config import BenchConfig
+    from onnxkd.cache.build import CacheConfig
     from onnxkd.distill.config import DistillConfig
     from onnxkd.quantize.config import QuantizeConfig
-    from onnxkd.teacher.cache_teacher import CacheConfig
 
     path = Path(path)
     if not path.is_file():

@@ -11,7 +11,7 @@ import platform
 import shutil
 from pathlib import Path
 
-from onnxkd.teacher.cache_files import read_json, write_json_atomic
+from onnxkd.files import read_json, write_json_atomic
 
 
 def write_report(state) -> Path:

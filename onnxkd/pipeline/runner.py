@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from onnxkd.files import read_json, sha256_file, write_json_atomic
 from onnxkd.pipeline.recipe import SPEC_KEYS, Recipe, load_recipe
-from onnxkd.teacher.cache_files import read_json, sha256_file, write_json_atomic
 from onnxkd.workspace import DEFAULT_WORKDIR
 
 
@@ -81,8 +81,8 @@ def run_pipeline(
 
 
 def _cache(state: PipelineState, log) -> StageRecord:
+    from onnxkd.cache.build import CacheConfig, cache_teacher
     from onnxkd.data.source import DataRef
-    from onnxkd.teacher.cache_teacher import CacheConfig, cache_teacher
     from onnxkd.teacher.input_spec import SpecOptions
 
     opts = dict(state.recipe.cache)

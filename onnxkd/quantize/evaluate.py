@@ -8,15 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from onnxkd.bench.timing import interleaved_p50
+from onnxkd.errors import QuantizeError
+from onnxkd.runtime import ort_session
 
 
 def session(path: Path, threads: int | None = None):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort_session(path, "cpu", threads, error=QuantizeError)
 
 
 def predictions(sessions: dict, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict:

@@ -16,6 +16,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from onnxkd.errors import QuantizeError
+from onnxkd.runtime import ort_session
 
 # Op types that onnxruntime's static quantizer turns into integer kernels (the rest stay float).
 QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
@@ -133,15 +134,11 @@ def quantized_op_counts(model: onnx.ModelProto) -> dict[str, int]:
 
 def check_runs(path: Path) -> None:
     """Refuse a model onnxruntime cannot run (an op it has no kernel for), naming the op."""
-    import onnxruntime as ort
-
-    try:
-        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as e:
-        message = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise QuantizeError(
-            f"onnxruntime cannot run {path.name}, so it cannot be calibrated: {message}"
-        ) from e
+    ort_session(
+        path,
+        error=QuantizeError,
+        failure=f"onnxruntime cannot run {path.name}, so it cannot be calibrated",
+    )
 
 
 def name_nodes(path: Path) -> PassResult:

@@ -20,11 +20,12 @@ from pathlib import Path
 import onnx
 
 from onnxkd import __version__
-from onnxkd.data.for_model import ModelData, model_metadata, resolve_model_data
+from onnxkd.cache.for_model import ModelData, resolve_model_data
 from onnxkd.errors import QuantizeError
+from onnxkd.files import sha256_file, write_json_atomic
+from onnxkd.metadata import QUANTIZED, read_metadata, write_metadata
 from onnxkd.quantize import calibration, evaluate, passes, sensitivity
 from onnxkd.quantize.config import TARGETS, QuantizeConfig
-from onnxkd.teacher.cache_files import sha256_file, write_json_atomic
 from onnxkd.workspace import Workspace
 
 SENSITIVITY_SAMPLES = 64
@@ -44,9 +45,9 @@ def quantize(cfg: QuantizeConfig, log: Callable[[str], None] = print) -> Quantiz
     src = Path(cfg.model) if cfg.model else ws.latest("student")
     passes.load_model(src)
     passes.check_runs(src)
-    metadata = model_metadata(src)
-    if metadata.get("onnxkd.quantized"):
-        raise QuantizeError(f"{src} is already quantized ({metadata['onnxkd.quantized']})")
+    metadata = read_metadata(src)
+    if metadata.get(QUANTIZED):
+        raise QuantizeError(f"{src} is already quantized ({metadata[QUANTIZED]})")
     data = resolve_model_data(src, metadata, cfg.workdir, cfg.cache, cfg.data)
     out = Path(cfg.out) if cfg.out else src.with_name(f"{src.stem}.int8.onnx")
     sha = sha256_file(src)
@@ -222,10 +223,7 @@ def _write_model(src: Path, out: Path, metadata: dict[str, str], how: str) -> pa
     model = onnx.load(str(src))
     passes.drop_zero_zero_points(model)
     compacted = passes.compact_tensor_names(model)
-    del model.metadata_props[:]
-    for key, value in {**metadata, "onnxkd.quantized": how}.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
+    write_metadata(model, {**metadata, QUANTIZED: how}, replace=True)
     model.producer_name, model.producer_version = "onnxkd", __version__
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

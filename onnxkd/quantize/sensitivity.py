@@ -23,6 +23,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from onnxkd.errors import QuantizeError
+from onnxkd.runtime import ort_session
+
 
 def rank_units(
     float_model: Path, qdq_model: Path, batches: list[np.ndarray], memory_mb: int = 1024
@@ -101,9 +104,7 @@ def _channel_noise(reference, quantized, batch_sizes, channels: int | None) -> f
 
 def _fit_memory(augmented: str, input_name: str, batches: list[np.ndarray], memory_mb: int):
     """The leading samples of `batches` whose activations (both models) fit the budget."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(augmented, providers=["CPUExecutionProvider"])
+    session = ort_session(augmented, error=QuantizeError)
     per_sample = sum(o.nbytes for o in session.run(None, {input_name: batches[0][:1]}))
     keep = max(1, (memory_mb << 20) // (2 * max(per_sample, 1)))
     samples = np.concatenate(batches)[:keep]

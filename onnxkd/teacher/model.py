@@ -9,10 +9,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from onnxkd.data.spec import METADATA_KEY
 from onnxkd.errors import TeacherError
+from onnxkd.files import sha256_file
+from onnxkd.metadata import INPUT_SPEC, read_metadata
 from onnxkd.teacher import passes
-from onnxkd.teacher.cache_files import sha256_file
 
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
 
@@ -150,7 +150,7 @@ def load_teacher(
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(elem)).name
     except Exception as e:
         raise TeacherError(f"teacher input {inp.name!r} has unsupported type {elem}") from e
-    meta = {p.key: p.value for p in original.metadata_props}
+    meta = read_metadata(original)
     return Teacher(
         path=path,
         sha256=sha256_file(path),
@@ -161,7 +161,7 @@ def load_teacher(
         input_dtype=dtype,
         output=chosen,
         features=features,
-        metadata_spec=meta.get(METADATA_KEY),
+        metadata_spec=meta.get(INPUT_SPEC),
         passes=applied,
     )
 

@@ -6,28 +6,16 @@ import numpy as np
 import onnx
 
 from onnxkd.errors import TeacherError
-from onnxkd.providers import resolve_provider
+from onnxkd.runtime import ort_session
 from onnxkd.teacher import passes
 from onnxkd.teacher.model import Teacher
 
 
 def make_session(model: onnx.ModelProto, ep: str = "cpu", threads: int | None = None):
     """An onnxruntime session on exactly the requested provider (CPU only for nodes it lacks)."""
-    import onnxruntime as ort
-
-    provider = resolve_provider(ep)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    try:
-        return ort.InferenceSession(
-            model.SerializeToString(), options, providers=[provider.ort_name]
-        )
-    except Exception as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TeacherError(f"onnxruntime cannot load the teacher: {first_line}") from e
+    return ort_session(
+        model, ep, threads, error=TeacherError, failure="onnxruntime cannot load the teacher"
+    )
 
 
 class TeacherRunner:

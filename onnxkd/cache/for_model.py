@@ -22,11 +22,10 @@ import numpy as np
 
 from onnxkd.data.loaders import open_source
 from onnxkd.data.source import DataRef, Source
-from onnxkd.data.spec import METADATA_KEY, InputSpec
+from onnxkd.data.spec import InputSpec
 from onnxkd.errors import DataError
+from onnxkd.metadata import CACHE_KEY, INPUT_SPEC
 from onnxkd.workspace import Workspace
-
-CACHE_KEY = "onnxkd.cache_key"
 
 
 @dataclass
@@ -54,14 +53,6 @@ class ModelData:
             yield self.spec.apply(raw), labels
 
 
-def model_metadata(model_path: Path) -> dict[str, str]:
-    """The `metadata_props` of an ONNX file, read without loading its weights into memory."""
-    import onnx
-
-    proto = onnx.load(str(model_path), load_external_data=False)
-    return {p.key: p.value for p in proto.metadata_props}
-
-
 def resolve_model_data(
     model_path: Path,
     metadata: dict[str, str],
@@ -70,9 +61,9 @@ def resolve_model_data(
     data: str | None = None,
 ) -> ModelData:
     """Find the data `model_path` was trained for; raise DataError saying what to pass if none."""
-    from onnxkd.teacher.cache_reader import CacheReader
+    from onnxkd.cache.reader import CacheReader
 
-    spec = InputSpec.from_json(metadata[METADATA_KEY]) if METADATA_KEY in metadata else None
+    spec = InputSpec.from_json(metadata[INPUT_SPEC]) if INPUT_SPEC in metadata else None
     cache_path = cache or _cache_for_key(model_path, metadata.get(CACHE_KEY), workdir)
     if cache_path is not None:
         reader = CacheReader(cache_path)

@@ -17,19 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from onnxkd.cache.files import PART_DONE, PROGRESS, NpyWriter, describe_file, safe_name
 from onnxkd.data.augment import PARAM_DTYPE, Augmentation
 from onnxkd.data.source import Source
 from onnxkd.data.spec import InputSpec
 from onnxkd.errors import CacheError
-from onnxkd.teacher.cache_files import (
-    PART_DONE,
-    PROGRESS,
-    NpyWriter,
-    describe_file,
-    read_json,
-    safe_name,
-    write_json_atomic,
-)
+from onnxkd.files import read_json, write_json_atomic
 from onnxkd.teacher.runner import TeacherRunner
 
 FP16_MAX = 65504.0

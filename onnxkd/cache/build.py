@@ -14,23 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from onnxkd import __version__
+from onnxkd.cache.files import FORMAT, MANIFEST, PART_DONE, PENDING, VERSION, part_dir, safe_name
+from onnxkd.cache.writer import PartJob, TargetLayout, write_part
 from onnxkd.data.augment import Augmentation
 from onnxkd.data.loaders import open_source
 from onnxkd.data.source import DataRef, Source
 from onnxkd.errors import CacheError, DataError, TeacherError
+from onnxkd.files import read_json, write_json_atomic
 from onnxkd.interrupt import checkpoints
-from onnxkd.teacher.cache_files import (
-    FORMAT,
-    MANIFEST,
-    PART_DONE,
-    PENDING,
-    VERSION,
-    part_dir,
-    read_json,
-    safe_name,
-    write_json_atomic,
-)
-from onnxkd.teacher.cache_writer import PartJob, TargetLayout, write_part
 from onnxkd.teacher.input_spec import SpecOptions, resolve_input_spec
 from onnxkd.teacher.model import load_teacher, numeric_kind, output_kind
 from onnxkd.teacher.runner import TeacherRunner

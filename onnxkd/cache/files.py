@@ -13,11 +13,12 @@ would grow with the data set; positional writes keep it flat.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
 import numpy as np
+
+from onnxkd.files import sha256_file
 
 FORMAT = "onnxkd-cache"
 VERSION = 1
@@ -25,30 +26,6 @@ MANIFEST = "manifest.json"
 PENDING = "pending.json"
 PROGRESS = "progress.json"
 PART_DONE = "part.json"
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON so that a reader sees the old file or the new one, never half of one."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def read_json(path: Path) -> dict:
-    with open(path) as f:
-        return json.load(f)
 
 
 def part_dir(section: str, shard: int, shards: int) -> str:
@@ -98,14 +75,6 @@ class NpyWriter:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def describe_file(path: Path) -> dict:

@@ -10,22 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
+from onnxkd.cache.files import FORMAT, MANIFEST, PART_DONE, PENDING, PROGRESS, VERSION, safe_name
 from onnxkd.data.augment import Augmentation
 from onnxkd.data.loaders import open_source
 from onnxkd.data.source import DataRef, Source
 from onnxkd.data.spec import InputSpec
 from onnxkd.errors import CacheError
-from onnxkd.teacher.cache_files import (
-    FORMAT,
-    MANIFEST,
-    PART_DONE,
-    PENDING,
-    PROGRESS,
-    VERSION,
-    read_json,
-    safe_name,
-    sha256_file,
-)
+from onnxkd.files import read_json, sha256_file
 
 
 def incomplete_status(path: Path) -> str:
