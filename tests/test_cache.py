@@ -45,7 +45,7 @@ def test_full_targets_equal_the_teacher_on_every_view(teacher, tmp_path):
     cache.check_data(source)
     idx = np.arange(train.n)
     labels = source.read(idx)[1]
-    accs = cache.manifest["sections"]["train"]["teacher_accuracy"]
+    accs = cache.manifest.to_dict()["sections"]["train"]["teacher_accuracy"]
     for view in range(3):
         expected = direct(teacher, train.model_input(source, idx, view))
         np.testing.assert_allclose(train.scores(idx, view), expected, rtol=1e-5, atol=1e-5)
@@ -53,7 +53,7 @@ def test_full_targets_equal_the_teacher_on_every_view(teacher, tmp_path):
         assert accs[view] == pytest.approx((expected.argmax(1) == labels).mean(), abs=1e-6)
     assert not np.array_equal(train.aug_params(idx, 1), train.aug_params(idx, 2))
     np.testing.assert_array_equal(train.labels(), source.read(idx)[1])
-    manifest = cache.manifest
+    manifest = cache.manifest.to_dict()
     assert manifest["sections"]["eval"]["views"] == 1
     assert manifest["sections"]["eval"]["augmentation"]["policy"] == "none"
     assert manifest["sections"]["eval"]["teacher_accuracy"][0] > 0.8
@@ -64,7 +64,7 @@ def test_float16_default_is_close_and_smaller(teacher, tmp_path):
     half = make(teacher, tmp_path / "f16").section("train")
     idx = np.arange(full.n)
     np.testing.assert_allclose(half.scores(idx, 0), full.scores(idx, 0), rtol=2e-3, atol=2e-2)
-    assert half.meta["parts"][0]["files"]["targets.npy"]["dtype"] == "float16"
+    assert half.meta.to_dict()["parts"][0]["files"]["targets.npy"]["dtype"] == "float16"
 
 
 def test_topk_keeps_the_top_classes_and_the_residual_mass(teacher, tmp_path):

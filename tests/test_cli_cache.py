@@ -52,7 +52,7 @@ def test_zoo_digits_teacher_cache_agrees_with_the_teacher(cli, tmp_path):
         idx = np.arange(part.n)
         direct = sess.run(None, {"input": cache.input_spec.apply(source.read(idx)[0])})[0]
         assert (part.argmax(idx, 0) == direct.argmax(1)).all()  # 100% agreement
-    assert cache.manifest["input_spec_origin"] == "teacher metadata"
+    assert cache.manifest.to_dict()["input_spec_origin"] == "teacher metadata"
     info = cli("cache-info")
     assert info.returncode == 0, info.stderr
     assert "integrity: every array matches" in info.stdout
@@ -127,7 +127,7 @@ def test_torchrun_ranks_each_write_a_slice_and_the_last_completes_it(cli, tmp_pa
     second = cli(*args, env={"RANK": "1", "WORLD_SIZE": "2"})
     assert second.returncode == 0, second.stderr
     cache = CacheReader(out)
-    assert cache.manifest["shards"] == 2 and cache.verify() == []
+    assert cache.manifest.to_dict()["shards"] == 2 and cache.verify() == []
     merged = cli("cache-merge", out)
     assert merged.returncode == 0 and "teacher accuracy" in merged.stdout
 

@@ -270,6 +270,12 @@ def test_golden_value(case):
     assert all(torch.isfinite(v.grad).all() for v in student.values())
 
 
+def test_every_registered_loss_has_a_golden_case():
+    """Adding a loss means adding its golden case above: this fails until one exists."""
+    covered = {GOLDEN[case][0]()[0].name for case in GOLDEN}
+    assert set(LOSSES.names()) <= covered, sorted(set(LOSSES.names()) - covered)
+
+
 # --- registry, construction and the key contract -------------------------------------------
 
 

@@ -155,7 +155,7 @@ def test_loss_block_equals_torch_kd_on_cached_targets(artifacts, weak, tmp_path,
     got = probe(artifacts, cache, np.arange(100, 164), view=1, out=tmp_path / "probe.npz")
     scores = got["teacher_scores"]
     if storage == "logits":
-        assert CacheReader(cache).manifest["targets"]["kind"] == "logits"
+        assert CacheReader(cache).manifest.to_dict()["targets"]["kind"] == "logits"
     else:
         np.testing.assert_allclose(np.exp(scores).sum(1), 1, rtol=1e-3)  # float16 log-probs
     ref, ref_grad = torch_kd(manifest, got["eval_logits"], scores, got["labels"])
@@ -208,7 +208,7 @@ def test_exported_model_runs_here_and_onnxkd_quantize_takes_it(trained, weak):
     meta = {p.key: p.value for p in model.metadata_props}
     student_meta = {p.key: p.value for p in onnx.load(str(weak["student"])).metadata_props}
     assert meta["onnxkd.input_spec"] == student_meta["onnxkd.input_spec"]
-    assert meta["onnxkd.cache_key"] == CacheReader(weak["cache"]).manifest["key"]
+    assert meta["onnxkd.cache_key"] == CacheReader(weak["cache"]).manifest.to_dict()["key"]
     assert {o.domain for o in model.opset_import} <= {"", "ai.onnx"}
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
     # This environment's onnxruntime (not onnxruntime-training) scores it as the report says.

@@ -101,7 +101,7 @@ def test_wild_teacher_is_cached_exactly(case, tmp_path, flat_digits):
     )
     cache_teacher(cfg, log=lambda s: None)
     cache = CacheReader(tmp_path / "cache")
-    manifest = cache.manifest
+    manifest = cache.manifest.to_dict()
     source = open_source(data)
     train = cache.section("train")
     idx = np.arange(0, train.n, 7)  # every 7th sample keeps the one-at-a-time reference quick
@@ -150,7 +150,7 @@ def test_zipmap_output_name_means_its_probabilities(tmp_path, flat_digits):
         workdir=tmp_path / "ws",
     )
     result = cache_teacher(cfg, log=lambda s: None)
-    teacher = result.manifest["teacher"]
+    teacher = result.manifest.to_dict()["teacher"]
     assert any("ZipMap removed" in p for p in teacher["passes"])
-    assert result.manifest["targets"]["output"] != "output_probability"
-    assert result.manifest["sections"]["eval"]["teacher_accuracy"][0] > 0.8
+    assert result.manifest.to_dict()["targets"]["output"] != "output_probability"
+    assert result.manifest.to_dict()["sections"]["eval"]["teacher_accuracy"][0] > 0.8

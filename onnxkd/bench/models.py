@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from onnxkd.cache.for_model import ModelData, resolve_model_data
+from onnxkd.cache.reader import CacheReader
+from onnxkd.distill.run_folder import RunFolder
 from onnxkd.errors import DataError, OnnxkdError, WorkspaceError
 from onnxkd.metadata import read_metadata
 from onnxkd.workspace import Workspace
@@ -67,8 +69,8 @@ def workspace_models(workdir: Path, log) -> list[BenchModel]:
         )
     cache = ws.state().get("cache")
     if cache and "teacher" in [m.label for m in models]:
-        manifest = json.loads((Path(cache) / "manifest.json").read_text())
-        models[0].output = scored_output(models[0].path, manifest["teacher"]["output_used"])
+        manifest = CacheReader(cache).manifest
+        models[0].output = scored_output(models[0].path, manifest.teacher.output_used)
     return models
 
 
@@ -102,7 +104,10 @@ def attach_data(
             use_cache = Path(ws_cache)
         try:
             metadata = read_metadata(model.path)
-            model.data = resolve_model_data(model.path, metadata, workdir, use_cache, data)
+            hints = RunFolder.cache_hints(model.path)
+            model.data = resolve_model_data(
+                model.path, metadata, workdir, use_cache, data, cache_hints=hints
+            )
         except (DataError, OnnxkdError) as e:
             model.data_note = str(e)
             log(f"{model.label}: no validation data ({e}); timing it on noise, no accuracy")

@@ -14,7 +14,16 @@ from pathlib import Path
 import numpy as np
 
 from onnxkd import __version__
-from onnxkd.cache.files import FORMAT, MANIFEST, PART_DONE, PENDING, VERSION, part_dir, safe_name
+from onnxkd.cache.files import MANIFEST, PART_DONE, PENDING, part_dir, safe_name
+from onnxkd.cache.manifest import (
+    CreatedBy,
+    Feature,
+    Manifest,
+    PartRecord,
+    Section,
+    Targets,
+    TeacherInfo,
+)
 from onnxkd.cache.writer import PartJob, TargetLayout, write_part
 from onnxkd.data.augment import Augmentation
 from onnxkd.data.loaders import open_source
@@ -40,7 +49,7 @@ class CacheConfig:
     workdir: Path = DEFAULT_WORKDIR
     eval_split: bool = True  # also cache the other split (one clean view) for validation
     views: int = 1
-    augment: str = "none"
+    augment: str | None = None  # None: none for one view, crop for more
     pad: int | None = None  # None: an eighth of the image side
     seed: int = 0
     topk: int | None = None  # None: store every class
@@ -52,12 +61,20 @@ class CacheConfig:
     ep: str = "cpu"
     threads: int | None = None
     batch_size: int = 256
-    shard: tuple[int, int] = (0, 1)
+    shard: tuple[int, int] | None = None  # None: torchrun's RANK/WORLD_SIZE, else (0, 1)
     overwrite: bool = False
 
     def __post_init__(self) -> None:
         if self.views < 1:
             raise CacheError(f"--views must be at least 1, got {self.views}")
+        # Defaults that depend on other settings or on the launcher, resolved once here so
+        # that the CLI, recipes and library callers get the same.
+        if self.augment is None:
+            object.__setattr__(self, "augment", "none" if self.views == 1 else "crop")
+        if self.shard is None:
+            from onnxkd.cache.shards import torchrun_shard
+
+            object.__setattr__(self, "shard", torchrun_shard())
         if self.batch_size < 1:
             raise CacheError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.dtype not in ("float16", "float32"):
@@ -76,7 +93,7 @@ class CacheResult:
     path: Path
     complete: bool
     resumed: bool
-    manifest: dict
+    manifest: Manifest  # the draft (no parts yet) while other shards are missing
     seconds: float
 
 
@@ -279,7 +296,7 @@ def cache_teacher(
 
     Example:
         >>> cfg = CacheConfig(Path("models/digits_cnn.onnx"), DataRef("digits"))  # doctest: +SKIP
-        >>> cache_teacher(cfg).manifest["sections"]["train"]["teacher_accuracy"]  # doctest: +SKIP
+        >>> cache_teacher(cfg).manifest.section("train").teacher_accuracy  # doctest: +SKIP
     """
     started = time.perf_counter()
     plan = _Plan(cfg, log, source)
@@ -287,7 +304,8 @@ def cache_teacher(
     state = _claim(out, plan.key, cfg.overwrite, plan.key_material)
     if state == "complete":
         log(f"cache {out} is already complete for these inputs; nothing to do")
-        return CacheResult(out, True, False, read_json(out / MANIFEST), 0.0)
+        manifest = Manifest.from_dict(read_json(out / MANIFEST), where=str(out))
+        return CacheResult(out, True, False, manifest, 0.0)
     total_bytes, feature_bytes = plan.bytes_needed(cfg)
     if feature_bytes:
         hint = (
@@ -305,7 +323,7 @@ def cache_teacher(
         )
     draft = _draft_manifest(cfg, plan)
     if state == "new":
-        write_json_atomic(out / PENDING, draft)
+        write_json_atomic(out / PENDING, draft.to_dict())
     log(_plan_line(cfg, plan, out, total_bytes, resumed=state == "resume"))
     jobs = [
         j
@@ -345,87 +363,80 @@ def _plan_line(cfg: CacheConfig, plan: _Plan, out: Path, size: int, resumed: boo
     )
 
 
-def _draft_manifest(cfg: CacheConfig, plan: _Plan) -> dict:
+def _draft_manifest(cfg: CacheConfig, plan: _Plan) -> Manifest:
     import onnxruntime as ort
 
-    sections = {}
-    for name, src in plan.sources.items():
-        sections[name] = {
-            "n": len(src),
-            "views": plan.views(name, cfg),
-            "augmentation": plan.augmentations[name].to_dict(),
-            "data_ref": src.ref.to_dict(),
-            "split_info": src.split_info,
-            "fingerprint": plan.fingerprints[name],
-            "sample_shape": list(src.sample_shape),
-            "sample_dtype": str(src.dtype),
-            "parts": [],
-        }
+    sections = {
+        name: Section(
+            name=name,
+            n=len(src),
+            views=plan.views(name, cfg),
+            augmentation=plan.augmentations[name].to_dict(),
+            data_ref=src.ref,
+            split_info=src.split_info,
+            fingerprint=plan.fingerprints[name],
+            sample_shape=tuple(src.sample_shape),
+            sample_dtype=str(src.dtype),
+        )
+        for name, src in plan.sources.items()
+    }
     layout = plan.layout
-    return {
-        "format": FORMAT,
-        "version": VERSION,
-        "complete": False,
-        "key": plan.key,
-        "config": plan.key_material,
-        "created_by": {
-            "onnxkd": __version__,
-            "onnxruntime": ort.__version__,
-            "ep": cfg.ep,
-            "providers": plan.runner.providers,
-            "threads": cfg.threads,
-            "batching": plan.runner.batching,
-        },
-        "teacher": plan.teacher.describe(),
-        "input_spec": plan.spec.to_dict(),
-        "input_spec_origin": plan.spec_origin,
-        "targets": {
-            "output": layout.output,
-            "kind": layout.kind,
-            "teacher_output_kind": plan.source_kind,
-            "detected_by": plan.kind_detected_by,
-            "storage": "full" if layout.topk is None else "topk",
-            "k": layout.topk,
-            "dtype": layout.dtype,
-            "num_classes": layout.num_classes,
-        },
-        "features": {
-            name: {
-                "file": f"features/{safe_name(name)}.npy",
-                "shape": list(shape),
-                "pool": layout.feature_pool,
-            }
+    return Manifest(
+        key=plan.key,
+        config=plan.key_material,
+        created_by=CreatedBy(
+            onnxkd=__version__,
+            onnxruntime=ort.__version__,
+            ep=cfg.ep,
+            providers=tuple(plan.runner.providers),
+            threads=cfg.threads,
+            batching=plan.runner.batching,
+        ),
+        teacher=TeacherInfo.from_dict(plan.teacher.describe()),
+        input_spec=plan.spec,
+        input_spec_origin=plan.spec_origin,
+        targets=Targets(
+            output=layout.output,
+            kind=layout.kind,
+            teacher_output_kind=plan.source_kind,
+            detected_by=plan.kind_detected_by,
+            storage="full" if layout.topk is None else "topk",
+            k=layout.topk,
+            dtype=layout.dtype,
+            num_classes=layout.num_classes,
+        ),
+        features={
+            name: Feature(
+                name, f"features/{safe_name(name)}.npy", tuple(shape), layout.feature_pool
+            )
             for name, shape in layout.features.items()
         },
-        "shards": cfg.shard[1],
-        "sections": sections,
-    }
+        shards=cfg.shard[1],
+        sections=sections,
+    )
 
 
-def finalize(out: Path) -> dict | None:
+def finalize(out: Path) -> Manifest | None:
     """Write `manifest.json` once every part of every shard is done; None while some are not.
 
     Safe to call from several shards at once: each writes the same manifest atomically.
     """
     if (out / MANIFEST).exists():
-        return read_json(out / MANIFEST)
+        return Manifest.from_dict(read_json(out / MANIFEST), where=str(out))
     pending = out / PENDING
     if not pending.exists():
         raise CacheError(f"{out} is not an onnxkd cache (no {MANIFEST} or {PENDING})")
-    manifest = read_json(pending)
-    shards = manifest["shards"]
-    for name, section in manifest["sections"].items():
-        records = []
-        for i in range(shards):
-            done = out / part_dir(name, i, shards) / PART_DONE
+    draft = Manifest.from_dict(read_json(pending), where=str(pending))
+    parts: dict[str, list[PartRecord]] = {}
+    for name in draft.sections:
+        parts[name] = []
+        for i in range(draft.shards):
+            done = out / part_dir(name, i, draft.shards) / PART_DONE
             if not done.exists():
                 return None
-            records.append(read_json(done))
-        section["parts"] = records
-        hits = np.sum([r["teacher_hits"] for r in records], axis=0)
-        section["teacher_accuracy"] = [round(int(h) / section["n"], 6) for h in hits]
-    manifest["complete"] = True
-    write_json_atomic(out / MANIFEST, manifest)
+            parts[name].append(PartRecord.from_dict(read_json(done)))
+    manifest = draft.completed(parts)
+    write_json_atomic(out / MANIFEST, manifest.to_dict())
     # Another shard may have finalized at the same moment and removed it already.
     pending.unlink(missing_ok=True)
     return manifest

@@ -4,7 +4,8 @@ Quantization calibrates on the train split and checks accuracy on the validation
 benchmark measures accuracy on the validation split. Both find the data the same way:
 
 1. an explicit cache (`--cache`), or the cache named by the model's `onnxkd.cache_key`
-   metadata (looked up in the run folder beside the model, then in the workspace);
+   metadata, found by that key among the folders the caller suggests (the cache its run
+   folder records), the workspace's latest cache and the workspace's `caches/`;
 2. else an explicit `--data`, preprocessed with the input spec from the model's metadata.
 
 The model's own input spec wins; a cache whose spec differs is refused, since feeding a student
@@ -13,13 +14,13 @@ differently preprocessed pixels is the classic silent distillation bug.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from onnxkd.cache.files import MANIFEST
 from onnxkd.data.loaders import open_source
 from onnxkd.data.source import DataRef, Source
 from onnxkd.data.spec import InputSpec
@@ -59,12 +60,17 @@ def resolve_model_data(
     workdir: Path,
     cache: Path | None = None,
     data: str | None = None,
+    cache_hints: Sequence[Path] = (),
 ) -> ModelData:
-    """Find the data `model_path` was trained for; raise DataError saying what to pass if none."""
+    """Find the data `model_path` was trained for; raise DataError saying what to pass if none.
+
+    `cache_hints` are folders to try first for the cache the model's metadata names by key
+    (quantize and bench pass the cache recorded by the model's run folder).
+    """
     from onnxkd.cache.reader import CacheReader
 
     spec = InputSpec.from_json(metadata[INPUT_SPEC]) if INPUT_SPEC in metadata else None
-    cache_path = cache or _cache_for_key(model_path, metadata.get(CACHE_KEY), workdir)
+    cache_path = cache or find_cache(metadata.get(CACHE_KEY), workdir, cache_hints)
     if cache_path is not None:
         reader = CacheReader(cache_path)
         if spec is not None and spec != reader.input_spec:
@@ -90,17 +96,28 @@ def resolve_model_data(
     )
 
 
-def _cache_for_key(model_path: Path, key: str | None, workdir: Path) -> Path | None:
-    """The cache with this key: the one a run folder beside the model names, or the workspace's."""
+def find_cache(key: str | None, workdir: Path, hints: Sequence[Path] = ()) -> Path | None:
+    """The cache whose manifest has `key`: among `hints`, the workspace's latest cache, then
+    the caches in the workspace's `caches/` folder; None if none has it."""
     if key is None:
         return None
-    candidates = []
-    run_config = model_path.parent / "config.json"
-    if run_config.exists():
-        candidates.append(json.loads(run_config.read_text()).get("cache"))
-    candidates.append(Workspace(workdir).state().get("cache"))
-    for candidate in candidates:
-        manifest = Path(candidate) / "manifest.json" if candidate else None
-        if manifest and manifest.exists() and json.loads(manifest.read_text()).get("key") == key:
+    latest = Workspace(workdir).state().get("cache")
+    folder = Path(workdir) / "caches"
+    listed = sorted(folder.iterdir()) if folder.is_dir() else []
+    for candidate in [*hints, *([Path(latest)] if latest else []), *listed]:
+        if cache_key(candidate) == key:
             return Path(candidate)
     return None
+
+
+def cache_key(path: Path) -> str | None:
+    """The key of the complete cache at `path`; None if there is none (or it is unreadable)."""
+    from onnxkd.cache.reader import CacheReader
+    from onnxkd.errors import CacheError
+
+    if not (Path(path) / MANIFEST).is_file():
+        return None
+    try:
+        return CacheReader(path).key
+    except CacheError:
+        return None

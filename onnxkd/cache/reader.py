@@ -6,14 +6,16 @@ whole cache into RAM. This module imports neither torch nor onnxruntime.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from onnxkd.cache.files import FORMAT, MANIFEST, PART_DONE, PENDING, PROGRESS, VERSION, safe_name
+from onnxkd.cache.files import MANIFEST, PART_DONE, PENDING, PROGRESS
+from onnxkd.cache.manifest import SCORES, TOPK_ARRAYS, Manifest, Section
 from onnxkd.data.augment import Augmentation
 from onnxkd.data.loaders import open_source
-from onnxkd.data.source import DataRef, Source
+from onnxkd.data.source import Source
 from onnxkd.data.spec import InputSpec
 from onnxkd.errors import CacheError
 from onnxkd.files import read_json, sha256_file
@@ -49,13 +51,11 @@ class CacheReader:
         (4, 10)
     """
 
-    def __init__(self, path: Path | str, manifest: dict | None = None) -> None:
+    def __init__(self, path: Path | str, manifest: Manifest | None = None) -> None:
         self.path = Path(path)
-        if manifest is None:
-            manifest = self._load_manifest()
-        self.manifest = manifest
+        self.manifest = manifest if manifest is not None else self._load_manifest()
 
-    def _load_manifest(self) -> dict:
+    def _load_manifest(self) -> Manifest:
         if not self.path.is_dir():
             raise CacheError(f"cache folder {self.path} does not exist")
         if not (self.path / MANIFEST).exists():
@@ -66,77 +66,77 @@ class CacheReader:
                 )
             raise CacheError(f"{self.path} is not an onnxkd cache (no {MANIFEST})")
         try:
-            manifest = read_json(self.path / MANIFEST)
+            raw = read_json(self.path / MANIFEST)
         except ValueError as e:
             raise CacheError(f"{self.path / MANIFEST} is corrupt: {e}") from e
-        if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-            raise CacheError(
-                f"{self.path} has format {manifest.get('format')} v{manifest.get('version')}; "
-                f"this onnxkd reads {FORMAT} v{VERSION}"
-            )
-        if not manifest.get("complete"):
+        manifest = Manifest.from_dict(raw, where=str(self.path))
+        if not manifest.complete:
             raise CacheError(f"cache {self.path} is marked incomplete")
         return manifest
 
     @property
     def input_spec(self) -> InputSpec:
-        return InputSpec.from_dict(self.manifest["input_spec"])
+        return self.manifest.input_spec
 
     @property
     def num_classes(self) -> int:
-        return self.manifest["targets"]["num_classes"]
+        return self.manifest.num_classes
+
+    @property
+    def key(self) -> str:
+        return self.manifest.key
 
     @property
     def sections(self) -> list[str]:
-        return list(self.manifest["sections"])
+        return list(self.manifest.sections)
 
     def section(self, name: str = "train") -> CacheSection:
-        if name not in self.manifest["sections"]:
+        if name not in self.manifest.sections:
             raise CacheError(f"cache {self.path} has no section {name!r}; it has {self.sections}")
         return CacheSection(self, name)
 
     def check_data(self, source: Source, section: str = "train") -> None:
         """Refuse data that is not what the teacher saw for this section."""
-        recorded = self.manifest["sections"][section]
+        recorded = self.manifest.section(section)
         found = source.fingerprint()
-        if found != recorded["fingerprint"]:
+        if found != recorded.fingerprint:
             raise CacheError(
                 f"the data given ({source.ref.data}, {source.ref.split}, {len(source)} samples) "
-                f"is not the data this cache was made from ({recorded['data_ref']['data']}, "
-                f"{recorded['n']} samples): fingerprints differ"
+                f"is not the data this cache was made from ({recorded.data_ref.data}, "
+                f"{recorded.n} samples): fingerprints differ"
             )
 
     def open_data(self, section: str = "train", data: str | None = None) -> Source:
         """The data a section was made from (at `data` if it moved), checked by fingerprint."""
-        ref = dict(self.manifest["sections"][section]["data_ref"])
+        ref = self.manifest.section(section).data_ref
         if data is not None:
-            ref["data"] = data
-        source = open_source(DataRef.from_dict(ref))
+            ref = replace(ref, data=data)
+        source = open_source(ref)
         self.check_data(source, section)
         return source
 
     def verify(self) -> list[str]:
         """Check every array against the manifest (shape, dtype, sha256); return the problems."""
         problems = []
-        for name, section in self.manifest["sections"].items():
-            for part in section["parts"]:
-                for file, want in part["files"].items():
-                    path = self.path / part["dir"] / file
+        for name, section in self.manifest.sections.items():
+            for part in section.parts:
+                for file, want in part.files.items():
+                    path = self.path / part.dir / file
                     if not path.exists():
-                        problems.append(f"{name}: {part['dir']}/{file} is missing")
+                        problems.append(f"{name}: {part.dir}/{file} is missing")
                         continue
                     try:
                         arr = np.load(path, mmap_mode="r")
                     except Exception as e:
-                        problems.append(f"{part['dir']}/{file} cannot be read: {e}")
+                        problems.append(f"{part.dir}/{file} cannot be read: {e}")
                         continue
-                    if list(arr.shape) != want["shape"] or str(arr.dtype) != want["dtype"]:
+                    if arr.shape != want.shape or str(arr.dtype) != want.dtype:
                         problems.append(
-                            f"{part['dir']}/{file} is {list(arr.shape)} {arr.dtype}, the manifest "
-                            f"says {want['shape']} {want['dtype']}"
+                            f"{part.dir}/{file} is {list(arr.shape)} {arr.dtype}, the manifest "
+                            f"says {list(want.shape)} {want.dtype}"
                         )
-                    elif sha256_file(path) != want["sha256"]:
-                        problems.append(f"{part['dir']}/{file} does not match its checksum")
+                    elif sha256_file(path) != want.sha256:
+                        problems.append(f"{part.dir}/{file} does not match its checksum")
         return problems
 
 
@@ -146,21 +146,21 @@ class CacheSection:
     def __init__(self, cache: CacheReader, name: str) -> None:
         self.cache = cache
         self.name = name
-        self.meta = cache.manifest["sections"][name]
-        self.n = self.meta["n"]
-        self.views = self.meta["views"]
-        self.parts = self.meta["parts"]
-        self._starts = np.array([p["start"] for p in self.parts])
+        self.meta: Section = cache.manifest.section(name)
+        self.n = self.meta.n
+        self.views = self.meta.views
+        self.parts = self.meta.parts
+        self._starts = np.array([p.start for p in self.parts])
         self._open: dict[tuple[int, str], np.ndarray] = {}
-        targets = cache.manifest["targets"]
-        self.storage = targets["storage"]
-        self.num_classes = targets["num_classes"]
-        self.augmentation = Augmentation(**self.meta["augmentation"])
+        targets = cache.manifest.targets
+        self.storage = targets.storage
+        self.num_classes = targets.num_classes
+        self.augmentation = Augmentation(**self.meta.augmentation)
 
     def _array(self, part: int, file: str) -> np.ndarray:
         key = (part, file)
         if key not in self._open:
-            path = self.cache.path / self.parts[part]["dir"] / file
+            path = self.cache.path / self.parts[part].dir / file
             try:
                 self._open[key] = np.load(path, mmap_mode="r")
             except (OSError, ValueError) as e:
@@ -177,7 +177,7 @@ class CacheSection:
         out = None
         for part in np.unique(which):
             mask = which == part
-            local = indices[mask] - self.parts[part]["start"]
+            local = indices[mask] - self.parts[part].start
             arr = self._array(int(part), file)
             rows = arr[local] if view is None else arr[view][local]
             if out is None:
@@ -233,11 +233,32 @@ class CacheSection:
         return self._gather("targets.npy", indices, view).argmax(axis=1)
 
     def features(self, name: str, indices: np.ndarray, view: int) -> np.ndarray:
-        if name not in self.cache.manifest["features"]:
-            raise CacheError(
-                f"cache has no feature {name!r}; it has {list(self.cache.manifest['features'])}"
-            )
-        return self._gather(f"features/{safe_name(name)}.npy", indices, view)
+        features = self.cache.manifest.features
+        if name not in features:
+            raise CacheError(f"cache has no feature {name!r}; it has {list(features)}")
+        return self._gather(features[name].file, indices, view)
+
+    def teacher_arrays(
+        self, keys: tuple[str, ...], indices: np.ndarray, view: int
+    ) -> dict[str, np.ndarray]:
+        """The teacher arrays named `keys` (see `Manifest.arrays`) for these samples and view.
+
+        `logits` are the scores over every class; features come as float32.
+        """
+        problem = self.cache.manifest.missing_arrays(keys, "this read", str(self.cache.path))
+        if problem:
+            raise CacheError(problem)
+        arrays: dict[str, np.ndarray] = {}
+        if SCORES in keys:
+            arrays[SCORES] = self.scores(indices, view)
+        if any(k in TOPK_ARRAYS for k in keys):
+            values, classes, residual = self.topk(indices, view)
+            parts = dict(zip(TOPK_ARRAYS, (values, classes, residual), strict=True))
+            arrays.update({k: v for k, v in parts.items() if k in keys})
+        for name in keys:
+            if name not in arrays:
+                arrays[name] = self.features(name, indices, view).astype(np.float32)
+        return arrays
 
     def raw_view(self, source: Source, indices: np.ndarray, view: int) -> np.ndarray:
         """Rebuild the raw pixels the teacher saw for these samples and view."""

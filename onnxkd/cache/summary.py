@@ -4,35 +4,37 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from onnxkd.cache.manifest import Manifest
+
 
 def _disk_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*.npy"))
 
 
-def summarize(path: Path, manifest: dict, seconds: float | None = None) -> str:
+def summarize(path: Path, manifest: Manifest, seconds: float | None = None) -> str:
     """Lines describing what a cache holds and how good its teacher is on each section."""
-    t = manifest["targets"]
-    teacher = manifest["teacher"]
-    spec = manifest["input_spec"]
-    storage = "all classes" if t["storage"] == "full" else f"top-{t['k']} + residual mass"
+    t = manifest.targets
+    teacher = manifest.teacher
+    spec = manifest.input_spec
+    storage = "all classes" if t.storage == "full" else f"top-{t.k} + residual mass"
     geometry = (
-        f"{spec['size'][0]}x{spec['size'][1]}x{spec['channels']}"
-        if spec["size"]
-        else (f"{spec['channels']} features")
+        f"{spec.size[0]}x{spec.size[1]}x{spec.channels}"
+        if spec.size
+        else (f"{spec.channels} features")
     )
-    if spec.get("flatten"):
-        geometry += f" (flattened {'x'.join(map(str, spec['flatten']))} images)"
+    if spec.flatten:
+        geometry += f" (flattened {'x'.join(map(str, spec.flatten))} images)"
     lines = [
         f"cache:    {path}",
-        f"teacher:  {Path(teacher['path']).name} (sha256 {teacher['sha256'][:12]}…, output "
-        f"{t['output']!r}, {t['teacher_output_kind']} -> stored as {t['kind']})",
-        f"input:    {spec['layout']} {geometry} {spec['dtype']}, scale {spec['scale']:.6g}, "
-        f"mean {spec['mean']}, std {spec['std']} (from {manifest.get('input_spec_origin')})",
-        f"targets:  {t['num_classes']} classes, {storage}, {t['dtype']}",
+        f"teacher:  {Path(teacher.path).name} (sha256 {teacher.sha256[:12]}…, output "
+        f"{t.output!r}, {t.teacher_output_kind} -> stored as {t.kind})",
+        f"input:    {spec.layout} {geometry} {spec.dtype}, scale {spec.scale:.6g}, "
+        f"mean {list(spec.mean)}, std {list(spec.std)} (from {manifest.input_spec_origin})",
+        f"targets:  {t.num_classes} classes, {storage}, {t.dtype}",
     ]
-    for name, section in sorted(manifest["sections"].items(), key=lambda kv: kv[0] != "train"):
-        aug = section["augmentation"]
-        accs = section.get("teacher_accuracy") or []
+    for name, section in sorted(manifest.sections.items(), key=lambda kv: kv[0] != "train"):
+        aug = section.augmentation
+        accs = section.teacher_accuracy
         acc = (
             (
                 f"teacher accuracy {100 * sum(accs) / len(accs):.2f}%"
@@ -41,23 +43,23 @@ def summarize(path: Path, manifest: dict, seconds: float | None = None) -> str:
             if accs
             else ""
         )
-        split = section["split_info"]
+        split = section.split_info
         how = (
             f"holdout {split['fraction']} seed {split['seed']}"
             if split.get("method") == "holdout"
             else "native split"
         )
         lines.append(
-            f"{name + ':':9} {section['n']} samples ({section['data_ref']['split']}, {how}) x "
-            f"{section['views']} view(s), augment {aug['policy']}; {acc}"
+            f"{name + ':':9} {section.n} samples ({section.data_ref.split}, {how}) x "
+            f"{section.views} view(s), augment {aug['policy']}; {acc}"
         )
-    if manifest.get("features"):
-        feats = ", ".join(f"{k} {v['shape']}" for k, v in manifest["features"].items())
+    if manifest.features:
+        feats = ", ".join(f"{k} {list(v.shape)}" for k, v in manifest.features.items())
         lines.append(f"features: {feats}")
     lines.append(f"size:     {_disk_size(path) / 2**20:.2f} MiB on disk")
     if seconds:
-        total = sum(s["n"] * s["views"] for s in manifest["sections"].values())
+        total = sum(s.n * s.views for s in manifest.sections.values())
         lines.append(f"time:     {seconds:.1f} s ({total / seconds:.0f} sample-views/s)")
-    if any("loop" in p or "one sample" in p for p in teacher.get("passes", [])):
+    if any("loop" in p or "one sample" in p for p in teacher.passes):
         lines.append("note:     the teacher hard-codes batch 1, so it ran one sample at a time")
     return "\n".join(lines)

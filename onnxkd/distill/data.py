@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from onnxkd.cache.manifest import SCORES
 from onnxkd.cache.reader import CacheReader, CacheSection
 from onnxkd.data.source import Source
 
@@ -90,22 +91,20 @@ class CachedBatches(_Batches):
     Args:
         section: the cache section (`train` with its views, or `eval`).
         source: the data the cache was made from (checked by fingerprint by the caller).
-        features: cached teacher features to load besides the class scores.
-        topk_parts: also hand the raw top-k arrays (for losses that use them).
+        teacher_keys: the teacher arrays to load (the objective's `teacher_keys`: `logits`,
+            top-k arrays, feature names; see `Manifest.arrays`), and nothing else.
     """
 
     def __init__(
         self,
         section: CacheSection,
         source: Source,
-        features: tuple[str, ...] = (),
-        topk_parts: bool = False,
+        teacher_keys: tuple[str, ...] = (SCORES,),
     ) -> None:
         self.section = section
         self.source = source
         self.spec = section.cache.input_spec
-        self.features = features
-        self.topk_parts = topk_parts and section.storage == "topk"
+        self.teacher_keys = tuple(teacher_keys)
 
     def __len__(self) -> int:
         return self.section.n
@@ -122,18 +121,8 @@ class CachedBatches(_Batches):
         inverse[order] = np.arange(len(order))
         sorted_idx = indices[order]
         x = self.section.model_input(self.source, sorted_idx, view)[inverse]
-        teacher = {"logits": self.section.scores(sorted_idx, view)[inverse]}
-        if self.topk_parts:
-            values, classes, residual = self.section.topk(sorted_idx, view)
-            teacher.update(
-                topk_values=values[inverse],
-                topk_indices=classes[inverse],
-                residual=residual[inverse],
-            )
-        for name in self.features:
-            teacher[name] = self.section.features(name, sorted_idx, view)[inverse].astype(
-                np.float32
-            )
+        arrays = self.section.teacher_arrays(self.teacher_keys, sorted_idx, view)
+        teacher = {name: values[inverse] for name, values in arrays.items()}
         labels = self.section.labels(sorted_idx)[inverse]
         return Batch(x=x, labels=labels, teacher=teacher, indices=indices)
 
@@ -150,8 +139,7 @@ class OnlineBatches(_Batches):
         self.source = source
         self.spec = cache.input_spec
         self.augmentation = cache.section("train").augmentation
-        targets = cache.manifest["targets"]
-        self.from_probs = targets["teacher_output_kind"] == "probs"
+        self.from_probs = cache.manifest.targets.teacher_output_kind == "probs"
         self.teacher = teacher or _onnx_teacher(cache)
 
     def __len__(self) -> int:
@@ -178,12 +166,12 @@ def _onnx_teacher(cache: CacheReader):
     from onnxkd.teacher.model import load_teacher
     from onnxkd.teacher.runner import TeacherRunner
 
-    info = cache.manifest["teacher"]
-    path = Path(info["path"])
+    info = cache.manifest.teacher
+    path = Path(info.path)
     if not path.exists():
         raise CacheError(f"online KD needs the cache's teacher at {path}, which is gone")
-    teacher = load_teacher(path, info["output_used"])
-    if teacher.sha256 != info["sha256"]:
+    teacher = load_teacher(path, info.output_used)
+    if teacher.sha256 != info.sha256:
         raise CacheError(f"the teacher at {path} changed since it was cached (sha256 differs)")
-    runner = TeacherRunner(teacher, cache.manifest["created_by"]["ep"])
+    runner = TeacherRunner(teacher, cache.manifest.created_by.ep)
     return lambda x: runner.run(x)[teacher.output]

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from onnxkd.distill.config import DistillConfig
-from onnxkd.distill.losses import CompositeLoss, build_loss
+from onnxkd.distill.losses import CompositeLoss, build_loss, loss_arguments
 from onnxkd.errors import OnnxkdError
 
 
@@ -18,24 +18,8 @@ def _pairs(pairs: tuple[str, ...]) -> list[tuple[str, str]]:
 
 def build_objective(cfg: DistillConfig) -> CompositeLoss:
     """The weighted loss terms the config asks for."""
-    if cfg.loss == "ce":
-        main = build_loss("ce", label_smoothing=cfg.label_smoothing)
-    elif cfg.loss == "dkd":
-        # DKD's warm-up ramps its whole distillation part (TCKD and NCKD), as the authors'
-        # code does; its α weighs TCKD and is not KD's α.
-        main = build_loss(
-            "dkd",
-            beta=cfg.dkd_beta,
-            temperature=cfg.temperature,
-            warmup_epochs=cfg.alpha_warmup_epochs,
-        )
-    else:
-        main = build_loss(
-            cfg.loss,
-            alpha=cfg.alpha,
-            temperature=cfg.temperature,
-            warmup_epochs=cfg.alpha_warmup_epochs,
-        )
+    # Each loss says which settings fill which of its arguments; --loss-arg overrides them.
+    main = build_loss(cfg.loss, **loss_arguments(cfg.loss, cfg, cfg.loss_args))
     terms: list[tuple[float, nn.Module]] = [(1.0, main)]
     for student_key, teacher_key in _pairs(cfg.hints):
         terms.append(

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from onnxkd import __version__
+from onnxkd.cache.manifest import SCORES
 from onnxkd.cache.reader import CacheReader
 from onnxkd.distill import checkpoint, distributed, qat
 from onnxkd.distill.config import (
@@ -27,16 +28,15 @@ from onnxkd.distill.data import CachedBatches, OnlineBatches
 from onnxkd.distill.evaluate import evaluate
 from onnxkd.distill.export import check_export, export_student
 from onnxkd.distill.history import plot_curves, write_metrics
+from onnxkd.distill.losses import CompositeLoss
 from onnxkd.distill.objective import DistillModule, build_objective
 from onnxkd.distill.qdq import count_int8_ops
+from onnxkd.distill.run_folder import ExportReport, RunFolder, RunRecord
 from onnxkd.errors import CacheError
-from onnxkd.files import read_json, write_json_atomic
 from onnxkd.interrupt import checkpoints
 from onnxkd.metadata import CACHE_KEY
 from onnxkd.students.for_spec import create_student_for_spec
 from onnxkd.workspace import Workspace
-
-TOPK_KEYS = {"logits", "topk_values", "topk_indices", "residual"}
 
 
 @dataclass
@@ -105,10 +105,7 @@ def _resolve_resume(cfg: DistillConfig, ws: Workspace) -> tuple[DistillConfig, P
     """The saved config of the run to continue (only --epochs may grow)."""
     # The run last started, killed or not (workspaces from before "training": the last finished)
     run_dir = cfg.out or ws.latest("training" if "training" in ws.state() else "run")
-    saved_path = run_dir / "config.json"
-    if not saved_path.exists():
-        raise DistillConfigError(f"{run_dir} has no config.json: nothing to resume there")
-    saved = DistillConfig.from_dict(read_json(saved_path)["config"])
+    saved = RunFolder(run_dir).record().config
     return replace(saved, resume=True, out=run_dir, epochs=cfg.epochs or saved.epochs), run_dir
 
 
@@ -161,32 +158,16 @@ def distill(
         student = qat.build(student, spec, init=None if cfg.resume else cfg.init)
         log(f"QAT from {cfg.init}: BatchNorm folded, U8S8 fake quantization inserted")
     module = DistillModule(student, build_objective(cfg))
-    features = tuple(k for k in module.objective.teacher_keys if k not in TOPK_KEYS)
-    for name in features:
-        if name not in cache.manifest["features"]:
-            raise CacheError(
-                f"the cache has no teacher feature {name!r}; cached features: "
-                f"{list(cache.manifest['features'])} (cache-teacher --features)"
-            )
-    if cfg.online and features:
-        raise DistillConfigError(
-            f"--online runs the teacher for its logits only; feature terms need cached "
-            f"features ({', '.join(features)}): drop --online"
-        )
-    if cfg.loss == "kd_topk" and cache.manifest["targets"]["storage"] != "topk":
-        raise DistillConfigError(
-            f"--loss kd_topk needs a top-k cache; {cache_path} stores every class (use "
-            "--loss kd, or cache-teacher --topk K)"
-        )
+    teacher_keys = _check_teacher_arrays(module.objective, cache, cache_path, cfg.online)
+    # Beyond the class scores: features (and top-k arrays), which may size lazy adapters.
+    beyond_scores = tuple(k for k in teacher_keys if k != SCORES)
     if cfg.online:
         batches = OnlineBatches(cache, train_src, teacher=online_teacher)
     else:
-        batches = CachedBatches(
-            cache.section("train"), train_src, features, topk_parts=cfg.loss == "kd_topk"
-        )
+        batches = CachedBatches(cache.section("train"), train_src, teacher_keys)
     eval_batches = CachedBatches(cache.section("eval"), eval_src)
     module.to(device)
-    if features:  # a first forward builds the lazily shaped adapters of feature losses
+    if beyond_scores:  # a first forward builds the lazily shaped adapters of feature losses
         with torch.no_grad():
             probe = batches.load(np.arange(min(2, len(batches))), 0)
             module(*_to_device(probe, device, channels_last))
@@ -199,21 +180,20 @@ def distill(
         log(f"resuming {run_dir} after epoch {state.epoch} of {cfg.epochs}")
     elif dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(
-            run_dir / "config.json",
-            {
-                "config": cfg.to_dict(),
-                "cache": str(Path(cache_path).resolve()),
-                "cache_key": cache.manifest["key"],
-                "versions": _versions(),
-                "world_size": dist.world,
-                "device": str(device),
-                "student_parameters": sum(p.numel() for p in student.parameters()),
-            },
+        RunFolder(run_dir).write_record(
+            RunRecord(
+                config=cfg,
+                cache=Path(cache_path).resolve(),
+                cache_key=cache.key,
+                versions=_versions(),
+                world_size=dist.world,
+                device=str(device),
+                student_parameters=sum(p.numel() for p in student.parameters()),
+            )
         )
         ws.record(training=run_dir)
     model = dist.wrap(module)
-    teacher_acc = cache.manifest["sections"]["eval"]["teacher_accuracy"][0]
+    teacher_acc = cache.manifest.eval_teacher_accuracy
     title = f"{cfg.student}{' QAT' if cfg.qat else ''} ({cfg.loss}) on {Path(cache_path).name}"
     # Ctrl-C stops at the next step (finished epochs are checkpointed; --resume continues)
     with checkpoints() as check:
@@ -240,8 +220,8 @@ def distill(
                 if best:
                     state.best_accuracy, state.best_epoch = row["val_accuracy"], epoch
                 checkpoint.save(run_dir, module, optimizer, scheduler, state, best=best)
-                write_metrics(run_dir / "metrics.jsonl", state.history)
-                plot_curves(run_dir / "curves.png", state.history, title)
+                write_metrics(RunFolder(run_dir).metrics_path, state.history)
+                plot_curves(RunFolder(run_dir).curves_path, state.history, title)
                 log(
                     f"epoch {epoch + 1}/{cfg.epochs}  loss {train_loss:.4f}  val acc "
                     f"{100 * row['val_accuracy']:.2f}%  agreement {100 * row['val_agreement']:.2f}%"
@@ -327,6 +307,32 @@ def _train_epoch(
     return total / max(count, 1)
 
 
+def _check_teacher_arrays(
+    objective: CompositeLoss, cache: CacheReader, cache_path: Path, online: bool
+) -> tuple[str, ...]:
+    """The teacher arrays the objective's losses read, refused in one message where the cache
+    (or, with --online, the live teacher's logits) cannot give them."""
+    problems = [
+        problem
+        for label, term in zip(objective.term_names, objective.terms, strict=True)
+        if (
+            problem := cache.manifest.missing_arrays(
+                term.teacher_keys, f"loss {label!r}", str(cache_path)
+            )
+        )
+    ]
+    if problems:
+        raise CacheError("; ".join(problems))
+    keys = objective.teacher_keys
+    beyond_logits = [k for k in keys if k != SCORES]
+    if online and beyond_logits:
+        raise DistillConfigError(
+            f"--online runs the teacher for its logits only; the losses also read cached "
+            f"arrays ({', '.join(beyond_logits)}): drop --online"
+        )
+    return keys
+
+
 def _export_best(
     run_dir: Path,
     student: nn.Module,
@@ -335,24 +341,23 @@ def _export_best(
     eval_batches: CachedBatches,
     state: checkpoint.State,
 ) -> dict:
-    checkpoint.load_weights(run_dir / "best.pt", student)
+    run = RunFolder(run_dir)
+    checkpoint.load_weights(run.best_weights, student)
     export = qat.export_qat if cfg.qat else export_student
     path = export(
-        student,
-        cache.input_spec,
-        run_dir / (qat.QAT_ONNX if cfg.qat else "student.onnx"),
-        cfg.student,
-        {CACHE_KEY: cache.manifest["key"]},
+        student, cache.input_spec, run.student_path(cfg.qat), cfg.student, {CACHE_KEY: cache.key}
     )
     batches = ((b.x, b.labels) for b in eval_batches.epoch(0, 256, shuffle=False))
     # For QAT this compares onnxruntime's int8 kernels with torch's fake quantization.
-    report = check_export(student, path, batches)
-    if cfg.qat:
-        report["int8_ops"] = count_int8_ops(path)
-    report.update(
-        best_epoch=state.best_epoch,
-        best_val_accuracy=state.best_accuracy,
-        teacher_accuracy=cache.manifest["sections"]["eval"]["teacher_accuracy"][0],
+    check = check_export(student, path, batches)
+    report = ExportReport.from_dict(
+        {
+            **check,
+            "best_epoch": state.best_epoch,
+            "best_val_accuracy": state.best_accuracy,
+            "teacher_accuracy": cache.manifest.eval_teacher_accuracy,
+            "int8_ops": count_int8_ops(path) if cfg.qat else None,
+        }
     )
-    write_json_atomic(run_dir / "export.json", report)
-    return report
+    run.write_export_report(report)
+    return report.to_dict()

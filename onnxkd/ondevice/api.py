@@ -175,7 +175,7 @@ def train_on_device(
     cache = Path(cfg.cache or Workspace(cfg.workdir).latest("cache"))
     reader = CacheReader(cache)
     check_cache_fits(manifest, reader)
-    check_resumable(cfg, run_settings(manifest, reader.manifest["key"], cfg))
+    check_resumable(cfg, run_settings(manifest, reader.key, cfg))
     python = find_python(env)
     resolved = replace(
         cfg,

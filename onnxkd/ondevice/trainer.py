@@ -89,7 +89,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     check_cache_fits(manifest, cache)
     train_batches = CachedBatches(cache.section("train"), cache.open_data("train", cfg.data))
     eval_batches = CachedBatches(cache.section("eval"), cache.open_data("eval", cfg.data))
-    settings = run_settings(manifest, cache.manifest["key"], cfg)
+    settings = run_settings(manifest, cache.key, cfg)
     lr, run = settings["lr"], cfg.run_dir
     checkpoint = _prepare_run(cfg, settings)
     resumed = checkpoint.exists()
@@ -160,7 +160,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         "epochs": history["epochs"],
         "export": export,
         "settings": settings,
-        "teacher_accuracy": cache.manifest["sections"]["eval"]["teacher_accuracy"][0],
+        "teacher_accuracy": cache.manifest.eval_teacher_accuracy,
     }
     # One image in the eval split, so that noise of a single sample is not called a loss.
     report["worse_than_before"] = after["val_accuracy"] < before["val_accuracy"] - 1 / max(
@@ -213,7 +213,7 @@ def _export(module, manifest: dict, cache: CacheReader, cfg: TrainConfig, run: P
     model = onnx.load(str(tmp))
     metadata = {
         **manifest["student"]["metadata"],
-        CACHE_KEY: cache.manifest["key"],  # the data it was last trained on
+        CACHE_KEY: cache.key,  # the data it was last trained on
         ONDEVICE: json.dumps(
             {"artifacts": str(Path(cfg.artifacts).resolve()), "epochs": cfg.epochs}
         ),

@@ -21,6 +21,7 @@ import onnx
 
 from onnxkd import __version__
 from onnxkd.cache.for_model import ModelData, resolve_model_data
+from onnxkd.distill.run_folder import RunFolder
 from onnxkd.errors import QuantizeError
 from onnxkd.files import sha256_file, write_json_atomic
 from onnxkd.metadata import QUANTIZED, read_metadata, write_metadata
@@ -48,7 +49,8 @@ def quantize(cfg: QuantizeConfig, log: Callable[[str], None] = print) -> Quantiz
     metadata = read_metadata(src)
     if metadata.get(QUANTIZED):
         raise QuantizeError(f"{src} is already quantized ({metadata[QUANTIZED]})")
-    data = resolve_model_data(src, metadata, cfg.workdir, cfg.cache, cfg.data)
+    hints = RunFolder.cache_hints(src)
+    data = resolve_model_data(src, metadata, cfg.workdir, cfg.cache, cfg.data, hints)
     out = Path(cfg.out) if cfg.out else src.with_name(f"{src.stem}.int8.onnx")
     sha = sha256_file(src)
     work = ws.root / "quantize" / f"{src.stem}-{sha[:12]}"

@@ -6,7 +6,9 @@ paths (captured with forward hooks) to tensors, `teacher` maps ONNX output or fe
 `teacher_keys`, so the trainer knows which hooks to register and which cached arrays to load;
 a missing key is a `MissingOutputError` that lists the keys given.
 
-Registered names: ce, kd, kd_topk, dkd (class scores), fitnets, at, rkd (features).
+Registered names: ce, kd, kd_topk, dkd (class scores), fitnets, at, rkd (features). Every
+module of this package is imported here, so adding a loss is one new file with a `@register`ed
+class (plus its golden-value case in tests/test_losses.py, which a test insists on).
 
 Example:
     >>> import torch
@@ -17,6 +19,9 @@ Example:
     torch.Size([])
 """
 
+import importlib
+import pkgutil
+
 from onnxkd.distill.losses.base import (
     LOSSES,
     CompositeLoss,
@@ -25,9 +30,13 @@ from onnxkd.distill.losses.base import (
     LossInputError,
     MissingOutputError,
     build_loss,
+    loss_arguments,
 )
 from onnxkd.distill.losses.features import AT, RKD, FitNets
 from onnxkd.distill.losses.logits import DKD, KD, CrossEntropy, KDTopK
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
     "AT",
@@ -44,4 +53,5 @@ __all__ = [
     "LossInputError",
     "MissingOutputError",
     "build_loss",
+    "loss_arguments",
 ]

@@ -32,11 +32,17 @@ class DistillLoss(nn.Module):
     """Base of every registered loss.
 
     Subclasses set `student_keys` and `teacher_keys` (what `forward` reads, so that the trainer
-    knows which hooks to register and which cached teacher outputs to load) and call
-    `_remember(...)` with their constructor arguments, which are then read-only in `hparams`.
+    knows which hooks to register and which cached teacher arrays to load: `logits`, the raw
+    top-k arrays, or feature names) and call `_remember(...)` with their constructor
+    arguments, which are then read-only in `hparams`.
+
+    `config_fields` maps constructor arguments to the distill settings that fill them when the
+    loss is `--loss` (e.g. KD's `alpha` <- `--alpha`); `--loss-arg` then overrides any argument
+    by name. A loss declares this itself, so the objective builder never branches on a name.
     """
 
     name: ClassVar[str] = ""
+    config_fields: ClassVar[Mapping[str, str]] = MappingProxyType({})
     student_keys: tuple[str, ...] = ()
     teacher_keys: tuple[str, ...] = ()
 
@@ -84,6 +90,14 @@ def register(name: str) -> Callable[[type[DistillLoss]], type[DistillLoss]]:
         return LOSSES.register(name)(cls)
 
     return add
+
+
+def loss_arguments(name: str, settings: Any, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The constructor arguments of loss `name`: its `config_fields` read from `settings` (a
+    `DistillConfig`), then `overrides` (`--loss-arg`), checked later by `build_loss`."""
+    cls = LOSSES.get(name)
+    shared = {arg: getattr(settings, field) for arg, field in cls.config_fields.items()}
+    return {**shared, **overrides}
 
 
 def build_loss(name: str, **kwargs: Any) -> DistillLoss:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from types import MappingProxyType
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,8 @@ class CrossEntropy(DistillLoss):
         >>> round(float(loss({"logits": torch.zeros(2, 4)}, {}, torch.tensor([0, 3]))), 4)
         1.3863
     """
+
+    config_fields = MappingProxyType({"label_smoothing": "label_smoothing"})
 
     def __init__(self, student_key: str = "logits", label_smoothing: float = 0.0) -> None:
         super().__init__()
@@ -81,6 +84,10 @@ class KD(_RampedAlpha, DistillLoss):
         >>> float(loss({"logits": z}, {"logits": z}, torch.tensor([0, 1, 2])))
         0.0
     """
+
+    config_fields = MappingProxyType(
+        {"alpha": "alpha", "temperature": "temperature", "warmup_epochs": "alpha_warmup_epochs"}
+    )
 
     def __init__(
         self,
@@ -150,6 +157,10 @@ class KDTopK(_RampedAlpha, DistillLoss):
         indices_key: teacher (B, k) int64 class indices of those values.
         residual_key: teacher (B,) probability mass outside the top k at T = 1.
     """
+
+    config_fields = MappingProxyType(
+        {"alpha": "alpha", "temperature": "temperature", "warmup_epochs": "alpha_warmup_epochs"}
+    )
 
     def __init__(
         self,
@@ -232,6 +243,12 @@ class DKD(DistillLoss):
         student_key: student output holding (B, C) logits.
         teacher_key: teacher output holding (B, C) logits or log-probabilities.
     """
+
+    # Its α weighs TCKD and is not KD's α, so --alpha does not reach it; the warm-up ramps the
+    # whole distillation part (TCKD and NCKD), as the authors' code does.
+    config_fields = MappingProxyType(
+        {"beta": "dkd_beta", "temperature": "temperature", "warmup_epochs": "alpha_warmup_epochs"}
+    )
 
     def __init__(
         self,
