@@ -19,7 +19,7 @@ from typing import Generic, TypeVar
 
 from onnxkd.errors import OnnxkdError
 
-T = TypeVar("T", bound=Callable)
+T = TypeVar("T")  # a factory function, a class or a descriptor (data-source kinds)
 
 
 class UnknownNameError(OnnxkdError):

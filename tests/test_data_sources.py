@@ -428,3 +428,27 @@ def test_nonexistent_path_and_unknown_kinds_list_accepted(tmp_path: Path) -> Non
     assert "none of the known kinds" in message and "notes.txt" in message
     message = error_of(DataRef(str(tmp_path / "notes.txt")))
     assert "notes.txt" in message and "accepted" in message
+
+
+def test_a_registered_source_kind_is_opened_and_listed(tmp_path: Path) -> None:
+    """Adding a kind of data is one `register_source` call (one file in onnxkd/data/loaders)."""
+    from onnxkd.data.loaders.registry import SOURCES, SourceKind, accepted, register_source
+    from onnxkd.data.source import ArraySource
+
+    assert {"digits", "idx", "cifar", "npz", "image_folder"} <= set(SOURCES.names())
+    marker = tmp_path / "data.tiny"
+    marker.write_text("x")
+    x, y = np.zeros((4, 2, 2, 1), np.uint8), np.arange(4) % 2
+    kind = SourceKind(
+        name="tiny_test_kind",
+        accepts="a .tiny file (test only)",
+        order=5,
+        find=lambda data: Path(data) if str(data).endswith(".tiny") else None,
+        open=lambda ref, path: ArraySource(ref, x, y, ("a", "b"), {"method": "native"}),
+    )
+    register_source(kind)
+    try:
+        source = open_source(DataRef(str(marker)))
+        assert len(source) == 4 and "a .tiny file (test only)" in accepted()
+    finally:
+        del SOURCES._items["tiny_test_kind"]

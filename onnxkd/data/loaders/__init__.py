@@ -1,5 +1,8 @@
 """Open what `--data` names as a `Source`: bundled digits, IDX, CIFAR-10, `.npz`, image folders.
 
+Each kind is one module of this package that registers a `SourceKind` (see `registry`); every
+module is imported here, so adding a kind of data is one new file.
+
 Example:
     >>> from onnxkd.data.loaders import open_source
     >>> from onnxkd.data.source import DataRef
@@ -10,20 +13,20 @@ Example:
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from pathlib import Path
 
-from onnxkd.data.loaders.cifar import is_cifar_folder, open_cifar_folder
-from onnxkd.data.loaders.common import ACCEPTED
-from onnxkd.data.loaders.digits import open_digits
-from onnxkd.data.loaders.idx import is_idx_folder, open_idx_folder
-from onnxkd.data.loaders.image_folder import is_image_folder, open_image_folder
-from onnxkd.data.loaders.npz import open_npz
+from onnxkd.data.loaders.registry import SOURCES, accepted, source_kinds
 from onnxkd.data.source import DataRef, Source
 from onnxkd.errors import DataError
 
-__all__ = ["ACCEPTED", "open_source"]
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
-CIFAR_SUBFOLDER = "cifar-10-batches-py"  # what the official archive unpacks to
+__all__ = ["ACCEPTED", "SOURCES", "open_source"]
+
+ACCEPTED = accepted()
 
 
 def open_source(ref: DataRef) -> Source:
@@ -42,32 +45,20 @@ def open_source(ref: DataRef) -> Source:
     Raises:
         DataError: the path does not exist, is none of the accepted kinds, or is malformed.
     """
-    if ref.data == "digits":
-        return open_digits(ref)
+    for kind in source_kinds():
+        found = kind.find(ref.data)
+        if found is not None:
+            return kind.open(ref, found)
     path = Path(ref.data).expanduser()
     if not path.exists():
         raise DataError(f"{ref.data}: no such file or directory; {ACCEPTED}")
     if path.is_file():
-        return _open_file(ref, path)
-    if is_idx_folder(path):
-        return open_idx_folder(ref, path)
-    if is_cifar_folder(path):
-        return open_cifar_folder(ref, path)
-    if is_cifar_folder(path / CIFAR_SUBFOLDER):
-        return open_cifar_folder(ref, path / CIFAR_SUBFOLDER)
-    if is_image_folder(path):
-        return open_image_folder(ref, path)
+        if any(kind.holds_file(path.parent) for kind in source_kinds()):
+            raise DataError(
+                f"{path}: is one file of a data set; pass the folder that holds it ({path.parent})"
+            )
+        raise DataError(f"{path}: not a data file onnxkd reads; {ACCEPTED}")
     raise DataError(f"{path}: a folder of none of the known kinds ({_describe(path)}); {ACCEPTED}")
-
-
-def _open_file(ref: DataRef, path: Path) -> Source:
-    if path.suffix.lower() == ".npz":
-        return open_npz(ref, path)
-    if is_idx_folder(path.parent) or is_cifar_folder(path.parent):
-        raise DataError(
-            f"{path}: is one file of a data set; pass the folder that holds it ({path.parent})"
-        )
-    raise DataError(f"{path}: not a data file onnxkd reads; {ACCEPTED}")
 
 
 def _describe(folder: Path, limit: int = 8) -> str:

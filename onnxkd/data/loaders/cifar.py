@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from onnxkd.data.loaders.common import check_labels, pick_split
+from onnxkd.data.loaders.registry import SourceKind, existing, register_source
 from onnxkd.data.source import ArraySource, DataRef
 from onnxkd.errors import DataError
 
@@ -24,6 +25,7 @@ ROW_SIZE = CHANNELS * SIDE * SIDE
 TRAIN_BATCH = re.compile(r"data_batch_(\d+)")
 TEST_BATCH = "test_batch"
 META = "batches.meta"
+SUBFOLDER = "cifar-10-batches-py"  # what the official archive unpacks to
 
 # What numpy arrays and Python 3 bytes need to be rebuilt from a pickle, across numpy 1 and 2
 # and pickle protocols 2 to 5; nothing else in a CIFAR batch refers to a global.
@@ -135,3 +137,23 @@ def _unpickle(path: Path) -> object:
             f"{path}: not a readable CIFAR-10 python pickle ({type(e).__name__}: {e}); "
             "fetch cifar-10-python.tar.gz again and unpack it"
         ) from e
+
+
+def _find(data: str) -> Path | None:
+    """The batch folder: the one named, or the official archive's subfolder inside it."""
+    path = existing(data)
+    if path is None or not path.is_dir():
+        return None
+    return next((p for p in (path, path / SUBFOLDER) if is_cifar_folder(p)), None)
+
+
+register_source(
+    SourceKind(
+        name="cifar",
+        accepts="a CIFAR-10 python folder (data_batch_*, test_batch, batches.meta)",
+        order=30,
+        find=_find,
+        open=open_cifar_folder,
+        holds_file=is_cifar_folder,
+    )
+)

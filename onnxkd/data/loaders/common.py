@@ -9,15 +9,6 @@ import numpy as np
 from onnxkd.data.source import ArraySource, DataRef, holdout_split
 from onnxkd.errors import DataError
 
-ACCEPTED = (
-    "accepted: 'digits' (scikit-learn's bundled 8x8 digits); "
-    "an MNIST IDX folder (*-images-idx3-ubyte[.gz] with *-labels-idx1-ubyte[.gz]); "
-    "a CIFAR-10 python folder (data_batch_*, test_batch, batches.meta); "
-    "a .npz file (x_train/y_train/x_test/y_test, x/y, X/y, images/labels, data/labels, "
-    "features/labels); "
-    "an image folder (root/<class>/*.png|jpg or root/train|test/<class>/*.png|jpg)"
-)
-
 DIGIT_NAMES = tuple(str(i) for i in range(10))
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from onnxkd.data.loaders.common import DIGIT_NAMES
+from onnxkd.data.loaders.registry import SourceKind, register_source
 from onnxkd.data.source import ArraySource, DataRef, holdout_split
 
 
@@ -22,3 +25,14 @@ def open_digits(ref: DataRef) -> ArraySource:
     source = holdout_split(ref, x, y, DIGIT_NAMES)
     source.pixel_max = 16  # the default input scale is then 1/16, not 1/255
     return source
+
+
+register_source(
+    SourceKind(
+        name="digits",
+        accepts="'digits' (scikit-learn's bundled 8x8 digits)",
+        order=0,
+        find=lambda data: Path(data) if data == "digits" else None,
+        open=lambda ref, path: open_digits(ref),
+    )
+)

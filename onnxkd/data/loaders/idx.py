@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from onnxkd.data.loaders.common import DIGIT_NAMES, check_labels, pick_split
+from onnxkd.data.loaders.registry import SourceKind, existing, register_source
 from onnxkd.data.source import ArraySource, DataRef
 from onnxkd.errors import DataError
 
@@ -155,3 +156,20 @@ def _idx_names(folder: Path, pattern: str) -> list[Path]:
     return sorted(
         p for p in folder.glob(pattern) if p.is_file() and p.name.endswith(("ubyte", "ubyte.gz"))
     )
+
+
+def _find(data: str) -> Path | None:
+    path = existing(data)
+    return path if path is not None and path.is_dir() and is_idx_folder(path) else None
+
+
+register_source(
+    SourceKind(
+        name="idx",
+        accepts="an MNIST IDX folder (*-images-idx3-ubyte[.gz] with *-labels-idx1-ubyte[.gz])",
+        order=20,
+        find=_find,
+        open=open_idx_folder,
+        holds_file=is_idx_folder,
+    )
+)

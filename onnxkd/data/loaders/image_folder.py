@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from onnxkd.data.loaders.common import holdout_indices
+from onnxkd.data.loaders.registry import SourceKind, existing, register_source
 from onnxkd.data.source import DataRef
 from onnxkd.errors import DataError
 
@@ -211,3 +212,19 @@ def _has_images(folder: Path) -> bool:
 
 def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def _find(data: str) -> Path | None:
+    path = existing(data)
+    return path if path is not None and path.is_dir() and is_image_folder(path) else None
+
+
+register_source(
+    SourceKind(
+        name="image_folder",
+        accepts="an image folder (root/<class>/*.png|jpg or root/train|test/<class>/*.png|jpg)",
+        order=40,
+        find=_find,
+        open=open_image_folder,
+    )
+)

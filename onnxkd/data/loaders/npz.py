@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from onnxkd.data.loaders.common import check_labels, pick_split
+from onnxkd.data.loaders.registry import SourceKind, existing, register_source
 from onnxkd.data.source import SPLITS, ArraySource, DataRef, holdout_split
 from onnxkd.errors import DataError
 
@@ -145,3 +146,22 @@ def _label_names(archive: np.lib.npyio.NpzFile, path: Path) -> tuple[str, ...] |
         return None
     names = _read_array(archive, path, NAMES_KEY).reshape(-1)
     return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names.tolist())
+
+
+def _find(data: str) -> Path | None:
+    path = existing(data)
+    return path if path is not None and path.is_file() and path.suffix.lower() == ".npz" else None
+
+
+register_source(
+    SourceKind(
+        name="npz",
+        accepts=(
+            "a .npz file (x_train/y_train/x_test/y_test, x/y, X/y, images/labels, data/labels, "
+            "features/labels)"
+        ),
+        order=10,
+        find=_find,
+        open=open_npz,
+    )
+)
