@@ -24,7 +24,7 @@ from onnxkd.cache.build import CacheConfig, cache_teacher
 from onnxkd.cache.reader import CacheReader
 from onnxkd.data.loaders import open_source
 from onnxkd.data.source import DataRef
-from onnxkd.data.spec import InputSpec
+from onnxkd.data.spec import InputSpec, SpecOptions
 from onnxkd.distill.config import DistillConfig
 from onnxkd.distill.trainer import distill
 from onnxkd.errors import SpecError
@@ -32,7 +32,6 @@ from onnxkd.metadata import INPUT_SPEC
 from onnxkd.quantize.config import QuantizeConfig
 from onnxkd.quantize.ptq import quantize
 from onnxkd.students.for_spec import TeacherLayout, create_student_for_spec
-from onnxkd.teacher.input_spec import SpecOptions
 
 KERAS = MODELS / "digits_keras_cnn.onnx"
 SKLEARN = MODELS / "digits_sklearn_mlp.onnx"

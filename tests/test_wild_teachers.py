@@ -14,8 +14,8 @@ from onnxkd.cache.build import CacheConfig, cache_teacher
 from onnxkd.cache.reader import CacheReader
 from onnxkd.data.loaders import open_source
 from onnxkd.data.source import DataRef
+from onnxkd.data.spec import SpecOptions
 from onnxkd.errors import TeacherError
-from onnxkd.teacher.input_spec import SpecOptions
 
 SCALE = SpecOptions(scale=1 / 16)
 

@@ -28,10 +28,10 @@ from onnxkd.cache.writer import PartJob, TargetLayout, write_part
 from onnxkd.data.augment import Augmentation
 from onnxkd.data.loaders import open_source
 from onnxkd.data.source import DataRef, Source
+from onnxkd.data.spec import SpecOptions, resolve_input_spec
 from onnxkd.errors import CacheError, DataError, TeacherError
 from onnxkd.files import read_json, write_json_atomic
 from onnxkd.interrupt import checkpoints
-from onnxkd.teacher.input_spec import SpecOptions, resolve_input_spec
 from onnxkd.teacher.model import load_teacher, numeric_kind, output_kind
 from onnxkd.teacher.runner import TeacherRunner
 from onnxkd.workspace import DEFAULT_WORKDIR, Workspace
