@@ -158,17 +158,12 @@ def _idx_names(folder: Path, pattern: str) -> list[Path]:
     )
 
 
-def _find(data: str) -> Path | None:
-    path = existing(data)
-    return path if path is not None and path.is_dir() and is_idx_folder(path) else None
-
-
 register_source(
     SourceKind(
         name="idx",
         accepts="an MNIST IDX folder (*-images-idx3-ubyte[.gz] with *-labels-idx1-ubyte[.gz])",
         order=20,
-        find=_find,
+        find=lambda data: existing(data, lambda p: p.is_dir() and is_idx_folder(p)),
         open=open_idx_folder,
         holds_file=is_idx_folder,
     )

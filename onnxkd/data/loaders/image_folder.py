@@ -214,17 +214,12 @@ def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
-def _find(data: str) -> Path | None:
-    path = existing(data)
-    return path if path is not None and path.is_dir() and is_image_folder(path) else None
-
-
 register_source(
     SourceKind(
         name="image_folder",
         accepts="an image folder (root/<class>/*.png|jpg or root/train|test/<class>/*.png|jpg)",
         order=40,
-        find=_find,
+        find=lambda data: existing(data, lambda p: p.is_dir() and is_image_folder(p)),
         open=open_image_folder,
     )
 )

@@ -148,11 +148,6 @@ def _label_names(archive: np.lib.npyio.NpzFile, path: Path) -> tuple[str, ...] |
     return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names.tolist())
 
 
-def _find(data: str) -> Path | None:
-    path = existing(data)
-    return path if path is not None and path.is_file() and path.suffix.lower() == ".npz" else None
-
-
 register_source(
     SourceKind(
         name="npz",
@@ -161,7 +156,7 @@ register_source(
             "features/labels)"
         ),
         order=10,
-        find=_find,
+        find=lambda data: existing(data, lambda p: p.is_file() and p.suffix.lower() == ".npz"),
         open=open_npz,
     )
 )

@@ -58,7 +58,7 @@ def accepted() -> str:
     return "accepted: " + "; ".join(kind.accepts for kind in source_kinds())
 
 
-def existing(data: str) -> Path | None:
-    """`data` as a path when it exists (kinds' `find` helpers start here)."""
+def existing(data: str, is_kind: Callable[[Path], bool] = Path.exists) -> Path | None:
+    """`data` as a path when it exists and `is_kind` says it is of the kind (a `find`)."""
     path = Path(data).expanduser()
-    return path if path.exists() else None
+    return path if path.exists() and is_kind(path) else None
