@@ -8,13 +8,16 @@ Example:
 
 Every student is a `Student`: `forward(x)` gives logits, `feature_modules` names the modules
 whose outputs feature distillation hooks, `num_features` is the embedding size and
-`input_ndim` says whether it takes images (4) or flat vectors (2).
+`input_ndim` says whether it takes images (4) or flat vectors (2). A variant is one function
+with `@STUDENTS.register()` in its family's module; a new family is one new module here.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 from onnxkd.errors import SpecError
-from onnxkd.students import mobilenetv2, resnet_cifar, shufflenetv2, small  # noqa: F401
 from onnxkd.students.common import STUDENTS, Size, Student, shorter_side
 
 __all__ = ["STUDENTS", "Student", "create_student", "student_names"]
@@ -42,3 +45,9 @@ def create_student(
 def student_names() -> list[str]:
     """The registered student names, sorted."""
     return STUDENTS.names()
+
+
+# Every module registers its families at import, so a new family is one new file (imported
+# last: for_spec imports create_student).
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
