@@ -7,8 +7,8 @@ On the CIFAR-10 subset's 4,660 training images with the zoo's ResNet teacher, ba
   (b) `cache_teacher` end to end over the same batches: reading, preprocessing, running,
       writing and syncing the cache (its timed loop; set-up and fingerprinting are reported
       apart),
-  (c) eager PyTorch forward of the same architecture (`CifarResNet` from the training script,
-      eval mode, inference_mode; speed does not depend on the weights' values).
+  (c) eager PyTorch forward of the same architecture (the library's CIFAR ResNet-20 at the
+      teacher's widths, eval mode, inference_mode; speed does not depend on the weights' values).
 The three run in interleaved rounds (a b c a b c …) so machine noise hits each alike; ratios
 use the medians. Goals: (b)/(a) >= 0.95, (b)/(c) >= 1.5.
 
@@ -21,47 +21,51 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from onnxkd.bench.host import host_info
+from onnxkd.bench.timing import interleaved_rounds
+from onnxkd.cache.build import CacheConfig, cache_teacher
+from onnxkd.cache.reader import CacheReader
+from onnxkd.data.loaders import open_source
+from onnxkd.data.source import DataRef
+from onnxkd.data.spec import InputSpec
+from onnxkd.teacher.model import load_teacher
+from onnxkd.teacher.runner import make_session
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "models"))
-
-from onnxkd.cache.build import CacheConfig, cache_teacher  # noqa: E402
-from onnxkd.cache.reader import CacheReader  # noqa: E402
-from onnxkd.data.loaders import open_source  # noqa: E402
-from onnxkd.data.source import DataRef  # noqa: E402
-from onnxkd.teacher.model import load_teacher  # noqa: E402
-from onnxkd.teacher.runner import make_session  # noqa: E402
-
 TEACHER = ROOT / "models" / "cifar10_resnet.onnx"
 DATA = ROOT.parent / "shared" / "data" / "cifar10" / "cifar10-subset.npz"
 RESULTS = ROOT / "benchmarks" / "results" / "cache_throughput.json"
 BATCH = 256
 
 
-def time_raw_ort(session, batches: list[np.ndarray]) -> float:
-    start = time.perf_counter()
+def run_raw_ort(session, batches: list[np.ndarray]) -> None:
     for x in batches:
         session.run(None, {"input": x})
-    return time.perf_counter() - start
 
 
-def time_eager(model, batches: list) -> float:
+def run_eager(model, batches: list) -> None:
     import torch
 
-    start = time.perf_counter()
     with torch.inference_mode():
         for x in batches:
             model(x)
-    return time.perf_counter() - start
+
+
+def eager_twin():
+    """An eager PyTorch network with the zoo teacher's architecture: ResNet-20 at widths
+    32/64/128, which the library's student family builds op for op (the same graph when
+    exported, the same 1.08 M parameters; models/cifar10_resnet.md)."""
+    from onnxkd.students.resnet_cifar import CifarResNet
+
+    return CifarResNet(20, (32, 32, 64, 128), num_classes=10).eval()
 
 
 def time_cache(out: Path, threads: int) -> tuple[float, float]:
@@ -80,7 +84,7 @@ def time_cache(out: Path, threads: int) -> tuple[float, float]:
     result = cache_teacher(cfg, log=lambda s: None)
     whole = time.perf_counter() - start
     assert not result.resumed and result.complete
-    loop = sum(p["seconds"] for p in result.manifest["sections"]["train"]["parts"])
+    loop = sum(p.seconds for p in result.manifest.section("train").parts)
     return loop, whole
 
 
@@ -103,9 +107,9 @@ def cache_bytes_per_sample(teacher: Path, data: Path, work: Path, threads: int) 
         )
         cache_teacher(cfg, log=lambda s: None)
         reader = CacheReader(out)
-        files = reader.manifest["sections"]["train"]["parts"][0]["files"]
-        target_files = [f for f in files if f.startswith(("targets", "topk_", "residual"))]
-        total = sum((out / "train" / "part-0-of-1" / f).stat().st_size for f in target_files)
+        (part,) = reader.manifest.section("train").parts
+        target_files = [f for f in part.files if f.startswith(("targets", "topk_", "residual"))]
+        total = sum((out / part.dir / f).stat().st_size for f in target_files)
         sizes[label] = round(total / reader.section("train").n, 1)
     return sizes
 
@@ -116,7 +120,6 @@ def thousand_class_teacher(work: Path) -> tuple[Path, Path]:
     import onnx
     import torch
 
-    from onnxkd.data.spec import InputSpec
     from onnxkd.metadata import INPUT_SPEC
 
     torch.manual_seed(0)
@@ -149,52 +152,45 @@ def thousand_class_teacher(work: Path) -> tuple[Path, Path]:
     return path, unnamed
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
-    import onnxruntime as ort
     import torch
-    from train_cifar10_resnet import CifarResNet
 
     torch.set_num_threads(args.threads)
     source = open_source(DataRef(str(DATA)))
     teacher = load_teacher(TEACHER)
-    from onnxkd.data.spec import InputSpec
-
     spec = InputSpec.from_json(teacher.metadata_spec)
     raw, _ = source.read(np.arange(len(source)))
     batches = [spec.apply(raw[i : i + BATCH]) for i in range(0, len(raw), BATCH)]
     session = make_session(teacher.model, "cpu", args.threads)
-    eager = CifarResNet().eval()
+    eager = eager_twin()
     torch_batches = [torch.from_numpy(x) for x in batches]
     n = len(raw)
 
-    times: dict[str, list[float]] = {"raw_ort": [], "cache_teacher": [], "eager_torch": []}
     whole_calls = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        time_raw_ort(session, batches[:2])  # warm-up: first runs allocate
-        time_eager(eager, torch_batches[:2])
-        for r in range(args.rounds):
-            times["raw_ort"].append(time_raw_ort(session, batches))
+
+        def cache_round() -> float:
             loop, whole = time_cache(work / "cache", args.threads)
-            times["cache_teacher"].append(loop)
             whole_calls.append(whole)
-            times["eager_torch"].append(time_eager(eager, torch_batches))
-            print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()))
+            return loop
+
+        run_raw_ort(session, batches[:2])  # warm-up: first runs allocate
+        run_eager(eager, torch_batches[:2])
+        times = interleaved_rounds(
+            {
+                "raw_ort": lambda: run_raw_ort(session, batches),
+                "cache_teacher": cache_round,
+                "eager_torch": lambda: run_eager(eager, torch_batches),
+            },
+            args.rounds,
+            log=print,
+        )
         head, unnamed = thousand_class_teacher(work)
         sizes = {
             "cifar10_resnet (10 classes)": cache_bytes_per_sample(
@@ -206,13 +202,7 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     rate = {k: n / v for k, v in med.items()}
     results = {
-        "machine": {
-            "cpu": cpu_model(),
-            "threads": args.threads,
-            "python": platform.python_version(),
-            "onnxruntime": ort.__version__,
-            "torch": torch.__version__,
-        },
+        "host": host_info(args.threads, packages=("torch",)),
         "teacher": TEACHER.name,
         "samples": n,
         "batch": BATCH,

@@ -36,13 +36,15 @@ import sys
 import time
 from pathlib import Path
 
+from onnxkd.bench.host import host_info
+from onnxkd.cache.build import CacheConfig, cache_teacher
+from onnxkd.cache.reader import CacheReader
+from onnxkd.data.source import DataRef
+from onnxkd.distill.config import DistillConfig
+from onnxkd.distill.run_folder import RunFolder
+from onnxkd.distill.trainer import distill
+
 ROOT = Path(__file__).resolve().parents[1]
-
-from onnxkd.cache.build import CacheConfig, cache_teacher  # noqa: E402
-from onnxkd.data.source import DataRef  # noqa: E402
-from onnxkd.distill.config import DistillConfig  # noqa: E402
-from onnxkd.distill.trainer import distill  # noqa: E402
-
 SHARED = ROOT.parent / "shared" / "data"
 SUITES = {
     "cifar": {
@@ -123,7 +125,7 @@ def main() -> None:
         for method in methods:
             run = args.work / args.suite / f"{method}-s{seed}"
             if args.collect:
-                if (run / "export.json").exists():
+                if RunFolder(run).finished:
                     runs[method][seed] = finished_run(run)
                 continue
             runs[method][seed] = train_run(args, suite, caches, method, seed, run)
@@ -131,6 +133,7 @@ def main() -> None:
     if not any(runs.values()):
         sys.exit(f"no finished runs of {methods} x seeds {seeds} under {args.work / args.suite}")
     results = {
+        "host": host_info(args.threads, packages=("torch",)),
         "suite": args.suite,
         "student": suite["student"],
         "teacher": suite["teacher"].name,
@@ -194,7 +197,7 @@ def train_run(args, suite: dict, caches: dict, method: str, seed: int, run: Path
         threads=args.threads,
         workdir=args.work / "ws",
         out=run,
-        resume=(run / "checkpoints" / "last.pt").exists(),
+        resume=RunFolder(run).last_checkpoint.exists(),
         bf16=not args.fp32,
         channels_last=not args.fp32,
         **extra,
@@ -205,9 +208,9 @@ def train_run(args, suite: dict, caches: dict, method: str, seed: int, run: Path
 
 def finished_run(run: Path) -> tuple:
     """A finished run's exported accuracy and training minutes, from its folder."""
-    export = json.loads((run / "export.json").read_text())
-    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return export["onnxruntime_accuracy"], training_minutes(history)
+    folder = RunFolder(run)
+    history = [json.loads(line) for line in folder.metrics_path.read_text().splitlines()]
+    return folder.export_report().onnxruntime_accuracy, training_minutes(history)
 
 
 def training_minutes(history: list[dict]) -> float:
@@ -243,11 +246,10 @@ def goals(table: dict) -> dict:
 def teacher_accuracy(caches: dict, folder: Path) -> float:
     """From a cache's manifest, or (--collect builds none) from a finished run's export."""
     if caches:
-        manifest = json.loads((next(iter(caches.values())) / "manifest.json").read_text())
-        accuracy = manifest["sections"]["eval"]["teacher_accuracy"][0]
+        accuracy = CacheReader(next(iter(caches.values()))).manifest.eval_teacher_accuracy
     else:
-        export = next(folder.glob("*-s*/export.json"))
-        accuracy = json.loads(export.read_text())["teacher_accuracy"]
+        run = next(r for r in sorted(folder.glob("*-s*")) if RunFolder(r).finished)
+        accuracy = RunFolder(run).export_report().teacher_accuracy
     return round(100 * accuracy, 2)
 
 

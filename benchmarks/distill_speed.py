@@ -6,8 +6,9 @@ On the CIFAR-10 subset (4,660 training images) with the zoo's ResNet teacher:
   (a) plain cross-entropy (no teacher),
   (b) KD from the cache (the teacher was run once, by cache-teacher),
   (c) online KD, the teacher run through onnxruntime on every batch,
-  (d) online KD, the teacher run in eager PyTorch on every batch (`CifarResNet` from the
-      training script in eval mode: the same architecture; speed does not depend on weights).
+  (d) online KD, the teacher run in eager PyTorch on every batch (the library's CIFAR ResNet-20
+      at the teacher's widths, in eval mode: the same architecture; speed does not depend on
+      weights).
 Each round trains one epoch of each mode (a b c d a b c d …); the figure is the median epoch
 time over rounds. Goals: (b)/(a) <= 1.10; (c)/(b) and (d)/(b) are what the teacher costs.
 Results go to benchmarks/results/distill_speed.json.
@@ -16,31 +17,35 @@ Results go to benchmarks/results/distill_speed.json.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
+from onnxkd.bench.host import host_info
+from onnxkd.bench.timing import interleaved_rounds
+from onnxkd.cache.build import CacheConfig, cache_teacher
+from onnxkd.data.source import DataRef
+from onnxkd.distill.config import DistillConfig
+from onnxkd.distill.trainer import distill
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "models"))
-
-from onnxkd.cache.build import CacheConfig, cache_teacher  # noqa: E402
-from onnxkd.data.source import DataRef  # noqa: E402
-from onnxkd.distill.config import DistillConfig  # noqa: E402
-from onnxkd.distill.trainer import distill  # noqa: E402
-
 TEACHER = ROOT / "models" / "cifar10_resnet.onnx"
 DATA = ROOT.parent / "shared" / "data" / "cifar10" / "cifar10-subset.npz"
 RESULTS = ROOT / "benchmarks" / "results" / "distill_speed.json"
 
 
 def eager_teacher(threads: int):
+    """The teacher's architecture in eager PyTorch as an online teacher: ResNet-20 at widths
+    32/64/128, which the library's student family builds op for op (the same graph when
+    exported, the same 1.08 M parameters; models/cifar10_resnet.md)."""
     import torch
-    from train_cifar10_resnet import CifarResNet
+
+    from onnxkd.students.resnet_cifar import CifarResNet
 
     torch.set_num_threads(threads)
-    model = CifarResNet().eval()
+    model = CifarResNet(20, (32, 32, 64, 128), num_classes=10).eval()
 
     def run(x):
         with torch.inference_mode():
@@ -63,7 +68,6 @@ def main() -> None:
         "c_kd_online_ort": {"loss": "kd", "online": True},
         "d_kd_online_eager": {"loss": "kd", "online": True},
     }
-    times: dict[str, list[float]] = {m: [] for m in modes}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         cache = work / "cache"
@@ -80,8 +84,11 @@ def main() -> None:
             log=lambda s: None,
         )
         eager = eager_teacher(args.threads)
-        for r in range(args.rounds):
-            for mode, extra in modes.items():
+
+        def one_epoch(mode: str, extra: dict):
+            runs = itertools.count()
+
+            def task() -> float:
                 cfg = DistillConfig(
                     student=args.student,
                     cache=cache,
@@ -89,17 +96,22 @@ def main() -> None:
                     batch_size=args.batch_size,
                     threads=args.threads,
                     workdir=work / "ws",
-                    out=work / f"{mode}-{r}",
+                    out=work / f"{mode}-{next(runs)}",
                     export=False,
                     **extra,
                 )
                 teacher = eager if mode == "d_kd_online_eager" else None
                 result = distill(cfg, log=lambda s: None, online_teacher=teacher)
-                times[mode].append(result.history[-1]["epoch_seconds"])
-            print(f"round {r + 1}: " + ", ".join(f"{m} {t[-1]:.1f}s" for m, t in times.items()))
+                return result.history[-1]["epoch_seconds"]
+
+            return task
+
+        tasks = {mode: one_epoch(mode, extra) for mode, extra in modes.items()}
+        times = interleaved_rounds(tasks, args.rounds, log=print)
 
     med = {m: statistics.median(t) for m, t in times.items()}
     results = {
+        "host": host_info(args.threads, packages=("torch",)),
         "student": args.student,
         "teacher": TEACHER.name,
         "train_images": 4660,

@@ -16,22 +16,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
+from onnxkd.bench.host import host_info
+from onnxkd.bench.timing import interleaved_p50
+from onnxkd.cache.for_model import resolve_model_data
+from onnxkd.metadata import read_metadata
+from onnxkd.quantize import evaluate
+from onnxkd.quantize.config import QuantizeConfig
+from onnxkd.quantize.ptq import quantize
 
 ROOT = Path(__file__).resolve().parents[1]
-
-from onnxkd.bench.timing import time_session  # noqa: E402
-from onnxkd.cache.for_model import resolve_model_data  # noqa: E402
-from onnxkd.metadata import read_metadata  # noqa: E402
-from onnxkd.quantize import evaluate  # noqa: E402
-from onnxkd.quantize.config import QuantizeConfig  # noqa: E402
-from onnxkd.quantize.ptq import quantize  # noqa: E402
 
 PTQ_VARIANTS = {
     "ptq_minmax": {"calibration": "minmax"},
@@ -80,8 +77,12 @@ def main() -> None:
     latency = {}
     for t in threads:
         timed = {name: evaluate.session(path, t) for name, path in models.items()}
+        # every model is the same student, with the same input
+        feed = timed["fp32"].get_inputs()[0].name
         for b in (1, 32):
-            latency[f"batch{b}_t{t}"] = interleaved_latency(timed, x[:b], args.rounds)
+            latency[f"batch{b}_t{t}"] = interleaved_p50(
+                timed, {feed: x[:b]}, rounds=args.rounds, runs=40 if b == 1 else 10
+            )
 
     rows = {}
     labels = preds["labels"]
@@ -102,7 +103,7 @@ def main() -> None:
         "student_run": str(args.run),
         "test_samples": int(len(labels)),
         "threads": threads,
-        "cpu": _cpu(),
+        "host": host_info(args.threads, packages=("torch",)),
         "rows": rows,
         "seconds": round(time.perf_counter() - started, 1),
         "command": " ".join(sys.argv),
@@ -123,19 +124,10 @@ def main() -> None:
     print(f"written to {out.relative_to(ROOT)} ({results['seconds'] / 60:.1f} min)")
 
 
-def interleaved_latency(sessions: dict, x: np.ndarray, rounds: int) -> dict[str, float]:
-    """Median ms per run of each session over `rounds` interleaved rounds (A B C … A B C …)."""
-    times: dict[str, list] = {name: [] for name in sessions}
-    for _ in range(rounds):
-        for name, s in sessions.items():
-            feeds = {s.get_inputs()[0].name: x}
-            times[name].append(time_session(s, feeds, runs=40 if len(x) == 1 else 10, warmup=3))
-    return {name: float(np.median(np.concatenate(t)) * 1e3) for name, t in times.items()}
-
-
 def qat(args) -> tuple[Path, dict]:
     """QAT with KD from the float run, with the same cached teacher targets."""
     from onnxkd.distill.config import DistillConfig
+    from onnxkd.distill.run_folder import RunFolder
     from onnxkd.distill.trainer import distill
 
     out = args.work / "qat"
@@ -146,20 +138,10 @@ def qat(args) -> tuple[Path, dict]:
         workdir=args.work / "ws",
         out=out,
         threads=args.threads,
-        resume=(out / "checkpoints" / "last.pt").exists(),
+        resume=RunFolder(out).last_checkpoint.exists(),
     )
     result = distill(cfg, log=print)
     return out / "student.int8.onnx", result.export or {}
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

@@ -10,16 +10,13 @@ cache manifest. The card's "Measured by onnxkd" section is replaced, so rerunnin
 from __future__ import annotations
 
 import re
-import sys
 import tempfile
 from pathlib import Path
 
+from onnxkd.cache.build import CacheConfig, cache_teacher
+from onnxkd.data.source import DataRef
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(1, str(HERE.parent))  # onnxkd, when not installed
-
-from onnxkd.cache.build import CacheConfig, cache_teacher  # noqa: E402
-from onnxkd.data.source import DataRef  # noqa: E402
-
 SHARED = HERE.parents[0].parent / "shared" / "data"
 ZOO = {
     "digits_cnn.onnx": ("digits", "digits"),
@@ -36,8 +33,7 @@ def measure(model: Path, data: str) -> tuple[float, int]:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = CacheConfig(model, DataRef(data), out=Path(tmp) / "cache", workdir=Path(tmp) / "ws")
         manifest = cache_teacher(cfg, log=lambda s: None).manifest
-    section = manifest["sections"]["eval"]
-    return section["teacher_accuracy"][0], section["n"]
+    return manifest.eval_teacher_accuracy, manifest.section("eval").n
 
 
 def main() -> None:

@@ -5,15 +5,14 @@ Run from the repository root:
     .venv/bin/python models/train_digits_teacher.py
 
 Writes models/digits_cnn.onnx (raw logits, input spec in metadata_props) and models/digits_cnn.md,
-and updates the zoo table in models/README.md. The data and split are onnxkd's own definition of
+and updates the zoo table in models/README.md (`--out DIR/x.onnx --no-readme` writes the file and
+its card elsewhere and leaves models/ alone). The data and split are onnxkd's own definition of
 `digits` (uint8 pixels 0..16, seeded 20% holdout), so `--data digits` sees the same test set.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,24 +21,21 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from torch import nn
-
-sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # onnxkd, when not installed
-
-from zoo_common import (  # noqa: E402
+from zoo_common import add_output_args, finish, ir_version, spec_json, write_card
+from zoo_torch import (
+    adamw_one_cycle,
+    add_training_args,
     check_exported,
     count_params,
     export_teacher,
-    ir_version,
-    random_crop_flip,
     seed_everything,
-    spec_json,
-    update_zoo_readme,
+    steps_per_epoch,
+    train_classifier,
     versions,
-    write_card,
 )
 
-from onnxkd.data.source import DataRef, holdout_split  # noqa: E402
-from onnxkd.data.spec import InputSpec  # noqa: E402
+from onnxkd.data.source import DataRef, holdout_split
+from onnxkd.data.spec import InputSpec
 
 HERE = Path(__file__).resolve().parent
 NAMES = tuple(str(i) for i in range(10))
@@ -74,13 +70,8 @@ class DigitsCNN(nn.Module):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--weight-decay", type=float, default=0.05)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=HERE / "digits_cnn.onnx")
+    add_training_args(parser, epochs=40, batch_size=64, lr=3e-3, weight_decay=0.05, threads=1)
+    add_output_args(parser, HERE / "digits_cnn.onnx")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -96,46 +87,22 @@ def main() -> None:
     model = DigitsCNN(len(NAMES))
     n_params = count_params(model)
     print(f"DigitsCNN: {n_params:,} parameters")
-    steps_per_epoch = -(-len(train) // args.batch_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+    steps = steps_per_epoch(len(train), args.batch_size)
+    optimizer, scheduler = adamw_one_cycle(model, args.lr, args.weight_decay, args.epochs, steps)
+    epoch_seconds = train_classifier(
+        model,
+        train.x,
+        train.y,
+        SPEC,
         optimizer,
-        max_lr=args.lr,
+        scheduler,
+        rng,
         epochs=args.epochs,
-        steps_per_epoch=steps_per_epoch,
-        pct_start=0.15,
+        batch_size=args.batch_size,
+        pad=1,
+        test=(test.x, test.y),
     )
-    x_test = torch.from_numpy(SPEC.apply(test.x))
-    y_test = torch.from_numpy(test.y)
-
-    start = time.perf_counter()
-    for epoch in range(1, args.epochs + 1):
-        model.train()
-        order = rng.permutation(len(train))
-        total_loss, correct = 0.0, 0
-        for i in range(0, len(order), args.batch_size):
-            idx = order[i : i + args.batch_size]
-            raw = random_crop_flip(train.x[idx], pad=1, flip=False, rng=rng)
-            inputs = torch.from_numpy(SPEC.apply(raw))
-            targets = torch.from_numpy(train.y[idx])
-            logits = model(inputs)
-            loss = F.cross_entropy(logits, targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total_loss += loss.item() * len(idx)
-            correct += int((logits.argmax(1) == targets).sum())
-        model.eval()
-        with torch.no_grad():
-            test_acc = (model(x_test).argmax(1) == y_test).float().mean().item()
-        print(
-            f"epoch {epoch:3d}/{args.epochs}  loss {total_loss / len(train):.4f}  "
-            f"train acc {correct / len(train):.4f}  test acc (torch) {test_acc:.4f}  "
-            f"{time.perf_counter() - start:.1f}s",
-            flush=True,
-        )
-    wall = time.perf_counter() - start
+    wall = sum(epoch_seconds)
 
     doc = (
         "onnxkd model zoo: DigitsCNN teacher for scikit-learn's 8x8 digits (10 classes), "
@@ -242,8 +209,8 @@ slightly.
             ),
         ],
     )
-    update_zoo_readme(
-        args.out.name,
+    finish(
+        args,
         [
             f"[`{args.out.name}`](digits_cnn.md)",
             f"PyTorch {torch.__version__.split('+')[0]}",
@@ -254,7 +221,6 @@ slightly.
             f"{size / 1024:.0f} KiB",
         ],
     )
-    print(f"wrote {args.out}, {card}")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -41,19 +40,17 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 from jax import lax  # noqa: E402
-
-sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # onnxkd, when not installed
-
 from zoo_common import (  # noqa: E402
+    add_output_args,
     check_with_onnxkd,
+    finish,
     ort_scores_accuracy,
-    sha256_file,
-    update_zoo_readme,
     write_card,
 )
 
 from onnxkd.data.loaders import open_source  # noqa: E402
 from onnxkd.data.source import DataRef  # noqa: E402
+from onnxkd.files import sha256_file  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CACHE_OPTIONS = "--data digits --layout NCHW --scale 0.0625 --mean 0.5 --std 0.5"
@@ -126,10 +123,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=HERE / "digits_jax_cnn.onnx")
-    parser.add_argument(
-        "--no-readme", action="store_true", help="leave the zoo table in models/README.md alone"
-    )
+    add_output_args(parser, HERE / "digits_jax_cnn.onnx")
     args = parser.parse_args()
 
     x_train, y_train = nchw_split("train")
@@ -318,11 +312,8 @@ sha256, may differ slightly.
             ),
         ],
     )
-    if args.no_readme:
-        print(f"wrote {args.out}, {args.out.with_suffix('.md')}")
-        return
-    update_zoo_readme(
-        args.out.name,
+    finish(
+        args,
         [
             f"[`{args.out.name}`](digits_jax_cnn.md)",
             f"JAX {jax.__version__} → jax2onnx {dist_version('jax2onnx')}",
@@ -333,7 +324,6 @@ sha256, may differ slightly.
             f"{size / 1024:.0f} KiB",
         ],
     )
-    print(f"wrote {args.out}, {args.out.with_suffix('.md')}")
 
 
 def dist_version(name: str) -> str:

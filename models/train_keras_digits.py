@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -33,19 +32,17 @@ import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf2onnx  # noqa: E402
-
-sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # onnxkd, when not installed
-
 from zoo_common import (  # noqa: E402
+    add_output_args,
     check_with_onnxkd,
+    finish,
     ort_scores_accuracy,
-    sha256_file,
-    update_zoo_readme,
     write_card,
 )
 
 from onnxkd.data.loaders import open_source  # noqa: E402
 from onnxkd.data.source import DataRef  # noqa: E402
+from onnxkd.files import sha256_file  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 INPUT = "input"
@@ -93,10 +90,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=HERE / "digits_keras_cnn.onnx")
-    parser.add_argument(
-        "--no-readme", action="store_true", help="leave the zoo table in models/README.md alone"
-    )
+    add_output_args(parser, HERE / "digits_keras_cnn.onnx")
     args = parser.parse_args()
 
     # Seeded, deterministic kernels, one thread: the same weights (and file) on every run.
@@ -272,11 +266,8 @@ weights, and hence the sha256, may differ slightly.
             ),
         ],
     )
-    if args.no_readme:
-        print(f"wrote {args.out}, {args.out.with_suffix('.md')}")
-        return
-    update_zoo_readme(
-        args.out.name,
+    finish(
+        args,
         [
             f"[`{args.out.name}`](digits_keras_cnn.md)",
             f"Keras {keras.__version__} → tf2onnx {tf2onnx.__version__}",
@@ -287,7 +278,6 @@ weights, and hence the sha256, may differ slightly.
             f"{size / 1024:.0f} KiB",
         ],
     )
-    print(f"wrote {args.out}, {args.out.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

@@ -5,40 +5,36 @@ Run from the repository root (under 2 minutes on one CPU thread):
     .venv/bin/python models/train_mnist_teacher.py
 
 Writes models/mnist_cnn.onnx (raw logits, input spec in metadata_props) and models/mnist_cnn.md,
-and updates the zoo table in models/README.md. The data is loaded exactly as onnxkd loads it
+and updates the zoo table in models/README.md (`--out DIR/x.onnx --no-readme` writes the file and
+its card elsewhere and leaves models/ alone). The data is loaded exactly as onnxkd loads it
 (`open_source(DataRef(folder, split=...))`), so `--data ../shared/data/mnist` sees the same split.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-import time
 from pathlib import Path
 
 import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # onnxkd, when not installed
-
-from zoo_common import (  # noqa: E402
+from zoo_common import add_output_args, finish, ir_version, spec_json, write_card
+from zoo_torch import (
+    adamw_one_cycle,
+    add_training_args,
     check_exported,
     count_params,
     export_teacher,
-    ir_version,
-    random_crop_flip,
     seed_everything,
-    spec_json,
-    update_zoo_readme,
+    steps_per_epoch,
+    train_classifier,
     versions,
-    write_card,
 )
 
-from onnxkd.data.loaders import open_source  # noqa: E402
-from onnxkd.data.source import DataRef  # noqa: E402
-from onnxkd.data.spec import InputSpec  # noqa: E402
+from onnxkd.data.loaders import open_source
+from onnxkd.data.source import DataRef
+from onnxkd.data.spec import InputSpec
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parents[0].parent / "shared" / "data" / "mnist"
@@ -79,13 +75,8 @@ class MnistCNN(nn.Module):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="MNIST idx folder")
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--weight-decay", type=float, default=0.05)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=HERE / "mnist_cnn.onnx")
+    add_training_args(parser, epochs=20, batch_size=64, lr=3e-3, weight_decay=0.05, threads=1)
+    add_output_args(parser, HERE / "mnist_cnn.onnx")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -98,36 +89,24 @@ def main() -> None:
     model = MnistCNN(len(SPEC.label_names)).to(memory_format=cl)
     n_params = count_params(model)
     print(f"MnistCNN: {n_params:,} parameters")
-    # the last partial batch is dropped: 3,009 % 64 == 1, and a one-image batch at the end of
-    # an epoch skews the BatchNorm running statistics
-    steps = len(train) // args.batch_size
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=args.lr, epochs=args.epochs, steps_per_epoch=steps, pct_start=0.15
+    # the last partial batch is dropped: 3,009 % 64 == 1
+    steps = steps_per_epoch(len(train), args.batch_size, drop_last=True)
+    optimizer, scheduler = adamw_one_cycle(model, args.lr, args.weight_decay, args.epochs, steps)
+    epoch_seconds = train_classifier(
+        model,
+        train.x,
+        train.y,
+        SPEC,
+        optimizer,
+        scheduler,
+        rng,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        pad=2,
+        drop_last=True,
+        memory_format=cl,
     )
-    start = time.perf_counter()
-    for epoch in range(1, args.epochs + 1):
-        model.train()
-        order = rng.permutation(len(train))[: steps * args.batch_size]
-        total_loss, correct = 0.0, 0
-        for idx in order.reshape(steps, args.batch_size):
-            raw = random_crop_flip(train.x[idx], pad=2, flip=False, rng=rng)
-            inputs = torch.from_numpy(SPEC.apply(raw)).contiguous(memory_format=cl)
-            targets = torch.from_numpy(train.y[idx])
-            logits = model(inputs)
-            loss = F.cross_entropy(logits, targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total_loss += loss.item() * len(idx)
-            correct += int((logits.argmax(1) == targets).sum())
-        print(
-            f"epoch {epoch:3d}/{args.epochs}  loss {total_loss / len(order):.4f}  "
-            f"train acc {correct / len(order):.4f}  {time.perf_counter() - start:.1f}s",
-            flush=True,
-        )
-    wall = time.perf_counter() - start
+    wall = sum(epoch_seconds)
 
     doc = (
         "onnxkd model zoo: MnistCNN teacher for MNIST (10 classes), trained on a 3,009-image "
@@ -234,8 +213,8 @@ slightly.
             ),
         ],
     )
-    update_zoo_readme(
-        args.out.name,
+    finish(
+        args,
         [
             f"[`{args.out.name}`](mnist_cnn.md)",
             f"PyTorch {torch.__version__.split('+')[0]}",
@@ -246,7 +225,6 @@ slightly.
             f"{size / 1024:.0f} KiB",
         ],
     )
-    print(f"wrote {args.out}, {card}")
 
 
 if __name__ == "__main__":

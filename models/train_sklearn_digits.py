@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -32,18 +31,11 @@ from skl2onnx.common.data_types import FloatTensorType
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from zoo_common import add_output_args, check_with_onnxkd, finish, write_card
 
-sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # onnxkd, when not installed
-
-from zoo_common import (  # noqa: E402
-    check_with_onnxkd,
-    sha256_file,
-    update_zoo_readme,
-    write_card,
-)
-
-from onnxkd.data.loaders import open_source  # noqa: E402
-from onnxkd.data.source import DataRef  # noqa: E402
+from onnxkd.data.loaders import open_source
+from onnxkd.data.source import DataRef
+from onnxkd.files import sha256_file
 
 HERE = Path(__file__).resolve().parent
 INPUT = "float_input"  # the name skl2onnx's documentation uses
@@ -77,10 +69,7 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=1e-2)
     parser.add_argument("--max-iter", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=HERE / "digits_sklearn_mlp.onnx")
-    parser.add_argument(
-        "--no-readme", action="store_true", help="leave the zoo table in models/README.md alone"
-    )
+    add_output_args(parser, HERE / "digits_sklearn_mlp.onnx")
     args = parser.parse_args()
 
     x_train, y_train = flat_split("train")
@@ -250,11 +239,8 @@ weights, and hence the sha256, may differ slightly.
             ),
         ],
     )
-    if args.no_readme:
-        print(f"wrote {args.out}, {args.out.with_suffix('.md')}")
-        return
-    update_zoo_readme(
-        args.out.name,
+    finish(
+        args,
         [
             f"[`{args.out.name}`](digits_sklearn_mlp.md)",
             f"scikit-learn {sklearn.__version__} → skl2onnx {skl2onnx.__version__}",
@@ -265,7 +251,6 @@ weights, and hence the sha256, may differ slightly.
             f"{size / 1024:.0f} KiB",
         ],
     )
-    print(f"wrote {args.out}, {args.out.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

@@ -1,108 +1,46 @@
-"""What the zoo's PyTorch training scripts share: seeding, augmentation on raw batches, export
-with the input spec in `metadata_props`, accuracy under onnxruntime, and the model card.
+"""What every zoo script shares, whatever framework trained its model: the command line's output
+options, accuracy under onnxruntime, the model card, the zoo table in models/README.md, and the
+check that onnxkd caches the file as its card says.
 
-Augmentation works on raw samples (uint8, HWC) before `InputSpec.apply`, so padding is raw zero
-and the pixels a model is trained on go through exactly the preprocessing it is exported with.
+It imports no training framework, so that the Keras and JAX scripts do not load PyTorch; what
+the PyTorch scripts share besides is in `zoo_torch.py`.
 """
 
 from __future__ import annotations
 
-import hashlib
+import argparse
 import json
-import platform
-import random
 import re
 import shlex
 import subprocess
 import sys
 import tempfile
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-import torch
 
 from onnxkd.data.spec import InputSpec
 from onnxkd.metadata import INPUT_SPEC
 
-MAX_BYTES = 5 * 1024 * 1024
 ZOO_README = Path(__file__).resolve().parent / "README.md"
 
 
-def seed_everything(seed: int) -> np.random.Generator:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    return np.random.default_rng(seed)
+def add_output_args(parser: argparse.ArgumentParser, default: Path) -> None:
+    """`--out` (the `.onnx` to write; its card goes beside it) and `--no-readme`."""
+    parser.add_argument("--out", type=Path, default=default)
+    parser.add_argument(
+        "--no-readme", action="store_true", help="leave the zoo table in models/README.md alone"
+    )
 
 
-def random_crop_flip(raw: np.ndarray, pad: int, flip: bool, rng: np.random.Generator) -> np.ndarray:
-    """Random shift by up to `pad` pixels (zero padding) and optional horizontal flip.
-
-    Vectorized over the batch: one gather with per-sample row and column indices.
-    """
-    n, h, w, _ = raw.shape
-    padded = np.pad(raw, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    oy = rng.integers(0, 2 * pad + 1, n)
-    ox = rng.integers(0, 2 * pad + 1, n)
-    rows = oy[:, None] + np.arange(h)
-    cols = np.arange(w)[None, :].repeat(n, 0)
-    if flip:
-        mirrored = rng.random(n) < 0.5
-        cols[mirrored] = cols[mirrored, ::-1]
-    cols = ox[:, None] + cols
-    return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
-
-
-def count_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def export_teacher(
-    model: torch.nn.Module, spec: InputSpec, path: Path, doc_string: str
-) -> onnx.ModelProto:
-    """Export raw logits with a dynamic batch, the spec in metadata_props, one self-contained file.
-
-    The legacy (TorchScript) exporter is used on purpose: it folds BatchNorm into the convs at
-    opset 13 and gives a plain graph every onnxruntime build runs. torch 2.13 still ships it and
-    only warns that it is deprecated.
-    """
-    model = model.float().eval().to(memory_format=torch.contiguous_format)
-    dummy = torch.zeros((1, *spec.input_shape), dtype=torch.float32)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        torch.onnx.export(
-            model,
-            dummy,
-            str(path),
-            dynamo=False,
-            opset_version=13,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-        )
-    proto = onnx.load(str(path))
-    for init in proto.graph.initializer:
-        if init.data_type != onnx.TensorProto.FLOAT and init.data_type != onnx.TensorProto.INT64:
-            raise RuntimeError(f"initializer {init.name} has data type {init.data_type}")
-        if init.data_location == onnx.TensorProto.EXTERNAL:
-            raise RuntimeError(f"initializer {init.name} is stored as external data")
-    del proto.metadata_props[:]
-    meta = proto.metadata_props.add()
-    meta.key = INPUT_SPEC
-    meta.value = spec.to_json()
-    proto.producer_name = "pytorch"
-    proto.producer_version = torch.__version__.split("+")[0]
-    proto.doc_string = doc_string
-    onnx.checker.check_model(proto, full_check=True)
-    onnx.save(proto, str(path), save_as_external_data=False)
-    size = path.stat().st_size
-    if size >= MAX_BYTES:
-        raise RuntimeError(f"{path.name} is {size} bytes, over the zoo's 5 MB limit")
-    return proto
+def finish(args: argparse.Namespace, row: Sequence[str]) -> None:
+    """Update the zoo table's row for the file (unless `--no-readme`) and say what was written."""
+    if not args.no_readme:
+        update_zoo_readme(args.out.name, row)
+    print(f"wrote {args.out}, {args.out.with_suffix('.md')}")
 
 
 def ort_accuracy(path: Path, raw: np.ndarray, labels: np.ndarray, batch: int = 256) -> float:
@@ -122,49 +60,8 @@ def ort_accuracy(path: Path, raw: np.ndarray, labels: np.ndarray, batch: int = 2
     return correct / len(raw)
 
 
-def max_logit_diff(
-    model: torch.nn.Module, path: Path, raw: np.ndarray, spec: InputSpec, batch: int = 256
-) -> float:
-    """Largest |torch - onnxruntime| logit difference over `raw`: the export check."""
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    model.eval()
-    worst = 0.0
-    with torch.no_grad():
-        for start in range(0, len(raw), batch):
-            x = spec.apply(raw[start : start + batch])
-            (ort_logits,) = session.run(["logits"], {"input": x})
-            torch_logits = model(torch.from_numpy(x)).numpy()
-            worst = max(worst, float(np.abs(ort_logits - torch_logits).max()))
-    return worst
-
-
-def check_exported(
-    model: torch.nn.Module, path: Path, raw: np.ndarray, labels: np.ndarray, spec: InputSpec
-) -> tuple[float, float, int, str]:
-    """Accuracy under onnxruntime, the torch-vs-onnxruntime logit gap, size and sha256 of an
-    exported teacher, printed as every zoo script reports them."""
-    acc = ort_accuracy(path, raw, labels)
-    diff = max_logit_diff(model, path, raw, spec)
-    size, digest = path.stat().st_size, sha256_file(path)
-    print(f"test accuracy (onnxruntime, {path.name}): {acc:.4f} on {len(raw)} images")
-    print(f"max |torch - onnxruntime| logit difference on the test split: {diff:.2e}")
-    print(f"{path.name}: {size:,} bytes, sha256 {digest}")
-    return acc, diff, size, digest
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def ir_version(path: Path) -> int:
     return onnx.load(str(path), load_external_data=False).ir_version
-
-
-def versions() -> str:
-    return (
-        f"torch {torch.__version__}, onnx {onnx.__version__}, onnxruntime {ort.__version__}, "
-        f"numpy {np.__version__}, Python {platform.python_version()}"
-    )
 
 
 def spec_json(spec: InputSpec) -> str:

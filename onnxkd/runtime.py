@@ -52,6 +52,7 @@ def ort_session(
     options: onnxruntime.SessionOptions | None = None,
     error: type[OnnxkdError] = OnnxkdError,
     failure: str | None = None,
+    purpose: str = "run",
 ) -> onnxruntime.InferenceSession:
     """An onnxruntime session on exactly the provider asked for.
 
@@ -63,6 +64,8 @@ def ort_session(
         error: the error type a load failure raises (the caller's stage error).
         failure: the start of that error's message, before onnxruntime's first line;
             defaults to "onnxruntime cannot load <file name>".
+        purpose: what the caller does with the session ("run", "timed"), for the message
+            when onnxruntime dropped the provider.
 
     Example:
         >>> session = ort_session("models/digits_cnn.onnx", "cpu", threads=1)  # doctest: +SKIP
@@ -87,6 +90,6 @@ def ort_session(
     if provider.ort_name not in session.get_providers():
         raise ProviderError(
             f"onnxruntime fell back to {session.get_providers()} instead of {provider.ort_name} "
-            f"(its libraries failed to load?); nothing was run on {provider.name}"
+            f"(its libraries failed to load?); nothing was {purpose} on {provider.name}"
         )
     return session

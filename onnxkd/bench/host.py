@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 
 # The flags that decide which kernels onnxruntime and PyTorch pick (INT8 dot products, bf16).
@@ -28,13 +30,23 @@ ISA_FLAGS = (
 )
 
 
-def host_info(threads: int | None) -> dict:
+def host_info(threads: int | None, packages: Sequence[str] = ()) -> dict:
+    """The machine and versions a measurement ran with, for a results file.
+
+    `packages` adds the installed version of each named distribution (for example "torch"),
+    read from its metadata so that the package itself is not imported.
+
+    Example:
+        >>> info = host_info(2, packages=("numpy",))
+        >>> sorted(k for k in info if k in ("cpu", "intra_op_threads", "numpy"))
+        ['cpu', 'intra_op_threads', 'numpy']
+    """
     import onnxruntime as ort
 
     from onnxkd import __version__
 
     cpu, flags = _cpuinfo()
-    return {
+    info = {
         "cpu": cpu or platform.processor() or platform.machine(),
         "machine": platform.machine(),
         "logical_cores": os.cpu_count(),
@@ -46,6 +58,12 @@ def host_info(threads: int | None) -> dict:
         "onnxruntime_providers": ort.get_available_providers(),
         "onnxkd": __version__,
     }
+    for name in packages:
+        try:
+            info[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            info[name] = "not installed"
+    return info
 
 
 def _cpuinfo() -> tuple[str | None, set[str]]:

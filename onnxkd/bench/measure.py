@@ -31,6 +31,7 @@ def create_session(path: Path, ep: ExecutionProvider, threads: int | None):
         threads,
         error=ProviderError,
         failure=f"onnxruntime could not create a {ep.name} session",
+        purpose="timed",
     )
     return session, time.perf_counter() - started
 
@@ -39,7 +40,7 @@ def node_placement(path: Path, ep: ExecutionProvider, feeds: dict, threads: int 
     """How many nodes of the optimized graph each provider ran, from one profiled run."""
     with tempfile.TemporaryDirectory(prefix="onnxkd-prof-") as tmp:
         options = session_options(threads, profile_prefix=os.path.join(tmp, "profile"))
-        session = ort_session(path, ep, options=options, error=ProviderError)
+        session = ort_session(path, ep, options=options, error=ProviderError, purpose="timed")
         session.run(None, feeds)
         events = json.loads(Path(session.end_profiling()).read_text())
     placed: dict[str, str] = {}

@@ -1,12 +1,15 @@
 """One way of timing an onnxruntime session, used by every stage that reports a latency.
 
 Fixed inputs, warm-up runs excluded, `time.perf_counter` around `session.run` with outputs
-fetched to host memory, then percentiles over the timed runs.
+fetched to host memory, then percentiles over the timed runs. Comparisons (this session against
+that one, cached against online distillation) run in interleaved rounds, so that a noisy
+neighbour on a shared machine slows every contender alike.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -42,6 +45,32 @@ def summarize(times: np.ndarray, batch: int) -> dict:
         "cv": float(ms.std() / mean) if mean > 0 else 0.0,
         "throughput": float(batch / times.mean()) if times.mean() > 0 else 0.0,
     }
+
+
+def interleaved_rounds(
+    tasks: dict[str, Callable[[], float | None]],
+    rounds: int,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, list[float]]:
+    """Seconds of each task in each of `rounds` rounds, run interleaved (A B C A B C …).
+
+    A task returns the seconds it measured itself (a timed loop inside a longer call, a training
+    epoch) or None to be timed whole. `log` gets one line per round.
+
+    Example:
+        >>> times = interleaved_rounds({"a": lambda: 0.5, "b": lambda: None}, rounds=2)
+        >>> times["a"], len(times["b"])
+        ([0.5, 0.5], 2)
+    """
+    times: dict[str, list[float]] = {name: [] for name in tasks}
+    for r in range(rounds):
+        for name, task in tasks.items():
+            start = time.perf_counter()
+            seconds = task()
+            times[name].append(time.perf_counter() - start if seconds is None else float(seconds))
+        if log is not None:
+            log(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()))
+    return times
 
 
 def interleaved_p50(sessions: dict, feeds: dict, rounds: int = 3, runs: int = 30) -> dict:
