@@ -133,3 +133,16 @@ def test_run_command_prints_the_report(cli, tmp_path):
     assert "| teacher | 99.16% |" in result.stdout and "report:" in result.stdout
     bad = cli("run", tmp_path / "missing.toml")
     assert bad.returncode == 1 and "no recipe at" in bad.stderr
+
+
+def test_loss_args_table_reaches_the_distill_config(tmp_path):
+    from onnxkd.distill.config import DistillConfig
+    from onnxkd.settings import from_settings
+
+    text = SMALL.replace("threads = 1\n", "threads = 1\n[distill.loss_args]\nbeta = 2.0\n", 1)
+    recipe = load_recipe(write_recipe(tmp_path, text))
+    assert recipe.distill["loss_args"] == {"beta": 2.0}
+    assert from_settings(DistillConfig, recipe.distill).loss_args == {"beta": 2.0}
+    path = write_recipe(tmp_path, SMALL.replace("epochs = 2", "epochs = 2\nloss_args = 2"))
+    with pytest.raises(RecipeError, match=r"loss_args must be a table: \[distill.loss_args\]"):
+        load_recipe(path)

@@ -5,18 +5,21 @@
     [data]      data = "digits"                 # + split, holdout, split_seed, x_key, y_key
     [cache]     views = 10, augment = "crop"    # cache-teacher options (+ layout, size, …)
     [distill]   student = "resnet8", epochs = 10
+    [distill.loss_args]  beta = 2.0            # the loss's own arguments, by name
     [qat]       epochs = 3                      # optional: QAT with KD after distill
     [quantize]  max_drop = 1.0                  # optional table; present = run PTQ
     [bench]     eps = ["cpu"], batches = [1, 32]
 
 Each table is checked against the fields of its stage's settings dataclass, so an unknown key is
-an error that names the valid ones. Paths in the recipe are relative to the recipe's folder.
+an error that names the valid ones. These are also the names of the commands' options and of a
+`--config` file's keys ([data] and [cache] together are `cache-teacher`'s), so one vocabulary
+serves all three. Paths in the recipe are relative to the recipe's folder.
 """
 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from onnxkd.errors import OnnxkdError
@@ -32,15 +35,13 @@ TOP_LEVEL = (
     "quantize",
     "bench",
 )
-DATA_KEYS = ("data", "split", "holdout", "split_seed", "x_key", "y_key", "image_size")
-SPEC_KEYS = ("layout", "size", "scale", "mean", "std")
 # Settings the pipeline decides itself (where outputs go, which artifact feeds which stage).
 MANAGED = {
-    "cache": {"teacher", "data", "out", "workdir", "spec", "shard", "overwrite"},
+    "cache": {"teacher", "out", "workdir", "shard", "overwrite"},
     "distill": {"cache", "data", "workdir", "out", "resume", "export", "qat", "init"},
     "qat": {"cache", "data", "workdir", "out", "resume", "export", "qat", "init", "student"},
     "quantize": {"model", "out", "workdir", "cache", "data"},
-    "bench": {"models", "workdir", "out", "cache", "data"},
+    "bench": {"models", "labels", "workdir", "out", "cache", "data"},
 }
 
 
@@ -80,9 +81,10 @@ class Recipe:
 def load_recipe(path: Path) -> Recipe:
     """Parse and check a recipe file; raise RecipeError saying what is wrong and what is valid."""
     from onnxkd.bench.config import BenchConfig
-    from onnxkd.cache.build import CacheConfig
+    from onnxkd.cache.settings import CACHE_KEYS, DATA_KEYS, SPEC_KEYS
     from onnxkd.distill.config import DistillConfig
     from onnxkd.quantize.config import QuantizeConfig
+    from onnxkd.settings import setting_names
 
     path = Path(path)
     if not path.is_file():
@@ -104,22 +106,21 @@ def load_recipe(path: Path) -> Recipe:
         raise RecipeError("[data] needs `data` (a bundled name such as digits, or a path)")
     if data["data"] != "digits" and not Path(data["data"]).is_absolute():
         data["data"] = str((base / data["data"]).resolve())
-    tables = {
-        "cache": CacheConfig,
-        "distill": DistillConfig,
-        "qat": DistillConfig,
-        "quantize": QuantizeConfig,
-        "bench": BenchConfig,
+    valid = {
+        "cache": sorted({*CACHE_KEYS, *SPEC_KEYS} - MANAGED["cache"]),
+        "distill": setting_names(DistillConfig, exclude=MANAGED["distill"]),
+        "qat": setting_names(DistillConfig, exclude=MANAGED["qat"]),
+        "quantize": setting_names(QuantizeConfig, exclude=MANAGED["quantize"]),
+        "bench": setting_names(BenchConfig, exclude=MANAGED["bench"]),
     }
     parsed = {}
-    for table, cls in tables.items():
+    for table, keys in valid.items():
         if table not in raw:
             parsed[table] = None
             continue
-        valid = {f.name for f in fields(cls)} - MANAGED[table]
-        if table == "cache":
-            valid |= set(SPEC_KEYS)
-        _check_keys(raw[table], sorted(valid), f"[{table}]")
+        _check_keys(raw[table], keys, f"[{table}]")
+        if "loss_args" in raw[table] and not isinstance(raw[table]["loss_args"], dict):
+            raise RecipeError(f"[{table}] loss_args must be a table: [{table}.loss_args]")
         parsed[table] = dict(raw[table])
     teacher = Path(raw["teacher"])
     teacher = teacher if teacher.is_absolute() else (base / teacher).resolve()

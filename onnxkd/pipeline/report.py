@@ -11,6 +11,9 @@ import platform
 import shutil
 from pathlib import Path
 
+from onnxkd.cache.manifest import Manifest
+from onnxkd.cache.reader import CacheReader
+from onnxkd.distill.run_folder import ExportReport, RunFolder, RunRecord
 from onnxkd.files import read_json, write_json_atomic
 
 
@@ -19,11 +22,12 @@ def write_report(state) -> Path:
     out = state.root / "report"
     out.mkdir(parents=True, exist_ok=True)
     bench = read_json(state.bench / "bench.json") if state.bench else None
-    manifest = read_json(state.cache / "manifest.json")
-    export = read_json(state.run / "export.json")
+    manifest = CacheReader(state.cache).manifest
+    run = RunFolder(state.run)
+    export = run.export_report()
     images = []
     for src, name in (
-        (state.run / "curves.png", "curves.png"),
+        (run.curves_path, "curves.png"),
         (state.bench / "pareto.png" if state.bench else None, "pareto.png"),
     ):
         if src is not None and src.exists():
@@ -33,15 +37,21 @@ def write_report(state) -> Path:
         "recipe": state.recipe.to_dict(),
         "recipe_file": str(state.recipe.path),
         "outputs": {s.name: s.output for s in state.stages},
-        "distill_config": read_json(state.run / "config.json"),
+        "distill_config": run.record().to_dict(),
         "versions": versions(),
     }
     write_json_atomic(out / "resolved.json", resolved)
-    text = _markdown(state, manifest, export, bench, images)
+    text = _markdown(state, manifest, run.record(), export, bench, images)
     tmp = out / "report.md.tmp"
     tmp.write_text(text)
     tmp.replace(out / "report.md")
     return out / "report.md"
+
+
+def summarize(state) -> str:
+    """What `onnxkd run` prints: the report and where it is."""
+    report = state.root / "report" / "report.md"
+    return f"{report.read_text()}\nreport: {report}"
 
 
 def versions() -> dict:
@@ -60,24 +70,31 @@ def versions() -> dict:
     }
 
 
-def _markdown(state, manifest: dict, export: dict, bench: dict | None, images: list) -> str:
+def _markdown(
+    state,
+    manifest: Manifest,
+    record: RunRecord,
+    export: ExportReport,
+    bench: dict | None,
+    images: list,
+) -> str:
     recipe = state.recipe
-    teacher = manifest["teacher"]
-    config = read_json(state.run / "config.json")
-    train = manifest["sections"]["train"]
+    teacher = manifest.teacher
+    config = record.config
+    train = manifest.section("train")
     lines = [
-        f"# {recipe.name}: {Path(teacher['path']).name} -> {config['config']['student']}",
+        f"# {recipe.name}: {Path(teacher.path).name} -> {config.student}",
         "",
         recipe.description,
         "",
-        f"- **Teacher**: `{Path(teacher['path']).name}` ({teacher.get('producer') or 'ONNX'}, "
-        f"opset {_opset(teacher.get('opset'))}), cached on {train['n']} training samples x "
-        f"{train['views']} views ({train['augmentation']['policy']} augmentation) of "
-        f"`{train['data_ref']['data']}`.",
-        f"- **Student**: `{config['config']['student']}`, {config['student_parameters']:,} "
-        f"parameters, {config['config']['loss']} loss for {config['config']['epochs']} epochs "
-        f"(best epoch {export['best_epoch'] + 1}); onnxruntime and torch agree to "
-        f"{export['max_abs_diff']:.1e}.",
+        f"- **Teacher**: `{Path(teacher.path).name}` ({teacher.producer or 'ONNX'}, "
+        f"opset {_opset(dict(teacher.opset))}), cached on {train.n} training samples x "
+        f"{train.views} views ({train.augmentation['policy']} augmentation) of "
+        f"`{train.data_ref.data}`.",
+        f"- **Student**: `{config.student}`, {record.student_parameters:,} "
+        f"parameters, {config.loss} loss for {config.epochs} epochs "
+        f"(best epoch {export.best_epoch + 1}); onnxruntime and torch agree to "
+        f"{export.max_abs_diff:.1e}.",
     ]
     if bench:
         lines += _comparison(bench)

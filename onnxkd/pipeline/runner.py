@@ -17,8 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from onnxkd.cache.reader import CacheReader
+from onnxkd.errors import CacheError
 from onnxkd.files import read_json, sha256_file, write_json_atomic
-from onnxkd.pipeline.recipe import SPEC_KEYS, Recipe, load_recipe
+from onnxkd.pipeline.recipe import Recipe, load_recipe
+from onnxkd.settings import from_settings
 from onnxkd.workspace import DEFAULT_WORKDIR
 
 
@@ -81,49 +84,52 @@ def run_pipeline(
 
 
 def _cache(state: PipelineState, log) -> StageRecord:
-    from onnxkd.cache.build import CacheConfig, cache_teacher
-    from onnxkd.data.source import DataRef
-    from onnxkd.teacher.input_spec import SpecOptions
+    from onnxkd.cache.build import cache_teacher
+    from onnxkd.cache.settings import cache_config
+    from onnxkd.cache.summary import summarize
 
-    opts = dict(state.recipe.cache)
-    spec = {k: opts.pop(k) for k in SPEC_KEYS if k in opts}
-    for key in ("size", "mean", "std"):
-        if key in spec:
-            spec[key] = tuple(spec[key]) if isinstance(spec[key], list) else (spec[key],)
-    if "features" in opts:
-        opts["features"] = tuple(opts["features"])
-    data = dict(state.recipe.data)
-    if data.get("image_size"):
-        data["image_size"] = tuple(data["image_size"])
-    cfg = CacheConfig(
-        state.recipe.teacher,
-        DataRef(**data),
-        workdir=state.root,
-        spec=SpecOptions(**spec),
-        **opts,
-    )
+    recipe = state.recipe
+    # The same builder as `cache-teacher`'s: [data] and [cache] hold its options' names.
+    cfg = cache_config(teacher=recipe.teacher, workdir=state.root, **recipe.data, **recipe.cache)
     result = cache_teacher(cfg, log=log)
+    if not result.complete:
+        raise CacheError(
+            f"cache {result.path}: shard {cfg.shard[0]}/{cfg.shard[1]} is written; the pipeline "
+            "goes on once every shard is (rerun it then)"
+        )
     state.cache = result.path
-    return StageRecord("cache", str(result.path), result.seconds == 0.0, 0.0)
+    skipped = result.seconds == 0.0
+    if not skipped:
+        log(summarize(result.path, result.manifest, result.seconds))
+    return StageRecord("cache", str(result.path), skipped, 0.0)
 
 
 def _distill_into(state: PipelineState, out: Path, options: dict, log, **extra):
     from onnxkd.distill.config import DistillConfig
+    from onnxkd.distill.run_folder import RunFolder
+    from onnxkd.distill.summary import summarize
     from onnxkd.distill.trainer import distill
 
-    done = (out / "export.json").exists()
+    run = RunFolder(out)
+    done = run.finished
     if not done:
-        resume = (out / "checkpoints" / "last.pt").exists()
-        cfg = DistillConfig(
-            cache=state.cache, workdir=state.root, out=out, resume=resume, **options, **extra
+        resume = run.last_checkpoint.exists()
+        cfg = from_settings(
+            DistillConfig,
+            options,
+            cache=state.cache,
+            workdir=state.root,
+            out=out,
+            resume=resume,
+            **extra,
         )
-        distill(cfg, log=log)
+        log(summarize(distill(cfg, log=log)))
     return done
 
 
 def _distill(state: PipelineState, log) -> StageRecord:
-    manifest = read_json(state.cache / "manifest.json")
-    out = state.root / "runs" / f"distill-{key_of(manifest['key'], state.recipe.distill)}"
+    cache_key = CacheReader(state.cache).key
+    out = state.root / "runs" / f"distill-{key_of(cache_key, state.recipe.distill)}"
     skipped = _distill_into(state, out, state.recipe.distill, log)
     state.run = out
     return StageRecord("distill", str(out / "student.onnx"), skipped, 0.0)
@@ -141,6 +147,7 @@ def _qat(state: PipelineState, log) -> StageRecord | None:
 def _quantize(state: PipelineState, log) -> StageRecord | None:
     from onnxkd.quantize.config import QuantizeConfig
     from onnxkd.quantize.ptq import quantize
+    from onnxkd.quantize.summary import summarize
 
     if state.recipe.quantize is None:
         return None
@@ -150,10 +157,15 @@ def _quantize(state: PipelineState, log) -> StageRecord | None:
     report = out.with_suffix(".json")
     skipped = report.exists()
     if not skipped:
-        cfg = QuantizeConfig(
-            model=student, out=out, workdir=state.root, cache=state.cache, **state.recipe.quantize
+        cfg = from_settings(
+            QuantizeConfig,
+            state.recipe.quantize,
+            model=student,
+            out=out,
+            workdir=state.root,
+            cache=state.cache,
         )
-        quantize(cfg, log=log)
+        log(summarize(quantize(cfg, log=log)))
     state.quantized = out
     return StageRecord("quantize", str(out), skipped, 0.0)
 
@@ -171,24 +183,23 @@ def bench_models(state: PipelineState) -> dict[str, Path]:
 def _bench(state: PipelineState, log) -> StageRecord:
     from onnxkd.bench.config import BenchConfig
     from onnxkd.bench.runner import bench
+    from onnxkd.bench.summary import summarize
 
     models = bench_models(state)
-    options = dict(state.recipe.bench or {})
-    for key in ("eps", "batches"):
-        if key in options:
-            options[key] = tuple(options[key])
+    options = state.recipe.bench or {}
     key = key_of({k: sha256_file(p) for k, p in models.items()}, options)
     out = state.root / "bench" / key
     skipped = (out / "bench.json").exists()
     if not skipped:
-        cfg = BenchConfig(
+        cfg = from_settings(
+            BenchConfig,
+            options,
             models=tuple(models.values()),
             labels=tuple(models),
             workdir=state.root,
             out=out,
             cache=state.cache,
-            **options,
         )
-        bench(cfg, log=log)
+        log(summarize(bench(cfg, log=log)))
     state.bench = out
     return StageRecord("bench", str(out / "bench.json"), skipped, 0.0)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from onnxkd.cli_options import workdir_option
+from onnxkd.cli.options import log, workdir_option
 
 
 @click.command("run")
@@ -17,9 +17,10 @@ def run_cmd(recipe, workdir):
 
     Stages whose outputs are up to date for the same inputs are skipped, so a rerun after an
     interruption redoes only what is missing."""
+    from onnxkd.pipeline.report import summarize
     from onnxkd.pipeline.runner import run_pipeline
 
-    state = run_pipeline(recipe, workdir, log=lambda s: click.echo(s, err=True))
-    report = state.root / "report" / "report.md"
-    click.echo(report.read_text())
-    click.echo(f"report: {report}")
+    click.echo(summarize(run_pipeline(recipe, workdir, log=log)))
+
+
+COMMANDS = (run_cmd,)

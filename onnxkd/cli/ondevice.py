@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from onnxkd.cli_options import workdir_option
+from onnxkd.cli.options import log, workdir_option
 
 env_option = click.option(
     "--env",
@@ -57,51 +57,15 @@ def ondevice_cmd():
 @click.option("--overwrite", is_flag=True, help="Replace artifacts already in the folder.")
 @env_option
 @workdir_option
-def artifacts_cmd(
-    student,
-    out,
-    alpha,
-    temperature,
-    optimizer,
-    weight_decay,
-    freeze_prefix,
-    freeze,
-    overwrite,
-    env,
-    workdir,
-):
+def artifacts_cmd(env, **settings):
     """Generate onnxruntime training artifacts for STUDENT (.onnx) [default: the
     workspace's latest student] with the loss (1-α)·CE + α·T²·KL on cached teacher scores."""
     from onnxkd.ondevice.api import make_artifacts
     from onnxkd.ondevice.config import ArtifactsConfig
+    from onnxkd.ondevice.summary import summarize_artifacts
 
-    cfg = ArtifactsConfig(
-        student=student,
-        out=out,
-        workdir=workdir,
-        alpha=alpha,
-        temperature=temperature,
-        optimizer=optimizer,
-        weight_decay=weight_decay,
-        freeze_prefix=freeze_prefix,
-        freeze=tuple(freeze),
-        overwrite=overwrite,
-    )
-    path, manifest = make_artifacts(cfg, log=lambda s: click.echo(s, err=True), env=env)
-    params = manifest["parameters"]
-    click.echo(f"artifacts: {path}")
-    click.echo(
-        f"student:   {manifest['student']['path']} (opset {manifest['opset']}, IR "
-        f"{manifest['ir_version']}; {manifest['num_classes']} classes)"
-    )
-    click.echo(
-        f"loss:      kd, alpha {manifest['loss']['alpha']}, T {manifest['loss']['temperature']}"
-        f"; optimizer {manifest['optimizer']['name']}"
-    )
-    click.echo(
-        f"params:    {len(params['trainable'])} trained, {len(params['frozen'])} frozen"
-        + (f" ({', '.join(p['module'] for p in params['frozen'])})" if params["frozen"] else "")
-    )
+    cfg = ArtifactsConfig(**settings)
+    click.echo(summarize_artifacts(*make_artifacts(cfg, log=log, env=env)))
 
 
 @ondevice_cmd.command("train")
@@ -134,45 +98,14 @@ def artifacts_cmd(
 @click.option("--restart", is_flag=True, help="Start the run over instead of resuming it.")
 @env_option
 @workdir_option
-def train_cmd(
-    artifacts,
-    cache,
-    data,
-    out,
-    epochs,
-    batch_size,
-    lr,
-    schedule,
-    seed,
-    threads,
-    restart,
-    env,
-    workdir,
-):
+def train_cmd(env, **settings):
     """Train the student in ARTIFACTS on cached teacher targets with onnxruntime-training,
     then export it for inference (`onnxkd quantize` and `onnxkd bench` take it)."""
     from onnxkd.ondevice.api import train_on_device
     from onnxkd.ondevice.config import TrainConfig
+    from onnxkd.ondevice.summary import summarize_training
 
-    cfg = TrainConfig(
-        artifacts=artifacts,
-        cache=cache,
-        data=data,
-        out=out,
-        workdir=workdir,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        schedule=schedule,
-        seed=seed,
-        threads=threads,
-        restart=restart,
-    )
-    report = train_on_device(cfg, log=lambda s: click.echo(s, err=True), env=env)
-    before, after, export = report["before"], report["after"], report["export"]
-    click.echo(f"student:  {export['onnx']}")
-    click.echo(
-        f"accuracy: {100 * before['val_accuracy']:.2f}% -> {100 * after['val_accuracy']:.2f}% "
-        f"after {len(report['epochs'])} epochs (teacher {100 * report['teacher_accuracy']:.2f}%)"
-    )
-    click.echo(f"report:   {Path(export['onnx']).parent / 'report.json'}")
+    click.echo(summarize_training(train_on_device(TrainConfig(**settings), log=log, env=env)))
+
+
+COMMANDS = (ondevice_cmd,)

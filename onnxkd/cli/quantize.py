@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from onnxkd.cli_options import workdir_option
+from onnxkd.cli.options import NameChoice, log, workdir_option
+from onnxkd.quantize.config import TARGET_CHOICES
 
 
 @click.command("quantize")
@@ -25,14 +26,14 @@ from onnxkd.cli_options import workdir_option
 @click.option("--data", help="Calibration/validation data, for a model with no onnxkd cache.")
 @click.option(
     "--target",
-    type=click.Choice(["auto", "x86", "arm"]),
+    type=click.Choice(TARGET_CHOICES),
     default="auto",
     show_default=True,
     help="x86: uint8 activations, int8 weights (U8S8); arm: int8 both (S8S8); auto: this host.",
 )
 @click.option(
     "--calibration",
-    type=click.Choice(["minmax", "entropy", "percentile"]),
+    type=NameChoice("onnxkd.quantize.calibration:CALIBRATIONS", listed=True),
     default="minmax",
     show_default=True,
 )
@@ -48,8 +49,15 @@ from onnxkd.cli_options import workdir_option
     show_default=True,
     help="Activations held at once during calibration (entropy/percentile keep them all).",
 )
-@click.option("--per-tensor", is_flag=True, help="Per-tensor weights instead of per-channel.")
-@click.option("--no-simplify", is_flag=True, help="Skip onnxsim.")
+@click.option(
+    "--per-channel/--per-tensor",
+    default=True,
+    show_default=True,
+    help="Weights quantized per output channel, or per tensor.",
+)
+@click.option(
+    "--simplify/--no-simplify", default=True, show_default=True, help="Simplify with onnxsim."
+)
 @click.option(
     "--max-drop",
     type=click.FloatRange(0),
@@ -69,61 +77,13 @@ from onnxkd.cli_options import workdir_option
 )
 @click.option("--threads", type=click.IntRange(1), help="onnxruntime intra-op threads.")
 @workdir_option
-def quantize_cmd(
-    model,
-    out,
-    cache,
-    data,
-    target,
-    calibration,
-    calib_samples,
-    calib_batch,
-    percentile,
-    calib_memory_mb,
-    per_tensor,
-    no_simplify,
-    max_drop,
-    max_excluded,
-    eval_samples,
-    threads,
-    workdir,
-):
+def quantize_cmd(**settings):
     """Quantize a student to INT8 (onnxruntime static, QDQ) and check its accuracy."""
     from onnxkd.quantize.config import QuantizeConfig
     from onnxkd.quantize.ptq import quantize
+    from onnxkd.quantize.summary import summarize
 
-    cfg = QuantizeConfig(
-        model=model,
-        out=out,
-        workdir=workdir,
-        cache=cache,
-        data=data,
-        target=target,
-        calibration=calibration,
-        calib_samples=calib_samples,
-        calib_batch=calib_batch,
-        percentile=percentile,
-        calib_memory_mb=calib_memory_mb,
-        per_channel=not per_tensor,
-        simplify=not no_simplify,
-        max_drop=max_drop,
-        max_excluded=max_excluded,
-        eval_samples=eval_samples,
-        threads=threads,
-    )
-    result = quantize(cfg, log=lambda s: click.echo(s, err=True))
-    r = result.report
-    rows = [("", "float", "int8")]
-    rows.append(
-        ("accuracy", f"{100 * r['float_accuracy']:.2f}%", f"{100 * r['int8_accuracy']:.2f}%")
-    )
-    rows.append(("agreement", "", f"{100 * r['int8_agreement']:.2f}%"))
-    rows.append(("size", f"{r['float_bytes'] / 1e6:.3f} MB", f"{r['int8_bytes'] / 1e6:.3f} MB"))
-    p50 = r["batch1_p50_ms"]
-    rows.append(("batch-1 p50", f"{p50['float']:.3f} ms", f"{p50['int8']:.3f} ms"))
-    for row in rows:
-        click.echo(f"{row[0]:12} {row[1]:>12} {row[2]:>12}")
-    if r["excluded_nodes"]:
-        click.echo(f"kept float: {', '.join(r['excluded_nodes'])}")
-    click.echo(f"int8:   {result.model}")
-    click.echo(f"report: {result.report_path}")
+    click.echo(summarize(quantize(QuantizeConfig(**settings), log=log)))
+
+
+COMMANDS = (quantize_cmd,)

@@ -1,0 +1,90 @@
+"""`onnxkd bench`: the command; the work is in `onnxkd.bench.runner`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from onnxkd.cli.options import CommaList, log, workdir_option
+from onnxkd.providers import EP_NAMES
+
+
+@click.command("bench")
+@click.argument("models", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--ep",
+    "eps",
+    type=CommaList(),
+    default="cpu",
+    show_default=True,
+    help=f"Execution providers, comma-separated: {', '.join(EP_NAMES)}.",
+)
+@click.option("--batch", "batches", type=CommaList(int), default="1,8,32", show_default=True)
+@click.option(
+    "--runs",
+    type=click.IntRange(1),
+    default=50,
+    show_default=True,
+    help="Timed runs per round (at least).",
+)
+@click.option(
+    "--min-seconds",
+    type=click.FloatRange(0),
+    default=0.5,
+    show_default=True,
+    help="Time each round for at least this long.",
+)
+@click.option("--warmup", type=click.IntRange(0), default=10, show_default=True)
+@click.option(
+    "--rounds",
+    type=click.IntRange(1),
+    default=3,
+    show_default=True,
+    help="Interleaved rounds (A B A B …); their spread is reported.",
+)
+@click.option("--threads", type=click.IntRange(1), help="onnxruntime intra-op threads.")
+@click.option(
+    "--cache",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Cache whose validation split scores the models.",
+)
+@click.option("--data", help="Validation data for models with no onnxkd cache.")
+@click.option(
+    "--accuracy/--no-accuracy",
+    default=True,
+    show_default=True,
+    help="Score validation accuracy too (--no-accuracy: time only).",
+)
+@click.option("--eval-samples", type=click.IntRange(1), help="Validation samples to score.")
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    help="A name for each of MODELS, in order, for tables and plots [default: file names]. "
+    "Repeatable.",
+)
+@click.option(
+    "--cv-warn",
+    type=click.FloatRange(0),
+    default=0.15,
+    show_default=True,
+    help="Warn when a row's coefficient of variation is above this.",
+)
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder [default: WORKDIR/bench].",
+)
+@workdir_option
+def bench_cmd(**settings):
+    """Latency, throughput, memory, size and accuracy per model, EP and batch size."""
+    from onnxkd.bench.config import BenchConfig
+    from onnxkd.bench.runner import bench
+    from onnxkd.bench.summary import summarize
+
+    click.echo(summarize(bench(BenchConfig(**settings), log=log)))
+
+
+COMMANDS = (bench_cmd,)

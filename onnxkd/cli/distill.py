@@ -1,0 +1,159 @@
+"""`onnxkd distill` and `onnxkd losses`: the work is in `onnxkd.distill.trainer`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from onnxkd.cli.options import KeyValue, NameChoice, log, to_dict, workdir_option
+from onnxkd.distill.config import OPTIMIZERS
+
+
+@click.command("distill")
+@click.option(
+    "--student",
+    type=NameChoice("onnxkd.students:STUDENTS"),
+    help="Student architecture (see `onnxkd students`) [default: mobilenetv2; with --qat, "
+    "the float run's].",
+)
+@click.option(
+    "--cache",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Cache folder [default: the workspace's latest; with --qat, the float run's].",
+)
+@click.option(
+    "--data",
+    help="The data the cache was made from, if it moved (checked by "
+    "fingerprint) [default: as recorded in the cache].",
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(1),
+    help="[default: 30; with --qat, 5; with --resume, the run's own count]",
+)
+@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="sgd", show_default=True)
+@click.option(
+    "--lr",
+    type=click.FloatRange(0, min_open=True),
+    help="Peak learning rate [default: 0.05 SGD / 2e-3 AdamW, x batch/128; x 0.1 with --qat].",
+)
+@click.option("--weight-decay", type=click.FloatRange(0), help="[default: 5e-4 SGD / 0.05 AdamW]")
+@click.option("--warmup-epochs", type=click.FloatRange(0), default=1.0, show_default=True)
+@click.option(
+    "--loss",
+    type=NameChoice("onnxkd.distill.losses:LOSSES"),
+    default="kd",
+    show_default=True,
+    help="Distillation loss (see `onnxkd losses`): kd: (1-α)·CE + α·T²·KL; kd_topk: the "
+    "same from top-k targets; dkd: decoupled KD; ce: no teacher (scratch baseline).",
+)
+@click.option(
+    "--loss-arg",
+    "loss_args",
+    type=KeyValue(),
+    multiple=True,
+    callback=to_dict,
+    help="An argument of the --loss by name, e.g. beta=2.0 (values read as numbers, "
+    "true/false or JSON where they parse). Repeatable.",
+)
+@click.option("--alpha", type=click.FloatRange(0, 1), default=0.9, show_default=True)
+@click.option(
+    "--temperature", "-T", type=click.FloatRange(0, min_open=True), default=4.0, show_default=True
+)
+@click.option(
+    "--alpha-warmup-epochs",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
+    help="Ramp the distillation term up from 0 over this many epochs (KD: α; DKD: its "
+    "TCKD + NCKD part, as in the DKD paper's warm-up).",
+)
+@click.option("--dkd-beta", type=click.FloatRange(0), default=8.0, show_default=True)
+@click.option("--label-smoothing", type=click.FloatRange(0, 1), default=0.0)
+@click.option(
+    "--hint",
+    "hints",
+    multiple=True,
+    metavar="STUDENT:TEACHER",
+    help="FitNets hint: a student stage (stage1…, embedding, or a module path) "
+    "regressed through a 1x1 adapter onto a cached teacher feature. Repeatable.",
+)
+@click.option("--hint-weight", type=click.FloatRange(0), default=1.0, show_default=True)
+@click.option(
+    "--attention",
+    multiple=True,
+    metavar="STUDENT:TEACHER",
+    help="Attention transfer between a student stage and a teacher feature.",
+)
+@click.option("--attention-weight", type=click.FloatRange(0), default=1000.0, show_default=True)
+@click.option("--rkd", metavar="STUDENT:TEACHER", help="Relational KD on embeddings.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
+@click.option("--bf16", is_flag=True, help="bf16 autocast on CPU (AMP is automatic on CUDA).")
+@click.option("--channels-last", is_flag=True, help="Channels-last memory format.")
+@click.option("--threads", type=click.IntRange(1), help="torch intra-op threads.")
+@click.option(
+    "--online",
+    is_flag=True,
+    help="Baseline: run the teacher live through "
+    "onnxruntime on a fresh view each batch instead of reading the cache.",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the workspace's latest run (or --out) after its last finished epoch.",
+)
+@click.option(
+    "--export/--no-export",
+    default=True,
+    show_default=True,
+    help="Export the best epoch to ONNX and check it against torch.",
+)
+@click.option(
+    "--qat",
+    is_flag=True,
+    help="Quantization-aware training: continue a float run (--init) with int8 fake "
+    "quantization on the same cached targets and export student.int8.onnx "
+    "[epochs default 5, lr 0.1x].",
+)
+@click.option(
+    "--init",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    metavar="RUN_DIR",
+    help="With --qat: the float run to start from [default: the workspace's latest run].",
+)
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Run folder [default: a new folder under the workspace's runs/].",
+)
+@workdir_option
+def distill_cmd(**settings):
+    """Train a student on the cached teacher targets and export it to ONNX.
+
+    With --qat, fine-tune a trained float student with fake quantization instead and export
+    an int8 model that onnxruntime runs with integer kernels.
+    """
+    from onnxkd.distill.config import DistillConfig
+    from onnxkd.distill.summary import summarize
+    from onnxkd.distill.trainer import distill
+
+    click.echo(summarize(distill(DistillConfig(**settings), log=log)))
+
+
+@click.command("losses")
+def losses_cmd():
+    """List the distillation losses (`distill --loss`)."""
+    from onnxkd.distill.losses import LOSSES
+
+    for name in LOSSES.names():
+        doc = (LOSSES.get(name).__doc__ or "").strip().splitlines()
+        click.echo(f"{name:22} {doc[0] if doc else ''}")
+
+
+COMMANDS = (distill_cmd, losses_cmd)

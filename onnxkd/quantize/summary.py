@@ -1,0 +1,27 @@
+"""A quantization report in a few lines for the terminal: float against int8 (no onnxruntime)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from onnxkd.quantize.ptq import QuantizeResult
+
+
+def summarize(result: QuantizeResult) -> str:
+    """Accuracy, agreement, size and batch-1 latency of the float and int8 models, the nodes
+    kept in float, and where the model and its report are."""
+    r = result.report
+    p50 = r["batch1_p50_ms"]
+    rows = [
+        ("", "float", "int8"),
+        ("accuracy", f"{100 * r['float_accuracy']:.2f}%", f"{100 * r['int8_accuracy']:.2f}%"),
+        ("agreement", "", f"{100 * r['int8_agreement']:.2f}%"),
+        ("size", f"{r['float_bytes'] / 1e6:.3f} MB", f"{r['int8_bytes'] / 1e6:.3f} MB"),
+        ("batch-1 p50", f"{p50['float']:.3f} ms", f"{p50['int8']:.3f} ms"),
+    ]
+    lines = [f"{a:12} {b:>12} {c:>12}" for a, b, c in rows]
+    if r["excluded_nodes"]:
+        lines.append(f"kept float: {', '.join(r['excluded_nodes'])}")
+    lines += [f"int8:   {result.model}", f"report: {result.report_path}"]
+    return "\n".join(lines)
