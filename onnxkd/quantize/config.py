@@ -7,13 +7,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from onnxkd.errors import QuantizeError
+from onnxkd.quantize.calibration import CALIBRATIONS
 from onnxkd.workspace import DEFAULT_WORKDIR
 
 # Activation and weight types per target. onnxruntime's x86 kernels are fast for unsigned
 # activations with signed weights (U8S8); ARM's for signed activations (S8S8).
 TARGETS = {"x86": ("QUInt8", "QInt8"), "arm": ("QInt8", "QInt8")}
 TARGET_CHOICES = ("auto", *TARGETS)
-CALIBRATION_CHOICES = ("minmax", "entropy", "percentile")
 
 
 def host_target() -> str:
@@ -52,8 +52,8 @@ class QuantizeConfig:
         checks = [
             (self.target in TARGET_CHOICES, f"--target must be one of {TARGET_CHOICES}"),
             (
-                self.calibration in CALIBRATION_CHOICES,
-                f"--calibration must be one of {CALIBRATION_CHOICES}",
+                self.calibration in CALIBRATIONS,
+                f"--calibration must be one of {tuple(CALIBRATIONS.names())}",
             ),
             (self.calib_samples >= 1, f"--calib-samples must be >= 1, got {self.calib_samples}"),
             (self.calib_batch >= 1, f"--calib-batch must be >= 1, got {self.calib_batch}"),
