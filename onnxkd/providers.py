@@ -13,9 +13,16 @@ from onnxkd.errors import ProviderError
 
 @dataclass(frozen=True)
 class ExecutionProvider:
+    """One provider. `only_on` names the devices it exists on when that is not every host;
+    `static_check` marks those that onnxruntime's mobile usability checker covers, so bench
+    checks a model for them statically (and says nothing was timed) instead of timing it."""
+
     name: str
     ort_name: str
     package: str
+    title: str = ""
+    only_on: str | None = None
+    static_check: bool = False
 
 
 PROVIDERS: dict[str, ExecutionProvider] = {
@@ -28,8 +35,22 @@ PROVIDERS: dict[str, ExecutionProvider] = {
         ),
         ExecutionProvider("openvino", "OpenVINOExecutionProvider", "onnxruntime-openvino"),
         ExecutionProvider("dml", "DmlExecutionProvider", "onnxruntime-directml"),
-        ExecutionProvider("coreml", "CoreMLExecutionProvider", "onnxruntime (macOS/iOS build)"),
-        ExecutionProvider("nnapi", "NnapiExecutionProvider", "onnxruntime-android"),
+        ExecutionProvider(
+            "coreml",
+            "CoreMLExecutionProvider",
+            "onnxruntime (macOS/iOS build)",
+            title="CoreML",
+            only_on="Apple",
+            static_check=True,
+        ),
+        ExecutionProvider(
+            "nnapi",
+            "NnapiExecutionProvider",
+            "onnxruntime-android",
+            title="NNAPI",
+            only_on="Android",
+            static_check=True,
+        ),
         ExecutionProvider("qnn", "QNNExecutionProvider", "onnxruntime-qnn"),
         ExecutionProvider("rocm", "ROCMExecutionProvider", "onnxruntime-rocm"),
         ExecutionProvider("migraphx", "MIGraphXExecutionProvider", "onnxruntime-migraphx"),
@@ -41,6 +62,8 @@ PROVIDERS: dict[str, ExecutionProvider] = {
 }
 
 EP_NAMES = tuple(PROVIDERS)
+# Device-only providers bench checks statically (onnxruntime's mobile usability checker).
+STATIC_CHECK_EPS = tuple(ep.name for ep in PROVIDERS.values() if ep.static_check)
 
 
 def available_ep_names() -> list[str]:

@@ -26,11 +26,9 @@ import tempfile
 from pathlib import Path
 
 from onnxkd.errors import ProviderError
+from onnxkd.providers import PROVIDERS, STATIC_CHECK_EPS
 
-MOBILE_EPS = ("coreml", "nnapi")
-
-EP_TITLES = {"coreml": "CoreML", "nnapi": "NNAPI"}
-DEVICES = {"coreml": "Apple", "nnapi": "Android"}
+MOBILE_EPS = STATIC_CHECK_EPS
 
 # The usability checker's op lists for the two model formats onnxruntime's CoreML EP can build.
 # NeuralNetwork is what the EP builds unless given ModelFormat=MLProgram, so it leads.
@@ -386,10 +384,10 @@ def _one_line(e: BaseException, limit: int = 300) -> str:
 
 
 def _notes(ep: str, check: dict, quant: dict, ort_path: Path, config: Path | None) -> list[str]:
-    title = EP_TITLES[ep]
+    title = PROVIDERS[ep].title
     main = check["formats"][check["primary"]]
     notes = [
-        f"Nothing was timed: the {title} execution provider runs only on {DEVICES[ep]} "
+        f"Nothing was timed: the {title} execution provider runs only on {PROVIDERS[ep].only_on} "
         f"devices and this is a static analysis made on {platform.system()} "
         f"{platform.machine()}; measure on a device before counting on a speed-up.",
         "The analysis judges op types only, not shapes, data types or attributes, so a YES can "

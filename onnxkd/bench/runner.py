@@ -28,9 +28,9 @@ from onnxkd.bench.models import (
 )
 from onnxkd.bench.timing import summarize, time_session
 from onnxkd.errors import ProviderError
-from onnxkd.providers import PROVIDERS, resolve_provider
+from onnxkd.providers import PROVIDERS, STATIC_CHECK_EPS, resolve_provider
 
-MOBILE_EPS = ("coreml", "nnapi")
+MOBILE_EPS = STATIC_CHECK_EPS
 
 
 @dataclass
