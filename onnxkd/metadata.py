@@ -18,6 +18,7 @@ INPUT_SPEC = "onnxkd.input_spec"  # the InputSpec as JSON: how raw samples becom
 CACHE_KEY = "onnxkd.cache_key"  # the key of the cache the model was trained on
 STUDENT = "onnxkd.student"  # the registry name of the student architecture
 VERSION = "onnxkd.version"  # the onnxkd release that wrote the file
+EXPORTER = "onnxkd.exporter"  # the torch exporter that wrote a student: dynamo or legacy
 QUANTIZED = "onnxkd.quantized"  # how it was quantized (ptq-minmax-…, qat); absent when float
 ONDEVICE = "onnxkd.ondevice"  # on-device training: the settings of the last run, as JSON
 

@@ -13,13 +13,14 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import MODELS
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxkd.cache.build import CacheConfig, cache_teacher
 from onnxkd.data.source import DataRef
 from onnxkd.data.spec import InputSpec
-from onnxkd.distill import qat
+from onnxkd.distill import bn_fold, fake_quant, qat
 from onnxkd.distill.config import DistillConfig, DistillConfigError
 from onnxkd.distill.qdq import count_int8_ops, integer_clip, optimized_op_types
 from onnxkd.distill.trainer import distill
@@ -274,9 +275,9 @@ def test_every_student_exports_to_int8_kernels(name, tmp_path):
 
 
 def test_relu6_after_a_layer_is_fused_and_clamped_by_its_fixed_range():
-    """torch.ao has no conv + ReLU6 fusion: each ReLU6 that follows a conv (+ BN) becomes the
-    fused layer's ReLU with a fixed [0, 6] uint8 range, so the export needs no float Clip; the
-    model's input keeps an observed range (normalized pixels are negative too)."""
+    """Each ReLU6 that follows a conv (+ BN) becomes the fused layer's ReLU with a fixed [0, 6]
+    uint8 range, so the export needs no float Clip; the model's input keeps an observed range
+    (normalized pixels are negative too)."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(
         torch.nn.Conv2d(3, 8, 3, padding=1),
@@ -310,3 +311,157 @@ def test_mobilenetv2_exports_without_float_clips(tmp_path):
     path = qat.export_qat(model, spec, tmp_path / "m.int8.onnx", "mobilenetv2_w050")
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
     assert "Clip" not in ops and ops.count("Relu") == 35
+
+
+def test_batchnorm_folds_into_the_layer_before_it():
+    """A folded conv (or linear) layer computes BN(layer(x)) with the running statistics; a
+    layer without its own bias gets a frozen one, as QAT has always trained."""
+    torch.manual_seed(0)
+    pairs = [
+        (torch.nn.Conv2d(3, 8, 3, bias=False), torch.nn.BatchNorm2d(8), (4, 3, 9, 9)),
+        (torch.nn.Conv2d(3, 8, 3, groups=1), torch.nn.BatchNorm2d(8), (4, 3, 9, 9)),
+        (torch.nn.Conv1d(4, 6, 3, bias=False), torch.nn.BatchNorm1d(6), (4, 4, 9)),
+        (torch.nn.Linear(5, 7), torch.nn.BatchNorm1d(7), (4, 5)),
+    ]
+    for layer, norm, shape in pairs:
+        with torch.no_grad():
+            norm.running_mean.uniform_(-1, 1)
+            norm.running_var.uniform_(0.5, 2)
+            norm.weight.uniform_(0.5, 2)
+            norm.bias.uniform_(-1, 1)
+        norm.eval()
+        before = {k: v.clone() for k, v in {**layer.state_dict(), **norm.state_dict()}.items()}
+        folded = bn_fold.fold(layer, norm)
+        x = torch.randn(shape)
+        with torch.no_grad():
+            torch.testing.assert_close(folded(x), norm(layer(x)), atol=1e-5, rtol=1e-5)
+        assert folded.bias.requires_grad == (layer.bias is not None)
+        assert folded.weight.requires_grad
+        after = {**layer.state_dict(), **norm.state_dict()}
+        assert all(torch.equal(before[k], after[k]) for k in before)  # both left as they were
+    assert not bn_fold.can_fold(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm1d(8))
+    assert not bn_fold.can_fold(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(4))
+
+
+def hand_fake_quant(x, lo, hi, quant_min, quant_max, symmetric, axis=None):
+    """Quantize then dequantize by the formulas, in float32: the range always includes 0; a
+    symmetric range has zero point 0 and the scale of its larger side."""
+    x, lo, hi = (np.asarray(v, np.float32) for v in (x, lo, hi))
+    lo, hi = np.minimum(lo, np.float32(0)), np.maximum(hi, np.float32(0))
+    steps = np.float32(quant_max - quant_min)
+    if symmetric:
+        scale = np.maximum(-lo, hi) / (steps / np.float32(2))
+        zero_point = np.zeros_like(scale)
+    else:
+        scale = (hi - lo) / steps
+        zero_point = np.clip(quant_min - np.rint(lo / scale), quant_min, quant_max)
+    if axis is not None:
+        shape = [1] * x.ndim
+        shape[axis] = -1
+        scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+    q = np.clip(np.rint(x * (np.float32(1) / scale)) + zero_point, quant_min, quant_max)
+    return ((q - zero_point) * scale).astype(np.float32), scale, zero_point
+
+
+def test_fake_quant_matches_the_quantize_dequantize_formula():
+    """Activations: uint8 affine per tensor on a moving-average range; weights: int8 symmetric
+    per output channel. Ranges move in training mode only."""
+    g = torch.Generator().manual_seed(0)
+    x1, x2 = torch.randn(64, generator=g) * 3 + 1, torch.randn(64, generator=g) * 2
+    act = fake_quant.activation_quant().train()
+    y1 = act(x1)
+    lo, hi = x1.min().numpy(), x1.max().numpy()
+    np.testing.assert_allclose(y1.numpy(), hand_fake_quant(x1, lo, hi, 0, 255, False)[0], atol=1e-6)
+    y2 = act(x2)  # the range moves 1% of the way to the new batch's
+    lo = lo + np.float32(0.01) * (x2.min().numpy() - lo)
+    hi = hi + np.float32(0.01) * (x2.max().numpy() - hi)
+    expected, scale, zero_point = hand_fake_quant(x2, lo, hi, 0, 255, False)
+    np.testing.assert_allclose(y2.numpy(), expected, atol=1e-6)
+    np.testing.assert_allclose(act.scale.numpy(), scale.reshape(1), rtol=1e-6)
+    assert act.zero_point.tolist() == zero_point.reshape(1).astype(int).tolist()
+    frozen = act.state_dict()
+    act.eval()(10 * x1)  # eval mode: the range stays
+    assert all(torch.equal(v, act.state_dict()[k]) for k, v in frozen.items())
+
+    w = torch.randn(6, 4, 3, 3, generator=g)
+    weights = fake_quant.weight_quant().train()
+    per_channel = w.reshape(6, -1)
+    lo, hi = per_channel.min(1).values.numpy(), per_channel.max(1).values.numpy()
+    expected, scale, _ = hand_fake_quant(w, lo, hi, -128, 127, True, axis=0)
+    np.testing.assert_allclose(weights(w).numpy(), expected, atol=1e-6)
+    assert weights.zero_point.tolist() == [0] * 6
+    # A fresh quantizer takes a checkpoint's per-channel shapes (a resumed QAT run).
+    fresh = fake_quant.weight_quant()
+    fresh.load_state_dict(weights.state_dict())
+    torch.testing.assert_close(fresh.eval()(w), weights.eval()(w), atol=0, rtol=0)
+
+    relu6 = fake_quant.relu6_quant()
+    out = relu6(torch.tensor([-1.0, 0.0, 3.0, 6.0, 9.0]))
+    assert out.tolist() == pytest.approx([0.0, 0.0, 3.0, 6.0, 6.0], abs=fake_quant.RELU6_SCALE)
+
+
+def test_qat_layer_is_the_folded_conv_with_fake_quantized_weights():
+    """In eval mode a fused conv + BN + ReLU is ReLU(conv(x, fq(W'), b')) of the folded W', b'."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, bias=False), torch.nn.BatchNorm2d(8), torch.nn.ReLU()
+    ).eval()
+    with torch.no_grad():
+        net[1].running_mean.uniform_(-1, 1)
+        net[1].running_var.uniform_(0.5, 2)
+    graph, relu6_layers = qat.fold_batchnorm(net)
+    assert relu6_layers == []
+    layers = [m for m in graph.modules() if isinstance(m, fake_quant.QATLayer)]
+    assert len(layers) == 1 and layers[0].relu
+    assert not any(isinstance(m, torch.nn.BatchNorm2d | torch.nn.ReLU) for m in graph.modules())
+    folded = bn_fold.fold(net[0], net[1])
+    w = folded.weight.detach().reshape(8, -1)
+    weight, _, _ = hand_fake_quant(
+        folded.weight.detach(), w.min(1).values, w.max(1).values, -128, 127, True, 0
+    )
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = torch.relu(F.conv2d(x, torch.from_numpy(weight), folded.bias))
+        torch.testing.assert_close(graph.eval()(x), expected, atol=1e-5, rtol=1e-5)
+        # ... which is the float block up to the weights' rounding
+        assert (graph(x) - net(x)).abs().max() < 0.05
+
+
+def test_concat_inputs_and_shape_ops_share_one_quantizer():
+    """torch.cat's inputs and output share one range, and so do ops that cannot leave their
+    input's grid (Identity, pooling), so that onnxruntime drops the Q/DQ pair around them."""
+    torch.manual_seed(0)
+    student = create_student("shufflenetv2_w050", 10, 3, 16)
+    model = qat.build(student, InputSpec("NCHW", (16, 16), 3), init=None)
+    graph = model.model.graph
+    quant = {n for n in graph.nodes if n.op == "call_module" and "fake_quant" in n.target}
+    cats = [n for n in graph.nodes if n.target is torch.cat]
+    assert cats
+    for cat in cats:
+        (inputs,) = cat.args
+        (after,) = cat.users
+        assert all(i in quant for i in inputs) and after in quant
+        assert {i.target for i in inputs} == {after.target}
+    pool = next(n for n in graph.nodes if n.target == "head.pool")
+    (after,) = pool.users
+    assert after.target == pool.args[0].target
+
+
+def test_qat_imports_nothing_from_torch_ao():
+    """torch.ao.quantization is deprecated upstream: no module of onnxkd imports it."""
+    import ast
+
+    import onnxkd
+
+    offenders = []
+    for path in Path(onnxkd.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Attribute) and node.attr == "ao":
+                names = ["torch.ao"] if getattr(node.value, "id", None) == "torch" else []
+            offenders += [f"{path.name}: {n}" for n in names if n.startswith("torch.ao")]
+    assert offenders == []

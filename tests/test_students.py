@@ -1,4 +1,5 @@
-"""Every registered student: forward, backward, feature hooks, ONNX export and parity, any size.
+"""Every registered student: forward, backward, feature hooks, ONNX export (both exporters) and
+parity, any size.
 
 The tests are parametrized over the registry, so a newly registered student is covered with
 no new test code. Models are built at their default 10 classes.
@@ -6,13 +7,19 @@ no new test code. Models are built at their default 10 classes.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
 
+from onnxkd.data.spec import InputSpec
+from onnxkd.distill.export import OPSET, export_student
 from onnxkd.errors import SpecError
+from onnxkd.metadata import EXPORTER, INPUT_SPEC, STUDENT, read_metadata
 from onnxkd.registry import UnknownNameError
 from onnxkd.students import STUDENTS, Student, create_student, student_names
 from onnxkd.students.shufflenetv2 import ChannelShuffle
@@ -131,32 +138,93 @@ def test_feature_modules_are_hookable(name):
             assert out.dim() == 4, key
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
-@pytest.mark.parametrize("name", NAMES)
-def test_onnx_export_matches_onnxruntime(name, tmp_path):
-    model = build(name)
-    settle_batchnorm(model, batch(model, 8))
-    traced = batch(model, 3)
-    path = tmp_path / f"{name}.onnx"
-    torch.onnx.export(
-        model,
-        traced,
-        path,
-        dynamo=False,
-        opset_version=17,
-        input_names=["input"],
-        output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-    )
+def spec_for(model: Student) -> InputSpec:
+    if model.input_ndim == 2:
+        return InputSpec(layout="flat", channels=FLAT_FEATURES)
+    return InputSpec(layout="NCHW", size=(32, 32), channels=3)
+
+
+def one_thread_session(path) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    for x in (traced, batch(model, 5)):  # the traced batch size, then another
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """`export_student`'s file for (student, exporter), each made once: a dynamo export takes
+    seconds. "default" passes no exporter, as distill does."""
+    made: dict[tuple[str, str], tuple[Student, Path]] = {}
+
+    def get(name: str, exporter: str) -> tuple[Student, Path]:
+        if (name, exporter) not in made:
+            model = build(name)
+            settle_batchnorm(model, batch(model, 8))
+            folder = tmp_path_factory.mktemp(f"{name}-{exporter}")
+            kwargs = {} if exporter == "default" else {"exporter": exporter}
+            path = export_student(model, spec_for(model), folder / "student.onnx", name, **kwargs)
+            assert [p.name for p in folder.iterdir()] == ["student.onnx"]  # the .tmp was renamed
+            made[name, exporter] = model, path
+        return made[name, exporter]
+
+    return get
+
+
+@pytest.mark.parametrize("exporter", ["default", "legacy"])
+@pytest.mark.parametrize("name", NAMES)
+def test_onnx_export_matches_onnxruntime(name, exporter, exported):
+    model, path = exported(name, exporter)
+    session = one_thread_session(path)
+    # The traced batch size, another, and 1 (torch.export must not specialize the batch to 1).
+    for x in (batch(model, 2), batch(model, 5), batch(model, 1)):
         with torch.no_grad():
             expected = model(x).numpy()
         (got,) = session.run(None, {"input": x.numpy()})
         assert got.shape == expected.shape
         assert np.abs(got - expected).max() < 1e-4
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_default_export_is_dynamo_with_a_dynamic_batch(name, exported):
+    model, path = exported(name, "default")
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    meta = read_metadata(proto)
+    assert meta[EXPORTER] == "dynamo"
+    assert meta[STUDENT] == name
+    assert InputSpec.from_json(meta[INPUT_SPEC]) == spec_for(model)
+    assert [o.version for o in proto.opset_import if o.domain == ""] == [OPSET]
+    assert proto.ir_version <= 10  # what onnxruntime-training 1.19 (onnxkd ondevice) reads
+    assert [i.name for i in proto.graph.input] == ["input"]
+    assert [o.name for o in proto.graph.output] == ["logits"]
+    for value in (proto.graph.input[0], proto.graph.output[0]):
+        dims = value.type.tensor_type.shape.dim
+        assert dims[0].dim_param and not dims[0].dim_value, value.name
+        assert all(d.dim_value for d in dims[1:]), value.name
+    assert not any(node.metadata_props for node in proto.graph.node)  # no stack traces shipped
+
+
+def test_legacy_export_says_so(exported):
+    _, path = exported("mlp_s", "legacy")
+    assert read_metadata(path)[EXPORTER] == "legacy"
+
+
+def test_dynamo_export_refuses_an_opset_it_cannot_write(tmp_path):
+    model = build("mlp_s")
+    with pytest.raises(ValueError, match="opset 18 or newer, not 13; pass opset>=18 or exporter"):
+        export_student(model, spec_for(model), tmp_path / "s.onnx", "mlp_s", opset=13)
+    assert not list(tmp_path.iterdir())
+
+
+def test_dynamo_passes_keep_layer_names_and_global_pooling(exported):
+    # onnxkd ondevice names parameters by initializer name; --freeze stem must find the bias.
+    _, path = exported("small_cnn_s", "default")
+    proto = onnx.load(str(path))
+    names = {i.name for i in proto.graph.initializer}
+    assert {"stem.0.weight", "stem.0.bias", "stage1.0.weight", "stage1.0.bias"} <= names
+    assert not any(n.endswith(".weight_bias") for n in names)
+    ops = {node.op_type for node in proto.graph.node}
+    assert "GlobalAveragePool" in ops and "ReduceMean" not in ops
 
 
 def _final_side(name: str, size: int, chans: int) -> int:

@@ -164,10 +164,10 @@ def integer_clip(model: onnx.ModelProto) -> bool:
     """DequantizeLinear -> Clip -> QuantizeLinear with one scale and zero point becomes a Clip
     on the integers, with the bounds quantized.
 
-    This is ReLU6 (MobileNetV2): PyTorch observes its output with its input's observer, so the
-    Clip sits between two identical quantizations, and onnxruntime would run it in float
-    between a dequantize and a quantize. Clipping the integers is exact: quantization is
-    monotonic and maps every value in range to itself.
+    This is a ReLU6 that QAT could not fuse into a layer: its output is re-observed with its
+    input's quantizer (qat_graph.py), so the Clip sits between two identical quantizations,
+    and onnxruntime would run it in float between a dequantize and a quantize. Clipping the
+    integers is exact: quantization is monotonic and maps every value in range to itself.
     """
     graph = model.graph
     users = _consumers(model)

@@ -74,7 +74,7 @@ def normalize(model: onnx.ModelProto) -> list[str]:
             raise OnDeviceError(
                 f"the student is at opset {opset}, which onnxruntime-training 1.19 cannot train, "
                 f"and onnx cannot convert it to opset {target} ({e}); export it at an opset "
-                f"between {MIN_OPSET} and {MAX_OPSET} (onnxkd distill exports opset 17)"
+                f"between {MIN_OPSET} and {MAX_OPSET} (onnxkd distill exports opset 18)"
             ) from e
         model.CopyFrom(converted)
         notes.append(f"opset {opset} -> {target}")
