@@ -292,3 +292,16 @@ def test_channel_shuffle_is_the_papers_reshape_transpose():
     torch.testing.assert_close(ChannelShuffle(6, 2)(x), expected)
     assert ChannelShuffle(6, 2).perm.tolist() == [0, 3, 1, 4, 2, 5]
     assert "perm" not in ChannelShuffle(6, 2).state_dict()  # checkpoints hold weights only
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n.startswith(("resnet", "mobilenet"))])
+def test_dynamo_node_names_are_the_legacy_exporters_module_paths(name, exported):
+    """quantize reports and excludes nodes by name: they say where in the network they sit."""
+    _, dynamo = exported(name, "default")
+    _, legacy = exported(name, "legacy")
+
+    def conv_names(path: Path) -> list[str]:
+        return [n.name for n in onnx.load(str(path)).graph.node if n.op_type in ("Conv", "Gemm")]
+
+    assert conv_names(dynamo) == conv_names(legacy)
+    assert all(n.startswith("/") and not n.startswith("/node_") for n in conv_names(dynamo))

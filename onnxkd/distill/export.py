@@ -7,6 +7,7 @@ yet. benchmarks/export_compare.py measures both on every registered student.
 
 from __future__ import annotations
 
+import ast
 import logging
 import tempfile
 import warnings
@@ -129,6 +130,52 @@ def _legacy(model: torch.nn.Module, dummy: torch.Tensor, opset: int) -> onnx.Mod
         return onnx.load(str(out))
 
 
+def name_nodes_by_module(model: onnx.ModelProto) -> bool:
+    """Name each node after the module that made it, as the legacy exporter did
+    (`/stage1/stage1.0/conv1/conv1.0/Conv`), instead of dynamo's `node_Conv_142`.
+
+    Node names are what `quantize` reports and excludes by, so they should say where in the
+    network a node sits. A node with a weight is named after the weight's module (a Conv that
+    absorbed its BatchNorm carries the BatchNorm's scope); others after the module scopes the
+    dynamo exporter records in the node's metadata. Run before `drop_node_metadata`.
+    """
+    params = {i.name for i in model.graph.initializer}
+    taken: set[str] = set()
+    changed = False
+    for node in model.graph.node:
+        weight = next((n for n in node.input[1:2] if n in params and n.endswith(".weight")), None)
+        if weight is not None:
+            parts = weight.removesuffix(".weight").split(".")
+            scopes = [".".join(parts[: i + 1]) for i in range(len(parts))]
+        else:
+            meta = {p.key: p.value for p in node.metadata_props}
+            try:
+                scopes = ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]"))[1:-1]
+            except (ValueError, SyntaxError):
+                continue
+        name = "/" + "/".join([*map(_scope_label, scopes), node.op_type]).lstrip("/")
+        if not scopes:
+            name = f"/{node.op_type}"
+        unique, n = name, 0
+        while unique in taken:
+            n += 1
+            unique = f"{name}_{n}"
+        taken.add(unique)
+        changed |= node.name != unique
+        node.name = unique
+    return changed
+
+
+def _scope_label(scope: str) -> str:
+    """A module's label in a legacy node name: its attribute name with any indices after it
+    (`conv1` for `stage1.0.conv1`, `conv.0.0` for `stage1.0.conv.0.0`)."""
+    parts = scope.split(".")
+    start = len(parts) - 1
+    while start > 0 and parts[start].isdigit():
+        start -= 1
+    return ".".join(parts[start:])
+
+
 def drop_node_metadata(model: onnx.ModelProto) -> bool:
     """Remove the per-node provenance the dynamo exporter writes (in place).
 
@@ -200,9 +247,10 @@ def pool_globally(model: onnx.ModelProto) -> bool:
 
 # Applied in order to every dynamo export, before the caller's passes.
 DYNAMO_PASSES: tuple[Callable[[onnx.ModelProto], bool], ...] = (
-    drop_node_metadata,
     name_folded_biases,
     pool_globally,
+    name_nodes_by_module,  # after pool_globally, which changes op types; needs the metadata
+    drop_node_metadata,
 )
 
 
