@@ -41,7 +41,7 @@ from onnxkd.teacher.runner import make_session
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = ROOT / "models" / "cifar10_resnet.onnx"
-DATA = ROOT.parent / "shared" / "data" / "cifar10" / "cifar10-subset.npz"
+DATA = ROOT / "data" / "cifar10" / "cifar10-subset.npz"
 RESULTS = ROOT / "benchmarks" / "results" / "cache_throughput.json"
 BATCH = 256
 

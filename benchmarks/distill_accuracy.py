@@ -45,7 +45,7 @@ from onnxkd.distill.run_folder import RunFolder
 from onnxkd.distill.trainer import distill
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+SHARED = ROOT / "data"
 SUITES = {
     "cifar": {
         "teacher": ROOT / "models" / "cifar10_resnet.onnx",

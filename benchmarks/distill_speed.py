@@ -32,7 +32,7 @@ from onnxkd.distill.trainer import distill
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = ROOT / "models" / "cifar10_resnet.onnx"
-DATA = ROOT.parent / "shared" / "data" / "cifar10" / "cifar10-subset.npz"
+DATA = ROOT / "data" / "cifar10" / "cifar10-subset.npz"
 RESULTS = ROOT / "benchmarks" / "results" / "distill_speed.json"
 
 

@@ -5,7 +5,7 @@ registered student: parity with torch, onnxruntime latency, graph size.
 
 Students are built untrained (seed 0) with BatchNorm statistics from 512 real training samples,
 so their activations look like a trained net's: image students at 32x32x3 on the CIFAR-10
-subset (../shared/data), flat students on scikit-learn's digits (64 features). Both exports go
+subset (data), flat students on scikit-learn's digits (64 features). Both exports go
 through `export_student` at the same opset. Parity: max |onnxruntime - torch| and top-1
 agreement over the whole test split. Latency: onnxruntime CPU, one intra-op thread, batch 1 and
 64, median of `rounds` x `runs` timed runs, the two exporters interleaved in one process so a
@@ -38,7 +38,7 @@ from onnxkd.runtime import ort_session
 from onnxkd.students import create_student, student_names
 
 ROOT = Path(__file__).resolve().parents[1]
-CIFAR = ROOT.parent / "shared" / "data" / "cifar10" / "cifar10-subset.npz"
+CIFAR = ROOT / "data" / "cifar10" / "cifar10-subset.npz"
 RESULTS = ROOT / "benchmarks" / "results" / "export_compare.json"
 EXPORTERS = ("dynamo", "legacy")
 BATCHES = (1, 64)

@@ -39,7 +39,7 @@ from onnxkd.runtime import ort_session
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = ROOT / "models" / "cifar10_resnet.onnx"
-DATA = ROOT.parent / "shared" / "data" / "cifar10" / "cifar10-subset.npz"
+DATA = ROOT / "data" / "cifar10" / "cifar10-subset.npz"
 STUDENT = "mobilenetv2_w050"
 GOAL_POINTS = 0.2
 

@@ -17,14 +17,14 @@ from onnxkd.cache.build import CacheConfig, cache_teacher
 from onnxkd.data.source import DataRef
 
 HERE = Path(__file__).resolve().parent
-SHARED = HERE.parents[0].parent / "shared" / "data"
+SHARED = HERE.parents[0] / "data"
 ZOO = {
     "digits_cnn.onnx": ("digits", "digits"),
     "cifar10_resnet.onnx": (
         str(SHARED / "cifar10" / "cifar10-subset.npz"),
-        "../shared/data/cifar10/cifar10-subset.npz",
+        "data/cifar10/cifar10-subset.npz",
     ),
-    "mnist_cnn.onnx": (str(SHARED / "mnist"), "../shared/data/mnist"),
+    "mnist_cnn.onnx": (str(SHARED / "mnist"), "data/mnist"),
 }
 SECTION = "## Measured by onnxkd"
 

@@ -37,7 +37,7 @@ from zoo_torch import (
 from onnxkd.data.spec import InputSpec
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parents[0].parent / "shared" / "data" / "cifar10" / "cifar10-subset.npz"
+DEFAULT_DATA = HERE.parents[0] / "data" / "cifar10" / "cifar10-subset.npz"
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
 
@@ -211,7 +211,7 @@ def main() -> None:
             (
                 "Data and split",
                 f"""
-`shared/data/cifar10/cifar10-subset.npz` (real CIFAR-10: the first 932 images of each of the
+`data/cifar10/cifar10-subset.npz` (real CIFAR-10: the first 932 images of each of the
 five training batches and the first 846 of the test batch). Trained on `x_train`/`y_train`
 ({len(x_train)} images, uint8 (N, 32, 32, 3) HWC RGB) only; accuracy is on `x_test`/`y_test`
 ({len(x_test)} images), the native test split, which was never used for model selection (the

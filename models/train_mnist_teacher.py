@@ -7,7 +7,7 @@ Run from the repository root (under 2 minutes on one CPU thread):
 Writes models/mnist_cnn.onnx (raw logits, input spec in metadata_props) and models/mnist_cnn.md,
 and updates the zoo table in models/README.md (`--out DIR/x.onnx --no-readme` writes the file and
 its card elsewhere and leaves models/ alone). The data is loaded exactly as onnxkd loads it
-(`open_source(DataRef(folder, split=...))`), so `--data ../shared/data/mnist` sees the same split.
+(`open_source(DataRef(folder, split=...))`), so `--data data/mnist` sees the same split.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from onnxkd.data.source import DataRef
 from onnxkd.data.spec import InputSpec
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parents[0].parent / "shared" / "data" / "mnist"
+DEFAULT_DATA = HERE.parents[0] / "data" / "mnist"
 SPEC = InputSpec(
     layout="NCHW",
     size=(28, 28),
@@ -146,7 +146,7 @@ def main() -> None:
             (
                 "Data and split",
                 f"""
-Real MNIST from `shared/data/mnist`, loaded exactly as onnxkd loads it:
+Real MNIST from `data/mnist`, loaded exactly as onnxkd loads it:
 `onnxkd.data.loaders.open_source(DataRef(folder, split=...))`, uint8 (N, 28, 28, 1) pixels
 0..255, label names `"0"`..`"9"`. `train`: {files["train"]} ({len(train):,} images, a subset
 of the 60,000 MNIST training images). `test`: {files["test"]}, the full native test set

@@ -1,4 +1,4 @@
-"""Data sources opened by `open_source`, on the real data in ../shared/data and copies of it."""
+"""Data sources opened by `open_source`, on the real data in data and copies of it."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]  # p
 
 
 def shared_data() -> Path:
-    """The read-only real data every checkout sees at ../shared/data."""
-    return Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+    """The read-only real data every checkout sees at data."""
+    return Path(__file__).resolve().parents[1] / "data"
 
 
 def mnist_dir() -> Path:

@@ -231,7 +231,7 @@ BAD = [
         ),
         "student has no module 'stage9'",
     ),
-    (("--student", "small_cnn", "--data", "../shared/data/mnist"), "fingerprints differ"),
+    (("--student", "small_cnn", "--data", "data/mnist"), "fingerprints differ"),
     (("--student", "small_cnn", "--loss", "kd_topk"), "needs a top-k cache"),
     (
         (
@@ -250,7 +250,7 @@ BAD = [
 def test_bad_distill_input_gives_one_clear_line(cli, workspace, tmp_path, args, message):
     root = fresh(workspace, tmp_path)
     if "--data" in args:
-        args = tuple(str(MODELS.parent / a) if a.startswith("../") else a for a in args)
+        args = tuple(str(MODELS.parent / a) if a.startswith("data/") else a for a in args)
     result = cli("distill", *args, cwd=root)
     assert result.returncode in (1, 2), result.stderr
     assert "Traceback" not in result.stderr
