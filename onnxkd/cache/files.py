@@ -20,8 +20,6 @@ import numpy as np
 
 from onnxkd.files import sha256_file
 
-FORMAT = "onnxkd-cache"
-VERSION = 1
 MANIFEST = "manifest.json"
 PENDING = "pending.json"
 PROGRESS = "progress.json"
