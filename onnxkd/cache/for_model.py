@@ -118,6 +118,6 @@ def cache_key(path: Path) -> str | None:
     if not (Path(path) / MANIFEST).is_file():
         return None
     try:
-        return CacheReader(path).key
+        return CacheReader(path, check_arrays=False).key
     except CacheError:
         return None

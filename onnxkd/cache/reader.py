@@ -12,13 +12,15 @@ from pathlib import Path
 import numpy as np
 
 from onnxkd.cache.files import MANIFEST, PART_DONE, PENDING, PROGRESS
+from onnxkd.cache.integrity import check_arrays as check_arrays_match
+from onnxkd.cache.integrity import find_problems
 from onnxkd.cache.manifest import SCORES, TOPK_ARRAYS, Manifest, Section
 from onnxkd.data.augment import Augmentation
 from onnxkd.data.loaders import open_source
 from onnxkd.data.source import Source
 from onnxkd.data.spec import InputSpec
 from onnxkd.errors import CacheError
-from onnxkd.files import read_json, sha256_file
+from onnxkd.files import read_json
 
 
 def incomplete_status(path: Path) -> str:
@@ -51,9 +53,16 @@ class CacheReader:
         (4, 10)
     """
 
-    def __init__(self, path: Path | str, manifest: Manifest | None = None) -> None:
+    def __init__(
+        self, path: Path | str, manifest: Manifest | None = None, check_arrays: bool = True
+    ) -> None:
+        """Open the cache at `path`, refusing it if any array differs from the manifest
+        (cheap after the first read: see `onnxkd.cache.integrity`). `check_arrays=False` is
+        for callers that read only the manifest (its key, spec or accuracy), never arrays."""
         self.path = Path(path)
         self.manifest = manifest if manifest is not None else self._load_manifest()
+        if check_arrays:
+            check_arrays_match(self.path, self.manifest)
 
     def _load_manifest(self) -> Manifest:
         if not self.path.is_dir():
@@ -116,28 +125,9 @@ class CacheReader:
         return source
 
     def verify(self) -> list[str]:
-        """Check every array against the manifest (shape, dtype, sha256); return the problems."""
-        problems = []
-        for name, section in self.manifest.sections.items():
-            for part in section.parts:
-                for file, want in part.files.items():
-                    path = self.path / part.dir / file
-                    if not path.exists():
-                        problems.append(f"{name}: {part.dir}/{file} is missing")
-                        continue
-                    try:
-                        arr = np.load(path, mmap_mode="r")
-                    except Exception as e:
-                        problems.append(f"{part.dir}/{file} cannot be read: {e}")
-                        continue
-                    if arr.shape != want.shape or str(arr.dtype) != want.dtype:
-                        problems.append(
-                            f"{part.dir}/{file} is {list(arr.shape)} {arr.dtype}, the manifest "
-                            f"says {list(want.shape)} {want.dtype}"
-                        )
-                    elif sha256_file(path) != want.sha256:
-                        problems.append(f"{part.dir}/{file} does not match its checksum")
-        return problems
+        """Check every array against the manifest (header, size, sha256, ignoring earlier
+        verification records); return the problems."""
+        return find_problems(self.path, self.manifest, full=True)
 
 
 class CacheSection:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from onnxkd.cli.options import log, workdir_option
+from onnxkd.cli.options import Finite, log, workdir_option
 
 env_option = click.option(
     "--env",
@@ -31,14 +31,14 @@ def ondevice_cmd():
     type=click.Path(file_okay=False, path_type=Path),
     help="Artifacts folder [default: an `ondevice` folder beside the student].",
 )
-@click.option("--alpha", type=click.FloatRange(0, 1), default=0.9, show_default=True)
+@click.option("--alpha", type=Finite(0, 1), default=0.9, show_default=True)
 @click.option(
-    "--temperature", "-T", type=click.FloatRange(0, min_open=True), default=4.0, show_default=True
+    "--temperature", "-T", type=Finite(0, min_open=True), default=4.0, show_default=True
 )
 @click.option(
     "--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True
 )
-@click.option("--weight-decay", type=click.FloatRange(0), default=0.0, show_default=True)
+@click.option("--weight-decay", type=Finite(0), default=0.0, show_default=True)
 @click.option(
     "--freeze-prefix",
     type=click.IntRange(0),
@@ -86,7 +86,7 @@ def artifacts_cmd(env, **settings):
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option(
     "--lr",
-    type=click.FloatRange(0, min_open=True),
+    type=Finite(0, min_open=True),
     help="Peak learning rate [default: 1e-4 AdamW, 0.005 SGD, for fine-tuning a trained "
     "student; a weak one learns faster with more].",
 )

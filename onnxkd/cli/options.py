@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import sys
 import tomllib
 from collections.abc import Callable
@@ -37,19 +38,54 @@ def log(message: str) -> None:
 
 
 class OnnxkdGroup(click.Group):
-    """Turns user errors into one line on stderr: exit 1 for runtime errors, 130 on Ctrl-C."""
+    """Turns every error into one line on stderr (see `onnxkd.cli.errors`): exit 1 for a user
+    error, 70 for a bug (its traceback saved to a file), 130 on Ctrl-C."""
 
     def invoke(self, ctx: click.Context):
+        from onnxkd.cli import errors
+
         try:
             return super().invoke(ctx)
-        except OnnxkdError as e:
-            click.echo(f"error: {e}", err=True)
-            ctx.exit(1)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
+            raise
         except KeyboardInterrupt:
             # distill keeps every finished epoch but starts a new run unless told to resume
             how = RESUME_HINTS.get(ctx.invoked_subcommand, "rerun the same command to resume")
             click.echo(f"interrupted; {how}", err=True)
             ctx.exit(130)
+        except Exception as e:
+            message = errors.user_message(e)
+            if message is not None:
+                click.echo(f"error: {message}", err=True)
+                ctx.exit(errors.EXIT_USER_ERROR)
+            if errors.debugging():
+                raise
+            click.echo(f"error: {errors.internal_error_message(e)}", err=True)
+            ctx.exit(errors.EXIT_INTERNAL_ERROR)
+
+
+def _finite(value: float, param, ctx) -> float:
+    if not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number", ctx=ctx, param=param)
+    return value
+
+
+class Finite(click.FloatRange):
+    """A float option (optionally within a range, like `click.FloatRange`) that refuses NaN
+    and infinity: a range check alone lets NaN through, since every comparison with NaN is
+    false."""
+
+    name = "float"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, bool):  # TOML's true is not the number 1
+            self.fail(f"{value!r} is not a number", param, ctx)
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        _finite(number, param, ctx)
+        return super().convert(number, param, ctx)
 
 
 class FloatList(click.ParamType):
@@ -58,12 +94,14 @@ class FloatList(click.ParamType):
     name = "FLOATS"
 
     def convert(self, value, param, ctx):
-        if isinstance(value, (tuple, list)):
-            return tuple(float(v) for v in value)
+        items = value if isinstance(value, (tuple, list)) else str(value).split(",")
         try:
-            return tuple(float(v) for v in str(value).split(","))
-        except ValueError:
+            numbers = tuple(float(v) for v in items)
+        except (TypeError, ValueError):
             self.fail(f"{value!r} is not a comma-separated list of numbers", param, ctx)
+        for number in numbers:
+            _finite(number, param, ctx)
+        return numbers
 
 
 class Size(click.ParamType):

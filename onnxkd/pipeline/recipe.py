@@ -18,11 +18,13 @@ serves all three. Paths in the recipe are relative to the recipe's folder.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from onnxkd.errors import OnnxkdError
+from onnxkd.settings import as_toml, check_types, from_settings
 
 TOP_LEVEL = (
     "name",
@@ -90,7 +92,9 @@ def load_recipe(path: Path) -> Recipe:
     if not path.is_file():
         raise RecipeError(f"no recipe at {path}")
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"{path} is not a text file (a TOML recipe): {e.reason}") from e
     except tomllib.TOMLDecodeError as e:
         raise RecipeError(f"{path} is not valid TOML: {e}") from e
     _check_keys(raw, TOP_LEVEL, f"{path.name}")
@@ -122,10 +126,14 @@ def load_recipe(path: Path) -> Recipe:
         if "loss_args" in raw[table] and not isinstance(raw[table]["loss_args"], dict):
             raise RecipeError(f"[{table}] loss_args must be a table: [{table}.loss_args]")
         parsed[table] = dict(raw[table])
+    for key in ("name", "teacher", "description"):
+        if key in raw and not isinstance(raw[key], str):
+            raise RecipeError(f"{path.name}: {key} = {as_toml(raw[key])} must be a string")
     teacher = Path(raw["teacher"])
     teacher = teacher if teacher.is_absolute() else (base / teacher).resolve()
     if not teacher.is_file():
         raise RecipeError(f"the recipe's teacher {teacher} does not exist")
+    _check_values(path.name, teacher, data, parsed)
     return Recipe(
         path=path.resolve(),
         name=str(raw["name"]),
@@ -138,6 +146,39 @@ def load_recipe(path: Path) -> Recipe:
         quantize=parsed["quantize"],
         bench=parsed["bench"],
     )
+
+
+def _check_values(name: str, teacher: Path, data: dict, tables: dict) -> None:
+    """Check every value's type, then build each stage's settings once, so that a wrong value
+    is refused before the first stage runs, named by its recipe key."""
+    from onnxkd.bench.config import BenchConfig
+    from onnxkd.cache.build import CacheConfig
+    from onnxkd.cache.settings import cache_config
+    from onnxkd.data.source import DataRef
+    from onnxkd.data.spec import SpecOptions
+    from onnxkd.distill.config import DistillConfig
+    from onnxkd.quantize.config import QuantizeConfig
+
+    check_types(DataRef, data, f"{name} [data]")
+    typed = {"distill": DistillConfig, "qat": DistillConfig}
+    typed |= {"quantize": QuantizeConfig, "bench": BenchConfig}
+    cache = tables["cache"] or {}
+    check_types(SpecOptions, cache, f"{name} [cache]")
+    check_types(CacheConfig, cache, f"{name} [cache]")
+    for table, cls in typed.items():
+        if tables[table] is not None:
+            check_types(cls, tables[table], f"{name} [{table}]")
+    builds = {"cache": lambda: cache_config(teacher=teacher, **data, **cache)}
+    for table, cls in typed.items():
+        if tables[table] is not None:
+            builds[table] = lambda cls=cls, table=table: from_settings(cls, tables[table])
+    for table, build in builds.items():
+        try:
+            build()
+        except OnnxkdError as e:
+            # The settings speak in command-line flags; a recipe's reader knows its keys.
+            message = re.sub(r"--([a-z][a-z0-9-]*)", lambda m: m[1].replace("-", "_"), str(e))
+            raise RecipeError(f"{name} [{table}]: {message}") from e
 
 
 def _check_keys(table, valid, where: str) -> None:

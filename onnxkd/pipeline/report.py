@@ -22,7 +22,7 @@ def write_report(state) -> Path:
     out = state.root / "report"
     out.mkdir(parents=True, exist_ok=True)
     bench = read_json(state.bench / "bench.json") if state.bench else None
-    manifest = CacheReader(state.cache).manifest
+    manifest = CacheReader(state.cache, check_arrays=False).manifest
     run = RunFolder(state.run)
     export = run.export_report()
     images = []

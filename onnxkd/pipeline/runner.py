@@ -128,7 +128,7 @@ def _distill_into(state: PipelineState, out: Path, options: dict, log, **extra):
 
 
 def _distill(state: PipelineState, log) -> StageRecord:
-    cache_key = CacheReader(state.cache).key
+    cache_key = CacheReader(state.cache, check_arrays=False).key
     out = state.root / "runs" / f"distill-{key_of(cache_key, state.recipe.distill)}"
     skipped = _distill_into(state, out, state.recipe.distill, log)
     state.run = out
