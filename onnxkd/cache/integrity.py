@@ -21,6 +21,7 @@ A cache on a read-only medium cannot record anything and is hashed in full on ev
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -75,9 +76,7 @@ def header_problem(path: Path, record: ArrayRecord) -> str | None:
     except (OSError, ValueError, EOFError) as e:
         return f"is not a readable .npy array ({size} bytes: {e})"
     if tuple(shape) != record.shape or str(dtype) != record.dtype:
-        return (
-            f"is {list(shape)} {dtype}, the manifest says {list(record.shape)} {record.dtype}"
-        )
+        return f"is {list(shape)} {dtype}, the manifest says {list(record.shape)} {record.dtype}"
     expected = data_start + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if size != expected:
         return f"has {size} bytes where its header promises {expected} (truncated or padded)"
@@ -113,10 +112,9 @@ def _read_verified(cache: Path) -> dict:
 
 
 def _write_verified(cache: Path, arrays: dict) -> None:
-    try:
+    # A read-only cache is still readable: it is hashed in full on every read.
+    with contextlib.suppress(OSError):
         write_json_atomic(cache / VERIFIED, {"format": VERIFIED_FORMAT, "arrays": arrays})
-    except OSError:
-        pass  # a read-only cache is still readable: it is hashed in full on every read
 
 
 def find_problems(cache: Path, manifest: Manifest, full: bool = False) -> list[str]:

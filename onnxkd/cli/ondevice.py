@@ -32,9 +32,7 @@ def ondevice_cmd():
     help="Artifacts folder [default: an `ondevice` folder beside the student].",
 )
 @click.option("--alpha", type=Finite(0, 1), default=0.9, show_default=True)
-@click.option(
-    "--temperature", "-T", type=Finite(0, min_open=True), default=4.0, show_default=True
-)
+@click.option("--temperature", "-T", type=Finite(0, min_open=True), default=4.0, show_default=True)
 @click.option(
     "--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True
 )
