@@ -100,8 +100,11 @@ def test_quantize_from_the_workspace_with_no_arguments(cli, workspace, tmp_path)
     meta = {p.key: p.value for p in onnx.load(str(int8)).metadata_props}
     assert meta["onnxkd.quantized"] == "ptq-minmax-x86"
     assert "onnxkd.input_spec" in meta  # the INT8 model still carries its preprocessing
-    # A rerun reuses the calibration ranges instead of calibrating again.
-    again = cli("quantize")
+    # A rerun does not replace the INT8 model silently; told to, it reuses the calibration
+    # ranges instead of calibrating again.
+    refused = cli("quantize")
+    assert refused.returncode == 1 and "pass --overwrite" in refused.stderr
+    again = cli("quantize", "--overwrite")
     assert again.returncode == 0 and "calibration: reusing" in again.stderr
 
 
@@ -148,7 +151,7 @@ def test_accuracy_aware_mode_keeps_the_outlier_channel_float(workspace, tmp_path
     base = dict(model=model, workdir=workspace / "onnxkd-out")
     plain = quantize(QuantizeConfig(**base), **QUIET).report
     assert plain["drop_points"] > 5.0  # the outlier really ruins plain PTQ
-    aware = quantize(QuantizeConfig(**base, max_drop=0.5), **QUIET).report
+    aware = quantize(QuantizeConfig(**base, max_drop=0.5, overwrite=True), **QUIET).report
     assert aware["drop_points"] <= 0.5
     assert aware["accuracy_aware"]["met"]
     assert {producer, consumer} <= set(aware["excluded_nodes"])
@@ -175,7 +178,7 @@ def test_quantize_bad_inputs_give_one_clear_line(cli, workspace, tmp_path):
     not_onnx = tmp_path / "notes.onnx"
     not_onnx.write_text("not a model")
     result = cli("quantize", not_onnx)
-    assert result.returncode == 1 and "is not an ONNX model" in result.stderr
+    assert result.returncode == 1 and "is not a readable ONNX model" in result.stderr
     assert "Traceback" not in result.stderr
 
     # A student away from its run folder and workspace: nowhere to find calibration data.

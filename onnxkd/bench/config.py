@@ -13,6 +13,10 @@ class BenchConfigError(OnnxkdError):
     """A bench setting is out of range."""
 
 
+class BenchError(OnnxkdError):
+    """A model or the output folder given to bench cannot be used as asked."""
+
+
 @dataclass(frozen=True)
 class BenchConfig:
     """Everything `onnxkd bench` needs; defaults are the CLI's.
@@ -36,11 +40,16 @@ class BenchConfig:
     accuracy: bool = True
     eval_samples: int | None = None  # None: the whole validation split
     cv_warn: float = 0.15  # warn when a row's coefficient of variation is above this
+    overwrite: bool = False  # replace an earlier result in `out_dir` instead of refusing
 
     def __post_init__(self) -> None:
         checks = [
             (self.eps, "--ep needs at least one execution provider"),
-            (not self.labels or len(self.labels) == len(self.models), "one label per model"),
+            (
+                not self.labels or len(self.labels) == len(self.models),
+                f"one --label per model: {len(self.labels)} label(s) for "
+                f"{len(self.models)} model(s)",
+            ),
             (self.batches and all(b >= 1 for b in self.batches), "--batch sizes must be >= 1"),
             (self.runs >= 1, f"--runs must be >= 1, got {self.runs}"),
             (self.rounds >= 1, f"--rounds must be >= 1, got {self.rounds}"),
@@ -53,8 +62,8 @@ class BenchConfig:
 
     @property
     def out_dir(self) -> Path:
-        # One folder per EP set: `bench --ep coreml` after `bench --ep cpu` must not overwrite
-        # the CPU timings; a rerun with the same EPs replaces its own results.
+        # One folder per EP set: `bench --ep coreml` after `bench --ep cpu` must not touch the
+        # CPU timings; a rerun with the same EPs replaces them only when told to (--overwrite).
         if self.out:
             return Path(self.out)
         return Path(self.workdir) / "bench" / "-".join(self.eps)

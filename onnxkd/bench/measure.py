@@ -1,14 +1,14 @@
-"""Measuring one model on one execution provider: session creation, node placement, latency
-over fixed inputs, peak process memory while it runs, and validation accuracy."""
+"""Measuring one model on one execution provider: session creation, node placement, validation
+accuracy, and whether its outputs are finite. (Its own peak memory: `onnxkd.bench.memory`.)"""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
-import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -57,45 +57,41 @@ def node_placement(path: Path, ep: ExecutionProvider, feeds: dict, threads: int 
     }
 
 
-class PeakMemory:
-    """Peak resident memory of this process while the `with` block runs, sampled every ms."""
+@dataclass(frozen=True)
+class Score:
+    """Top-1 accuracy over the validation samples, and how many of them gave NaN or Inf."""
 
-    def __init__(self, interval: float = 0.001) -> None:
-        import psutil
-
-        self._process = psutil.Process()
-        self._interval = interval
-        self.peak = 0
-        self._stop = threading.Event()
-
-    def __enter__(self) -> PeakMemory:
-        self.peak = self._process.memory_info().rss
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self._interval):
-            self.peak = max(self.peak, self._process.memory_info().rss)
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._process.memory_info().rss)
+    accuracy: float
+    samples: int
+    non_finite: int
 
 
-def accuracy(session, batches, output: str | None = None) -> float:
-    """Top-1 accuracy of `session` over (input, label) batches."""
+def accuracy(session, batches, output: str | None = None) -> Score:
+    """Top-1 accuracy of `session` over (input, label) batches, counting non-finite outputs:
+    argmax over NaN picks an arbitrary class, so such an accuracy describes a broken model."""
     name = session.get_inputs()[0].name
-    hits = count = 0
+    hits = count = non_finite = 0
     for x, labels in batches:
-        out = session.run([output] if output else None, {name: x})[0]
-        if isinstance(out, list) and out and isinstance(out[0], dict):
-            # a ZipMap (scikit-learn's default): one {class: probability} map per sample
-            out = [[row[k] for k in sorted(row)] for row in out]
-        hits += int((np.asarray(out).reshape(len(x), -1).argmax(axis=1) == labels).sum())
+        scores = as_scores(session.run([output] if output else None, {name: x})[0], len(x))
+        non_finite += count_non_finite(scores)
+        hits += int((scores.argmax(axis=1) == labels).sum())
         count += len(labels)
-    return hits / max(count, 1)
+    return Score(hits / max(count, 1), count, non_finite)
+
+
+def as_scores(out, samples: int) -> np.ndarray:
+    """A model's output as one row of scores per sample."""
+    if isinstance(out, list) and out and isinstance(out[0], dict):
+        # a ZipMap (scikit-learn's default): one {class: probability} map per sample
+        out = [[row[k] for k in sorted(row)] for row in out]
+    return np.asarray(out).reshape(samples, -1)
+
+
+def count_non_finite(scores: np.ndarray) -> int:
+    """Samples (rows) with any NaN or Inf; 0 for outputs that are not floating point."""
+    if scores.dtype.kind != "f":
+        return 0
+    return int((~np.isfinite(scores)).any(axis=1).sum())
 
 
 def parameter_count(path: Path) -> int:

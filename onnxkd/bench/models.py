@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from onnxkd.bench.model_file import graph_inputs
 from onnxkd.cache.for_model import ModelData, resolve_model_data
 from onnxkd.cache.reader import CacheReader
 from onnxkd.distill.run_folder import RunFolder
-from onnxkd.errors import DataError, OnnxkdError, WorkspaceError
+from onnxkd.errors import CacheError, DataError, OnnxkdError, WorkspaceError
 from onnxkd.metadata import read_metadata
 from onnxkd.workspace import Workspace
 
@@ -34,7 +34,7 @@ class BenchModel:
         import onnx
 
         proto = onnx.load(str(self.path), load_external_data=False)
-        value = proto.graph.input[0]
+        value = graph_inputs(proto)[0]
         if self.data is not None:
             n = len(self.data.eval)
             x, _ = next(self.data.batches(self.data.eval, batch, np.arange(batch) % n))
@@ -108,18 +108,19 @@ def attach_data(
             model.data = resolve_model_data(
                 model.path, metadata, workdir, use_cache, data, cache_hints=hints
             )
-        except (DataError, OnnxkdError) as e:
+        except CacheError:
+            raise  # a corrupt or incomplete cache is refused, not quietly replaced by noise
+        except OnnxkdError as e:
             model.data_note = str(e)
             log(f"{model.label}: no validation data ({e}); timing it on noise, no accuracy")
 
 
 def label_models(paths: tuple[Path, ...], given: tuple[str, ...] = ()) -> list[BenchModel]:
-    """Models named on the command line, labelled as given or by file name (made unique)."""
+    """Models named on the command line, labelled as given or by file name (made unique).
+    (`bench` checks that each is an ONNX model.)"""
     labels: dict[str, int] = {}
     models = []
     for i, path in enumerate(paths):
-        if not Path(path).is_file():
-            raise DataError(f"{path} is not a file")
         stem = given[i] if given else Path(path).name.removesuffix(".onnx")
         labels[stem] = labels.get(stem, 0) + 1
         label = stem if labels[stem] == 1 else f"{stem}#{labels[stem]}"
@@ -134,7 +135,8 @@ def teacher_outputs(models: list[BenchModel], cache: Path | None) -> None:
 
     if cache is None or not (Path(cache) / "manifest.json").exists():
         return
-    teacher = json.loads((Path(cache) / "manifest.json").read_text())["teacher"]
+    # the manifest only: `attach_data` reads (and checks) the arrays if they are used at all
+    teacher = CacheReader(cache, check_arrays=False).manifest.teacher
     for model in models:
-        if model.output is None and sha256_file(model.path) == teacher["sha256"]:
-            model.output = scored_output(model.path, teacher["output_used"])
+        if model.output is None and sha256_file(model.path) == teacher.sha256:
+            model.output = scored_output(model.path, teacher.output_used)

@@ -7,6 +7,15 @@ from pathlib import Path
 
 from onnxkd.files import write_json_atomic
 
+# What a finished run leaves in its folder. bench.json is written last: when it is there, the
+# rest of the result is too.
+RESULT_FILES = ("bench.json", "bench.md", "pareto.png")
+MEMORY_NOTE = (
+    "own peak MB: the resident memory a fresh process adds by loading this model alone and "
+    "running it at this batch (its peak less its size just before the session was created)"
+)
+THROUGHPUT_NOTE = "samples/s: the batch over the median (p50) latency"
+
 COLUMNS = (
     ("model", "model"),
     ("ep", "EP"),
@@ -16,7 +25,7 @@ COLUMNS = (
     ("p99_ms", "p99 ms"),
     ("cv", "CV"),
     ("throughput", "samples/s"),
-    ("peak_rss_mb", "peak MB"),
+    ("peak_rss_added_mb", "own peak MB"),
     ("size_bytes", "size MB"),
     ("parameters", "params"),
     ("on_ep", "on EP"),
@@ -36,13 +45,13 @@ def cells(row: dict) -> dict[str, str]:
             p99_ms=f"{row['p99_ms']:.3f}",
             cv=f"{row['cv']:.2f}",
             throughput=f"{row['throughput']:.0f}",
-            peak_rss_mb=f"{row['peak_rss_mb']:.0f}",
+            peak_rss_added_mb=_megabytes(row.get("peak_rss_added_mb")),
         )
         share = row.get("placement", {}).get("share_on_ep")
         out["on_ep"] = f"{100 * share:.0f}%" if share is not None else "-"
     else:
         status = "not timed" if row["status"] == "not timed" else "error"
-        for key in ("p50_ms", "p99_ms", "cv", "throughput", "peak_rss_mb", "on_ep"):
+        for key in ("p50_ms", "p99_ms", "cv", "throughput", "peak_rss_added_mb", "on_ep"):
             out[key] = status if key == "p50_ms" else "-"
     return out
 
@@ -73,7 +82,9 @@ def markdown(document: dict) -> str:
         f"threads: {host['intra_op_threads']}.",
         f"Latency: {document['config']['rounds']} interleaved rounds of at least "
         f"{document['config']['runs']} runs (and {document['config']['min_seconds']} s) after "
-        f"{document['config']['warmup']} warm-up runs; outputs fetched each run.",
+        f"{document['config']['warmup']} warm-up runs; outputs fetched each run; "
+        f"{THROUGHPUT_NOTE}.",
+        f"{MEMORY_NOTE[0].upper()}{MEMORY_NOTE[1:]}.",
         "",
         "| " + " | ".join(h for _, h in COLUMNS) + " |",
         "|" + "|".join("---" for _ in COLUMNS) + "|",
@@ -191,16 +202,28 @@ def _y_limits(axis, ys: list[float], ceiling: float | None) -> None:
 
 
 def write_all(document: dict, out: Path) -> dict[str, Path]:
-    """bench.json, bench.md and pareto.png in `out`, each written whole or not at all."""
+    """bench.json, bench.md and pareto.png in `out`, each written whole or not at all.
+
+    An earlier result's bench.json goes first and the new one comes last, so an interrupted
+    run never leaves a complete-looking result mixing old and new files; an old plot the new
+    result has none for is removed.
+    """
     paths = {"json": out / "bench.json", "markdown": out / "bench.md"}
-    write_json_atomic(paths["json"], json.loads(json.dumps(document, default=str)))
+    paths["json"].unlink(missing_ok=True)
     tmp = paths["markdown"].with_name("bench.md.tmp")
     tmp.write_text(markdown(document))
     tmp.replace(paths["markdown"])
     plot = pareto_plot(document, out / "pareto.png")
     if plot:
         paths["plot"] = plot
+    else:
+        (out / "pareto.png").unlink(missing_ok=True)
+    write_json_atomic(paths["json"], json.loads(json.dumps(document, default=str)))
     return paths
+
+
+def _megabytes(mb: float | None) -> str:
+    return "-" if mb is None else f"{mb:.1f}" if mb < 10 else f"{mb:.0f}"
 
 
 def _count(n: int) -> str:

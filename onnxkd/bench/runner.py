@@ -2,9 +2,12 @@
 
 For each EP, sessions for all models are created first; then, per batch size, the models are
 timed in interleaved rounds (A B C A B C …) so that a noisy neighbour slows them alike, and the
-spread between rounds is reported. An EP that is not available gives an error row (or, asked
-for alone, an error); CoreML and NNAPI, which cannot run on this kind of host, give
-onnxruntime's static usability analysis and an ORT-format file instead, marked as not timed.
+spread between rounds is reported. Throughput is the batch over the median latency, like the
+p50 beside it. Each model's peak memory is measured in a process of its own (`bench.memory`),
+never as this process's peak, which holds every model's sessions at once. An EP that is not
+available gives an error row (or, asked for alone, an error); CoreML and NNAPI, which cannot
+run on this kind of host, give onnxruntime's static usability analysis and an ORT-format file
+instead, marked as not timed.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from onnxkd.bench import measure, report
-from onnxkd.bench.config import BenchConfig
+from onnxkd.bench.config import BenchConfig, BenchError
 from onnxkd.bench.host import host_info
+from onnxkd.bench.memory import own_peak_mb
+from onnxkd.bench.model_file import load_model_file
 from onnxkd.bench.models import (
     BenchModel,
     attach_data,
@@ -26,6 +31,7 @@ from onnxkd.bench.models import (
     teacher_outputs,
     workspace_models,
 )
+from onnxkd.bench.output_path import check_writable, refuse_existing, writing
 from onnxkd.bench.timing import summarize, time_session
 from onnxkd.errors import ProviderError
 from onnxkd.providers import PROVIDERS, STATIC_CHECK_EPS, resolve_provider
@@ -55,6 +61,10 @@ def bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> BenchResult:
         teacher_outputs(models, cfg.cache)
     else:
         models = workspace_models(cfg.workdir, log)
+    for model in models:  # a file that is no model is the user's mistake, not an error row
+        load_model_file(model.path, BenchError)
+    out = cfg.out_dir
+    _check_output(out, cfg.overwrite)
     if cfg.accuracy:
         attach_data(models, cfg.workdir, cfg.cache, cfg.data, log)
     static = {m.label: _static_facts(m) for m in models}
@@ -69,8 +79,6 @@ def bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> BenchResult:
             f"warning: run-to-run variation above CV {cfg.cv_warn} for {', '.join(noisy)}: "
             "trust p50 over the mean, close other programs, or raise --rounds/--min-seconds"
         )
-    out = cfg.out_dir
-    out.mkdir(parents=True, exist_ok=True)
     document = {
         "format": 1,
         "host": host_info(cfg.threads),
@@ -81,8 +89,22 @@ def bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> BenchResult:
         "rows": rows,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    paths = report.write_all(document, out)
+    with writing(BenchError, f"bench results to {out}"):
+        out.mkdir(parents=True, exist_ok=True)
+        paths = report.write_all(document, out)
     return BenchResult(rows, paths["json"], paths["markdown"], paths.get("plot"))
+
+
+def _check_output(out: Path, overwrite: bool) -> None:
+    """Before any timing: the folder can be written, and holds no earlier result unless
+    `--overwrite` says to replace it."""
+    check_writable(out, BenchError, f"bench results to {out}", "pass -o a folder you can write to")
+    if not overwrite:
+        refuse_existing(
+            [out / name for name in report.RESULT_FILES],
+            BenchError,
+            "an earlier bench result; pass --overwrite to replace it, or -o another folder",
+        )
 
 
 def _static_facts(model: BenchModel) -> dict:
@@ -119,58 +141,110 @@ def _bench_ep(cfg, ep_name: str, models: list[BenchModel], static: dict, log) ->
             sessions.pop(model.label, None)
             rows[model.label] = {**b, "status": "error", "error": _one_line(e)}
             log(f"{model.label} on {ep_name}: {_one_line(e)}")
+    feeds, failed, broken = _prepare_feeds(cfg, models, sessions, log)
+    peaks = _own_peaks(cfg, ep, models, feeds, log)
     result = []
     for batch in cfg.batches:
-        timed = _time_interleaved(cfg, models, sessions, batch, log)
+        timed = _time_interleaved(cfg, sessions, feeds, batch, log)
         for model in models:
             row = {**rows[model.label], "batch": batch}
             if model.label in timed:
                 row.update(timed[model.label])
+                row["peak_rss_added_mb"] = peaks.get(model.label, {}).get(batch)
             elif row["status"] == "ok":
-                row.update(status="error", error=timed.get(f"!{model.label}", "not timed"))
+                row.update(status="error", error=failed.get((model.label, batch), "not timed"))
             result.append(row)
     for model in models:
+        score = None
         if cfg.accuracy and model.data is not None and model.label in sessions:
-            acc = measure.accuracy(sessions[model.label], _eval_batches(cfg, model), model.output)
+            score = measure.accuracy(sessions[model.label], _eval_batches(cfg, model), model.output)
             for row in result:
                 if row["model"] == model.label and row["ep"] == ep_name:
-                    row["accuracy"] = round(acc, 5)
+                    row["accuracy"] = round(score.accuracy, 5)
+                    row["non_finite_outputs"] = score.non_finite
+        _warn_non_finite(model.label, ep_name, score, model.label in broken, log)
     return result
 
 
-def _time_interleaved(cfg, models, sessions, batch: int, log) -> dict:
-    """Per model: latency statistics over all rounds, the spread of per-round medians, and the
-    peak memory of the process while it ran."""
-    feeds, times, peaks, spread = {}, {}, {}, {}
+def _prepare_feeds(cfg, models, sessions, log) -> tuple[dict, dict, set]:
+    """Per model, the fixed input of each batch size its session ran once; the error of each
+    that did not; and the models whose outputs on those inputs hold NaN or Inf."""
+    feeds: dict[str, dict[int, dict]] = {}
+    failed: dict[tuple[str, int], str] = {}
+    broken: set[str] = set()
     for model in models:
         if model.label not in sessions:
             continue
+        feeds[model.label] = {}
+        for batch in cfg.batches:
+            try:
+                feed = model.inputs(batch)
+                outputs = sessions[model.label].run(None, feed)
+            except Exception as e:
+                failed[model.label, batch] = _one_line(e)
+                log(f"{model.label} at batch {batch}: {_one_line(e)}")
+                continue
+            feeds[model.label][batch] = feed
+            if any(_non_finite(o) for o in outputs):
+                broken.add(model.label)
+    return feeds, failed, broken
+
+
+def _non_finite(output) -> bool:
+    """Whether an output tensor holds NaN or Inf (maps and sequences are not looked into)."""
+    return (
+        isinstance(output, np.ndarray)
+        and output.dtype.kind == "f"
+        and not np.isfinite(output).all()
+    )
+
+
+def _own_peaks(cfg, ep, models, feeds: dict, log) -> dict[str, dict[int, float]]:
+    """Each model's own peak memory per batch, each measured in a process of its own."""
+    peaks = {}
+    for model in models:
+        if not feeds.get(model.label):
+            continue
         try:
-            feeds[model.label] = model.inputs(batch)
-            sessions[model.label].run(None, feeds[model.label])
-        except Exception as e:
-            times[f"!{model.label}"] = _one_line(e)
-            log(f"{model.label} at batch {batch}: {_one_line(e)}")
-    labels = [m.label for m in models if m.label in feeds]
-    for label in labels:
-        times[label], peaks[label], spread[label] = [], 0, []
+            peaks[model.label] = own_peak_mb(model.path, ep.name, cfg.threads, feeds[model.label])
+        except Exception as e:  # a figure missing from one row must not stop the benchmark
+            log(f"{model.label} on {ep.name}: its own peak memory was not measured ({e})")
+    return peaks
+
+
+def _warn_non_finite(label: str, ep: str, score, on_timed_inputs: bool, log) -> None:
+    if score is not None and score.non_finite:
+        log(
+            f"warning: {label} on {ep} gives NaN/Inf outputs for {score.non_finite} of "
+            f"{score.samples} validation samples: its accuracy is meaningless (argmax of NaN); "
+            "check its weights and the data's preprocessing"
+        )
+    elif score is None and on_timed_inputs:
+        log(
+            f"warning: {label} on {ep} gives NaN/Inf outputs on the timed inputs: it is timed "
+            "as it is, but check its weights (pass --data or --cache to score it)"
+        )
+
+
+def _time_interleaved(cfg, sessions, feeds: dict, batch: int, log) -> dict:
+    """Per model: latency statistics over all rounds and the spread of per-round medians."""
+    labels = [label for label in feeds if batch in feeds[label]]
+    times: dict[str, list[np.ndarray]] = {label: [] for label in labels}
     for _ in range(cfg.rounds):
         for label in labels:
-            with measure.PeakMemory() as memory:
-                t = time_session(
-                    sessions[label], feeds[label], cfg.runs, cfg.warmup, cfg.min_seconds
+            times[label].append(
+                time_session(
+                    sessions[label], feeds[label][batch], cfg.runs, cfg.warmup, cfg.min_seconds
                 )
-            times[label].append(t)
-            peaks[label] = max(peaks[label], memory.peak)
-            spread[label].append(float(np.median(t)) * 1e3)
-    result = {k: v for k, v in times.items() if k.startswith("!")}
+            )
+    result = {}
     for label in labels:
         stats = summarize(np.concatenate(times[label]), batch)
+        spread = [float(np.median(t)) * 1e3 for t in times[label]]
         result[label] = {
             **{k: round(v, 5) if isinstance(v, float) else v for k, v in stats.items()},
-            "round_p50_ms": [round(s, 5) for s in spread[label]],
-            "round_spread": round((max(spread[label]) - min(spread[label])) / stats["p50_ms"], 4),
-            "peak_rss_mb": round(peaks[label] / 2**20, 1),
+            "round_p50_ms": [round(s, 5) for s in spread],
+            "round_spread": round((max(spread) - min(spread)) / stats["p50_ms"], 4),
         }
         log(
             f"{label} batch {batch}: p50 {stats['p50_ms']:.3f} ms, "

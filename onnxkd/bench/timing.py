@@ -31,9 +31,15 @@ def time_session(
 
 
 def summarize(times: np.ndarray, batch: int) -> dict:
-    """Latency statistics in milliseconds, and throughput in samples per second."""
+    """Latency statistics in milliseconds, and throughput in samples per second.
+
+    Throughput is the batch over the median latency, like the p50 reported beside it: the mean
+    is pulled up by the odd run a neighbour or the scheduler slowed, so two figures from one
+    measurement would otherwise disagree.
+    """
     ms = times * 1e3
     mean = float(ms.mean())
+    median = float(np.median(times))
     return {
         "runs": len(ms),
         "mean_ms": mean,
@@ -43,7 +49,7 @@ def summarize(times: np.ndarray, batch: int) -> dict:
         "p99_ms": float(np.percentile(ms, 99)),
         "std_ms": float(ms.std()),
         "cv": float(ms.std() / mean) if mean > 0 else 0.0,
-        "throughput": float(batch / times.mean()) if times.mean() > 0 else 0.0,
+        "throughput": float(batch / median) if median > 0 else 0.0,
     }
 
 

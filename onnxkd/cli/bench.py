@@ -6,12 +6,12 @@ from pathlib import Path
 
 import click
 
-from onnxkd.cli.options import CommaList, log, workdir_option
+from onnxkd.cli.options import CommaList, Finite, log, workdir_option
 from onnxkd.providers import EP_NAMES
 
 
 @click.command("bench")
-@click.argument("models", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("models", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
     "--ep",
     "eps",
@@ -30,7 +30,7 @@ from onnxkd.providers import EP_NAMES
 )
 @click.option(
     "--min-seconds",
-    type=click.FloatRange(0),
+    type=Finite(0),
     default=0.5,
     show_default=True,
     help="Time each round for at least this long.",
@@ -66,7 +66,7 @@ from onnxkd.providers import EP_NAMES
 )
 @click.option(
     "--cv-warn",
-    type=click.FloatRange(0),
+    type=Finite(0),
     default=0.15,
     show_default=True,
     help="Warn when a row's coefficient of variation is above this.",
@@ -75,11 +75,20 @@ from onnxkd.providers import EP_NAMES
     "-o",
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Output folder [default: WORKDIR/bench].",
+    help="Output folder [default: WORKDIR/bench/EPS].",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace an earlier result in the output folder (without it, bench refuses).",
 )
 @workdir_option
 def bench_cmd(**settings):
-    """Latency, throughput, memory, size and accuracy per model, EP and batch size."""
+    """Latency, throughput, memory, size and accuracy per model, EP and batch size.
+
+    Throughput is the batch over the median latency. "own peak MB" is each model's own peak
+    memory: what a fresh process adds by loading that model alone and running it at that batch.
+    """
     from onnxkd.bench.config import BenchConfig
     from onnxkd.bench.runner import bench
     from onnxkd.bench.summary import summarize

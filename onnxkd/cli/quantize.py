@@ -6,17 +6,26 @@ from pathlib import Path
 
 import click
 
-from onnxkd.cli.options import NameChoice, log, workdir_option
+from onnxkd.cli.options import Finite, NameChoice, log, workdir_option
 from onnxkd.quantize.config import TARGET_CHOICES
 
 
 @click.command("quantize")
-@click.argument("model", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument(
+    "model", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
 @click.option(
     "-o",
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="INT8 model path [default: MODEL.int8.onnx beside the model].",
+    help="INT8 model path [default: MODEL.int8.onnx beside the model]; its report goes "
+    "beside it (.json).",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace an existing INT8 model and report at the output path (without it, "
+    "quantize refuses).",
 )
 @click.option(
     "--cache",
@@ -39,9 +48,7 @@ from onnxkd.quantize.config import TARGET_CHOICES
 )
 @click.option("--calib-samples", type=click.IntRange(1), default=512, show_default=True)
 @click.option("--calib-batch", type=click.IntRange(1), default=32, show_default=True)
-@click.option(
-    "--percentile", type=click.FloatRange(0, 100, min_open=True), default=99.999, show_default=True
-)
+@click.option("--percentile", type=Finite(0, 100, min_open=True), default=99.999, show_default=True)
 @click.option(
     "--calib-memory-mb",
     type=click.IntRange(1),
@@ -60,7 +67,7 @@ from onnxkd.quantize.config import TARGET_CHOICES
 )
 @click.option(
     "--max-drop",
-    type=click.FloatRange(0),
+    type=Finite(0),
     metavar="POINTS",
     help="Accuracy-aware: keep the most sensitive nodes in float until INT8 loses at most "
     "this many accuracy points.",

@@ -42,8 +42,8 @@ MANAGED = {
     "cache": {"teacher", "out", "workdir", "shard", "overwrite"},
     "distill": {"cache", "data", "workdir", "out", "resume", "export", "qat", "init"},
     "qat": {"cache", "data", "workdir", "out", "resume", "export", "qat", "init", "student"},
-    "quantize": {"model", "out", "workdir", "cache", "data"},
-    "bench": {"models", "labels", "workdir", "out", "cache", "data"},
+    "quantize": {"model", "out", "workdir", "cache", "data", "overwrite"},
+    "bench": {"models", "labels", "workdir", "out", "cache", "data", "overwrite"},
 }
 
 

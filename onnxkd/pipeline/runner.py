@@ -99,6 +99,8 @@ def _cache(state: PipelineState, log) -> StageRecord:
         )
     state.cache = result.path
     skipped = result.seconds == 0.0
+    if skipped:
+        CacheReader(result.path)  # an up-to-date cache must still be intact: refuse it if not
     if not skipped:
         log(summarize(result.path, result.manifest, result.seconds))
     return StageRecord("cache", str(result.path), skipped, 0.0)
@@ -113,7 +115,7 @@ def _distill_into(state: PipelineState, out: Path, options: dict, log, **extra):
     run = RunFolder(out)
     done = run.finished
     if not done:
-        resume = run.last_checkpoint.exists()
+        resume = run.started  # killed before its first epoch ended too: new runs refuse it
         cfg = from_settings(
             DistillConfig,
             options,
@@ -164,6 +166,9 @@ def _quantize(state: PipelineState, log) -> StageRecord | None:
             out=out,
             workdir=state.root,
             cache=state.cache,
+            # The folder is the pipeline's, named by a hash of the inputs: a model without its
+            # report is an interrupted run of this very stage, to be redone.
+            overwrite=True,
         )
         log(summarize(quantize(cfg, log=log)))
     state.quantized = out
@@ -199,6 +204,7 @@ def _bench(state: PipelineState, log) -> StageRecord:
             workdir=state.root,
             out=out,
             cache=state.cache,
+            overwrite=True,  # the pipeline's own hash-named folder, unfinished if we got here
         )
         log(summarize(bench(cfg, log=log)))
     state.bench = out

@@ -15,6 +15,7 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from onnxkd.bench.model_file import load_model_file, non_finite_weights
 from onnxkd.errors import QuantizeError
 from onnxkd.runtime import ort_session
 
@@ -30,15 +31,19 @@ class PassResult:
 
 
 def load_model(path: Path) -> onnx.ModelProto:
-    """Load an ONNX file, refusing anything else with a message that says what was found."""
-    if not path.is_file():
-        raise QuantizeError(f"{path} is not a file")
-    try:
-        model = onnx.load(str(path))
-    except Exception as e:  # the protobuf decoder's errors carry no useful type
-        raise QuantizeError(f"{path} is not an ONNX model ({type(e).__name__}: {e})") from e
-    if not model.graph.node:
-        raise QuantizeError(f"{path} is not an ONNX model (it has no graph nodes)")
+    """Load an ONNX file to quantize, refusing anything else (a missing path, a folder, a file
+    that is not ONNX or is truncated, a model with no inputs) with a message that says what
+    was found, and refusing weights that hold NaN or Inf."""
+    model = load_model_file(path, QuantizeError)
+    bad = non_finite_weights(model)
+    if bad:
+        name, count, size = bad[0]
+        others = f"; {len(bad) - 1} more tensor(s) too" if len(bad) > 1 else ""
+        raise QuantizeError(
+            f"{path} has non-finite weights: tensor {name!r} holds {count} NaN/Inf of its "
+            f"{size} values{others}; calibration ranges and INT8 scales would be garbage. "
+            "Fix the model (a training run that diverged?) and export it again"
+        )
     return model
 
 

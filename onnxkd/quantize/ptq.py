@@ -5,13 +5,15 @@
 
 Intermediate files and the calibration ranges live in the workspace under
 `quantize/<model>-<sha>/`, keyed by the model's content, so a rerun reuses its calibration. The
-INT8 model and its report are written beside the model (or to `--out`) only when complete.
+INT8 model and its report are written beside the model (or to `--out`) only when complete, and
+never over an earlier one unless `--overwrite` says so.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from pathlib import Path
 import onnx
 
 from onnxkd import __version__
+from onnxkd.bench.output_path import check_writable, refuse_existing, writing
 from onnxkd.cache.for_model import ModelData, resolve_model_data
 from onnxkd.distill.run_folder import RunFolder
 from onnxkd.errors import QuantizeError
@@ -49,12 +52,15 @@ def quantize(cfg: QuantizeConfig, log: Callable[[str], None] = print) -> Quantiz
     metadata = read_metadata(src)
     if metadata.get(QUANTIZED):
         raise QuantizeError(f"{src} is already quantized ({metadata[QUANTIZED]})")
+    out = Path(cfg.out) if cfg.out else src.with_name(f"{src.stem}.int8.onnx")
+    report_path = out.with_suffix(".json")
+    _check_outputs(src, out, report_path, ws.root, cfg.overwrite)
     hints = RunFolder.cache_hints(src)
     data = resolve_model_data(src, metadata, cfg.workdir, cfg.cache, cfg.data, hints)
-    out = Path(cfg.out) if cfg.out else src.with_name(f"{src.stem}.int8.onnx")
     sha = sha256_file(src)
     work = ws.root / "quantize" / f"{src.stem}-{sha[:12]}"
-    work.mkdir(parents=True, exist_ok=True)
+    with writing(QuantizeError, f"the quantization work folder {work}"):
+        work.mkdir(parents=True, exist_ok=True)
     log(
         f"quantizing {src} ({cfg.resolved_target}: {'/'.join(TARGETS[cfg.resolved_target])}, "
         f"{cfg.calibration} calibration on {cfg.calib_samples} samples from {data.origin})"
@@ -116,30 +122,37 @@ def quantize(cfg: QuantizeConfig, log: Callable[[str], None] = print) -> Quantiz
         models["int8_all_nodes"] = full
     latency = evaluate.latency_report(models, eval_batches[0][0], cfg.threads)
 
-    steps.append(_write_model(final, out, metadata, f"ptq-{cfg.calibration}-{cfg.resolved_target}"))
-    report = {
-        "model": str(src.resolve()),
-        "model_sha256": sha,
-        "int8_model": str(out.resolve()),
-        "config": cfg.to_dict(),
-        "activation_type": act_type,
-        "weight_type": weight_type,
-        "data": data.origin,
-        "calibration": calib_facts,
-        "passes": [vars(s) for s in steps],
-        **accuracy,
-        "drop_points": round(100 * (accuracy["float_accuracy"] - accuracy["int8_accuracy"]), 3),
-        "excluded_nodes": excluded,
-        "accuracy_aware": aware,
-        "float_bytes": src.stat().st_size,
-        "int8_bytes": out.stat().st_size,
-        "size_ratio": round(out.stat().st_size / src.stat().st_size, 4),
-        **latency,
-        "seconds": round(time.perf_counter() - started, 1),
-        "versions": _versions(),
-    }
-    report_path = out.with_suffix(".json")
-    write_json_atomic(report_path, report)
+    how = f"ptq-{cfg.calibration}-{cfg.resolved_target}"
+    with writing(QuantizeError, f"the INT8 model {out}"):
+        int8_tmp, compacted = _prepare_model(final, out, metadata, how)
+    steps.append(compacted)
+    try:
+        int8_bytes = int8_tmp.stat().st_size
+        report = {
+            "model": str(src.resolve()),
+            "model_sha256": sha,
+            "int8_model": str(out.resolve()),
+            "config": cfg.to_dict(),
+            "activation_type": act_type,
+            "weight_type": weight_type,
+            "data": data.origin,
+            "calibration": calib_facts,
+            "passes": [vars(s) for s in steps],
+            **accuracy,
+            "drop_points": round(100 * (accuracy["float_accuracy"] - accuracy["int8_accuracy"]), 3),
+            "excluded_nodes": excluded,
+            "accuracy_aware": aware,
+            "float_bytes": src.stat().st_size,
+            "int8_bytes": int8_bytes,
+            "size_ratio": round(int8_bytes / src.stat().st_size, 4),
+            **latency,
+            "seconds": round(time.perf_counter() - started, 1),
+            "versions": _versions(),
+        }
+        with writing(QuantizeError, f"the INT8 model {out} and its report"):
+            _publish(int8_tmp, out, report, report_path)
+    finally:
+        int8_tmp.unlink(missing_ok=True)  # left only when something failed before the rename
     ws.record(quantized=out)
     return QuantizeResult(out, report_path, report)
 
@@ -220,18 +233,60 @@ def _accuracy_aware(cfg, data, src, prepared, work, eval_batches, preds, quantiz
     return final, excluded, aware
 
 
-def _write_model(src: Path, out: Path, metadata: dict[str, str], how: str) -> passes.PassResult:
-    """Copy the INT8 model to `out`, compacted, with the float model's metadata, atomically."""
+def _check_outputs(src: Path, out: Path, report: Path, workspace: Path, overwrite: bool) -> None:
+    """Before calibrating: the INT8 model and its report can be written, replace neither the
+    float model nor (unless `--overwrite`) an earlier result or any other file."""
+    if out.resolve() == src.resolve() or report.resolve() == src.resolve():
+        raise QuantizeError(
+            f"-o {out} would replace the float model {src} it is made from; pass another path"
+        )
+    if report.resolve() == out.resolve():
+        raise QuantizeError(f"-o {out}: the report would replace the model; pass an .onnx path")
+    check_writable(
+        out.parent, QuantizeError, f"the INT8 model {out}", "pass -o a path you can write"
+    )
+    check_writable(
+        workspace,
+        QuantizeError,
+        f"work files in {workspace}",
+        "pass --workdir a folder you can write",
+    )
+    if not overwrite:
+        # The default name too: a rerun after retraining in place, or with other settings,
+        # must not replace the INT8 model a user has kept (or shipped) without a word.
+        refuse_existing(
+            [out, report],
+            QuantizeError,
+            "an earlier INT8 model or report; pass --overwrite to replace it, or -o another path",
+        )
+
+
+def _prepare_model(
+    src: Path, out: Path, metadata: dict[str, str], how: str
+) -> tuple[Path, passes.PassResult]:
+    """The INT8 model, compacted and with the float model's metadata, in a temporary file
+    beside `out` (renamed into place by `_publish`)."""
     model = onnx.load(str(src))
     passes.drop_zero_zero_points(model)
     compacted = passes.compact_tensor_names(model)
     write_metadata(model, {**metadata, QUANTIZED: how}, replace=True)
     model.producer_name, model.producer_version = "onnxkd", __version__
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    onnx.save(model, str(tmp))
-    tmp.replace(out)
-    return compacted
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
+    try:
+        onnx.save(model, str(tmp))
+    except BaseException:  # Ctrl-C or a full disk: no half-written file is left behind
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp, compacted
+
+
+def _publish(int8_tmp: Path, out: Path, report: dict, report_path: Path) -> None:
+    """Put the model and then its report in place. An earlier report goes first, so that at no
+    moment does a report describe a model it was not made with."""
+    report_path.unlink(missing_ok=True)
+    os.replace(int8_tmp, out)
+    write_json_atomic(report_path, report)
 
 
 def _versions() -> dict:
