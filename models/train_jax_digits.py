@@ -53,7 +53,7 @@ from onnxkd.data.source import DataRef  # noqa: E402
 from onnxkd.files import sha256_file  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-CACHE_OPTIONS = "--data digits --layout NCHW --scale 0.0625 --mean 0.5 --std 0.5"
+CACHE_OPTIONS = "--data digits --layout NCHW --scale 0.0625 --mean 0.5 --std 0.5 --views 1"
 
 Params = dict[str, jax.Array]
 

@@ -47,7 +47,7 @@ from onnxkd.files import sha256_file  # noqa: E402
 HERE = Path(__file__).resolve().parent
 INPUT = "input"
 SCALE = 1 / 16  # the model takes pixels / 16 (0..1); digits' raw pixels go to 16
-CACHE_OPTIONS = "--data digits --layout NHWC --scale 0.0625"
+CACHE_OPTIONS = "--data digits --layout NHWC --scale 0.0625 --views 1"
 
 
 def nhwc_split(split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -13,6 +13,10 @@ class DataError(OnnxkdError):
     """A data source is missing, malformed, truncated or does not match what was recorded."""
 
 
+class MissingSplitError(DataError):
+    """The data has no such split at all (as opposed to a split that is there but broken)."""
+
+
 class SpecError(OnnxkdError):
     """The input spec is missing, inconsistent, or does not fit the model's input."""
 

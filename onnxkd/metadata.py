@@ -21,6 +21,9 @@ VERSION = "onnxkd.version"  # the onnxkd release that wrote the file
 EXPORTER = "onnxkd.exporter"  # the torch exporter that wrote a student: dynamo or legacy
 QUANTIZED = "onnxkd.quantized"  # how it was quantized (ptq-minmax-…, qat); absent when float
 ONDEVICE = "onnxkd.ondevice"  # on-device training: the settings of the last run, as JSON
+# A teacher's measured top-1 accuracy (a fraction), if its maker recorded one: cache-teacher
+# refuses data on which the teacher scores far below it (the wrong preprocessing, most often).
+TEACHER_ACCURACY = "onnxkd.teacher_accuracy"
 
 
 def read_metadata(model: Path | str | onnx.ModelProto) -> dict[str, str]:

@@ -61,7 +61,7 @@ def captured(monkeypatch):
 
     seen = {}
 
-    def fake_distill(cfg, log):
+    def fake_distill(cfg, log, given=None):
         seen["cfg"] = cfg
         return SimpleNamespace(run_dir="run", export=None)
 
@@ -113,10 +113,20 @@ def test_names_are_checked_against_the_registries(args, message):
 
 
 def test_cache_defaults_are_the_configs_for_commands_and_recipes(monkeypatch):
+    from onnxkd.cache.build import with_view_defaults
     from onnxkd.cache.settings import cache_config
+    from onnxkd.data.spec import InputSpec
 
-    assert cache_config(teacher="t.onnx", data="digits").augment == "none"
-    assert cache_config(teacher="t.onnx", data="digits", views=3).augment == "crop"
+    image = InputSpec(layout="NCHW", size=(8, 8), channels=1)
+    flat = InputSpec(layout="flat", channels=64, flatten=(8, 8, 1))
+    views = lambda cfg, spec: (lambda c: (c.views, c.augment))(with_view_defaults(cfg, spec))  # noqa: E731
+    assert views(cache_config(teacher="t.onnx", data="digits"), image) == (10, "crop")
+    assert views(cache_config(teacher="t.onnx", data="digits"), flat) == (1, "none")
+    assert views(cache_config(teacher="t.onnx", data="digits", views=3), image) == (3, "crop")
+    assert views(cache_config(teacher="t.onnx", data="digits", augment="none"), image) == (
+        1,
+        "none",
+    )
     cfg = cache_config(teacher="t.onnx", data="digits", size=8, mean=0.5, features=["a"])
     assert (cfg.spec.size, cfg.spec.mean, cfg.features) == ((8, 8), (0.5,), ("a",))
     assert cfg.shard == (0, 1)

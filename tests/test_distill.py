@@ -100,7 +100,7 @@ def test_distill_from_the_workspace_with_no_options(cli, workspace, tmp_path):
     assert spec["scale"] == pytest.approx(1 / 16) and spec["label_names"][3] == "3"
     dims = model.graph.input[0].type.tensor_type.shape.dim
     assert dims[0].dim_param  # dynamic batch
-    assert "student:" in result.stdout and "onnxruntime accuracy" in result.stdout
+    assert "student:" in result.stdout and "test accuracy" in result.stdout
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
@@ -205,6 +205,9 @@ def test_other_objectives_train(workspace, tmp_path, extra):
         threads=1,
         export=False,
         out=root / "run",
+        # scored on the clean test split: the held-back samples' first view is a random crop,
+        # harder after one epoch (selection on them is tested in test_distill_safety.py)
+        val_fraction=0.0,
         **extra,
     )
     result = distill(cfg, log=lambda s: None)

@@ -105,7 +105,7 @@ def test_wild_teacher_is_cached_exactly(case, tmp_path, flat_digits):
     source = open_source(data)
     train = cache.section("train")
     idx = np.arange(0, train.n, 7)  # every 7th sample keeps the one-at-a-time reference quick
-    x = cache.input_spec.apply(source.read(idx)[0])
+    x = train.model_input(source, idx, 0)  # view 0 as cached (augmented for image teachers)
     expected = reference_scores(model, x)
     stored = train.scores(idx, 0)
     if manifest["targets"]["teacher_output_kind"] == "probs":

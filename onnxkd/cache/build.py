@@ -8,7 +8,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,19 +24,24 @@ from onnxkd.cache.manifest import (
     Targets,
     TeacherInfo,
 )
-from onnxkd.cache.writer import PartJob, TargetLayout, write_part
+from onnxkd.cache.writer import PartJob, TargetLayout, describe_section, write_part
+from onnxkd.data import values
 from onnxkd.data.augment import Augmentation
 from onnxkd.data.loaders import open_source
 from onnxkd.data.source import DataRef, Source
-from onnxkd.data.spec import SpecOptions, resolve_input_spec
-from onnxkd.errors import CacheError, DataError, TeacherError
+from onnxkd.data.spec import InputSpec, SpecOptions, describe_overrides, resolve_input_spec
+from onnxkd.errors import CacheError, DataError, MissingSplitError, TeacherError
 from onnxkd.files import read_json, write_json_atomic
 from onnxkd.interrupt import checkpoints
 from onnxkd.teacher.model import load_teacher, numeric_kind, output_kind
 from onnxkd.teacher.runner import TeacherRunner
+from onnxkd.teacher.sanity import SanityReport, check_teacher_input
 from onnxkd.workspace import DEFAULT_WORKDIR, Workspace
 
 BIG_FEATURES = 1 << 30  # above 1 GiB of features, suggest pooling them
+# Augmented views of images by default: distill trains 30 epochs, and replaying one view that
+# often is known to teach less than no teacher at all.
+DEFAULT_IMAGE_VIEWS = 10
 
 
 @dataclass(frozen=True)
@@ -48,8 +53,9 @@ class CacheConfig:
     out: Path | None = None  # None: a folder in the workspace named after the inputs
     workdir: Path = DEFAULT_WORKDIR
     eval_split: bool = True  # also cache the other split (one clean view) for validation
-    views: int = 1
-    augment: str | None = None  # None: none for one view, crop for more
+    # None: resolved against the teacher by `with_view_defaults`.
+    views: int | None = None  # DEFAULT_IMAGE_VIEWS for a teacher of images, else 1
+    augment: str | None = None  # none for one view, crop for more
     pad: int | None = None  # None: an eighth of the image side
     seed: int = 0
     topk: int | None = None  # None: store every class
@@ -63,14 +69,13 @@ class CacheConfig:
     batch_size: int = 256
     shard: tuple[int, int] | None = None  # None: torchrun's RANK/WORLD_SIZE, else (0, 1)
     overwrite: bool = False
+    accept_low_accuracy: bool = False  # cache even when the teacher seems fed the wrong input
 
     def __post_init__(self) -> None:
-        if self.views < 1:
+        if self.views is not None and self.views < 1:
             raise CacheError(f"--views must be at least 1, got {self.views}")
-        # Defaults that depend on other settings or on the launcher, resolved once here so
-        # that the CLI, recipes and library callers get the same.
-        if self.augment is None:
-            object.__setattr__(self, "augment", "none" if self.views == 1 else "crop")
+        # Defaults that depend on the launcher, resolved once here so that the CLI, recipes
+        # and library callers get the same (views and augment depend on the teacher too).
         if self.shard is None:
             from onnxkd.cache.shards import torchrun_shard
 
@@ -88,6 +93,21 @@ class CacheConfig:
             raise CacheError(f"--shard must be i/n with 0 <= i < n, got {i}/{n}")
 
 
+def with_view_defaults(cfg: CacheConfig, spec: InputSpec) -> CacheConfig:
+    """`cfg` with `views` and `augment` set where they were left to the default.
+
+    A teacher of images gets DEFAULT_IMAGE_VIEWS crop views unless augmentation is turned off;
+    a teacher of feature vectors (flattened images included) one clean view, unless an
+    augmentation is asked for. More than one view means crop, unless another policy is asked.
+    """
+    views = cfg.views
+    if views is None:
+        augmented = cfg.augment != "none" if cfg.augment is not None else spec.is_image
+        views = DEFAULT_IMAGE_VIEWS if augmented else 1
+    augment = cfg.augment or ("none" if views == 1 else "crop")
+    return replace(cfg, views=views, augment=augment)
+
+
 @dataclass
 class CacheResult:
     path: Path
@@ -101,17 +121,33 @@ class _Plan:
     """The resolved inputs of a cache run: teacher, sources, spec, layout and the run key."""
 
     def __init__(self, cfg: CacheConfig, log: Callable[[str], None], source: Source | None) -> None:
+        # Settings resolved against the teacher and the data; use this, not the argument.
+        self.cfg: CacheConfig = cfg
         self.teacher = load_teacher(cfg.teacher, cfg.teacher_output, list(cfg.features))
         self.sources: dict[str, Source] = {"train": source or open_source(cfg.data)}
         if cfg.eval_split and source is None:
             other = "test" if cfg.data.split == "train" else "train"
+            # A split that is not there at all is only noted (nothing to validate on); one that
+            # is there but truncated or malformed is refused like any broken input.
             try:
                 self.sources["eval"] = open_source(cfg.data.with_split(other))
-            except DataError as e:
+            except MissingSplitError as e:
                 log(f"note: no {other} split to cache for validation ({e})")
-        self.spec, self.spec_origin = resolve_input_spec(
+        self.spec, self.spec_origin, self.spec_overrides = resolve_input_spec(
             self.teacher, self.sources["train"], cfg.spec
         )
+        if self.spec_overrides:
+            log(
+                "note: the options given override the teacher's metadata spec: "
+                f"{describe_overrides(self.spec_overrides)}"
+            )
+        # Views the user chose are theirs; default views the teacher scores badly on are warned of.
+        self.augment_chosen = cfg.augment is not None
+        self.cfg = cfg = with_view_defaults(cfg, self.spec)
+        # In-memory data is checked whole now, before anything is written; the rest as it
+        # streams. NaN samples must not reach the batching probe below either.
+        for name, src in self.sources.items():
+            values.check_source_samples(src, describe_section(name, src))
         train = self.sources["train"]
         if self.spec.flatten is not None:
             h, w, c = self.spec.flatten
@@ -144,6 +180,10 @@ class _Plan:
         self.runner.prepare(probe)
         outputs = self.runner.run(probe)
         self.layout = self._layout(cfg, outputs)
+        values.check_outputs(
+            self.layout.output, outputs[self.layout.output], 0, describe_section("train", train)
+        )
+        self.input_checks = self._check_input(cfg, log)
         self.fingerprints = {name: src.fingerprint() for name, src in self.sources.items()}
         self.key_material = {
             "teacher_sha256": self.teacher.sha256,
@@ -165,6 +205,26 @@ class _Plan:
         }
         blob = json.dumps(self.key_material, sort_keys=True).encode()
         self.key = hashlib.sha256(blob).hexdigest()
+
+    def _check_input(self, cfg: CacheConfig, log: Callable[[str], None]) -> SanityReport:
+        """Labels of in-memory data (the rest stream), then the teacher on a labelled sample:
+        both before anything is written, so a refusal leaves no cache behind."""
+        for name, src in self.sources.items():
+            values.check_source_labels(src, self.layout.num_classes, describe_section(name, src))
+        return check_teacher_input(
+            self.sources["train"],
+            self.spec,
+            self.spec_origin,
+            self.runner,
+            self.layout.output,
+            self.layout.num_classes,
+            self.augmentations["train"],
+            warn_views=not self.augment_chosen,
+            recorded_accuracy=self.teacher.recorded_accuracy,
+            accept=cfg.accept_low_accuracy,
+            batch_size=cfg.batch_size,
+            log=log,
+        )
 
     def _layout(self, cfg: CacheConfig, outputs: dict[str, np.ndarray]) -> TargetLayout:
         scores = outputs[self.teacher.output]
@@ -300,6 +360,7 @@ def cache_teacher(
     """
     started = time.perf_counter()
     plan = _Plan(cfg, log, source)
+    cfg = plan.cfg
     out = Path(cfg.out) if cfg.out else _default_out(cfg, plan)
     state = _claim(out, plan.key, cfg.overwrite, plan.key_material)
     if state == "complete":
@@ -413,7 +474,19 @@ def _draft_manifest(cfg: CacheConfig, plan: _Plan) -> Manifest:
         },
         shards=cfg.shard[1],
         sections=sections,
+        # Not part of the key: what the checks found and what overrode the teacher's spec.
+        extra={
+            "input_checks": plan.input_checks.to_dict(),
+            "spec_overrides": {
+                key: [_plain(old), _plain(new)] for key, (old, new) in plan.spec_overrides.items()
+            },
+        },
     )
+
+
+def _plain(value):
+    """A spec field's value as JSON holds it (tuples as lists)."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def finalize(out: Path) -> Manifest | None:

@@ -24,10 +24,10 @@ from onnxkd.files import read_json
 
 
 def incomplete_status(path: Path) -> str:
-    """A sentence on how far an unfinished cache got."""
+    """A sentence on how far an unfinished cache got, naming the shards not yet written."""
     pending = read_json(path / PENDING)
     shards = pending["shards"]
-    lines = []
+    lines, missing = [], []
     for name, section in pending["sections"].items():
         done = total = 0
         for i in range(shards):
@@ -36,11 +36,16 @@ def incomplete_status(path: Path) -> str:
             total += n
             if (part / PART_DONE).exists():
                 done += n
-            elif (part / PROGRESS).exists():
+                continue
+            missing.append(f"{name} {i}/{shards}")
+            if (part / PROGRESS).exists():
                 chunks = read_json(part / PROGRESS)["chunks_done"]
                 done += min(chunks * pending["config"]["batch_size"], n)
         lines.append(f"{name} ~{done}/{total} samples")
-    return ", ".join(lines)
+    status = ", ".join(lines)
+    if shards > 1 and missing:
+        status += f"; shards not yet written: {', '.join(missing)} (run cache-teacher --shard i/n)"
+    return status
 
 
 class CacheReader:

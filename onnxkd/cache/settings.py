@@ -5,8 +5,8 @@ fields of `DataRef` (the data and its split), of `SpecOptions` (the input spec) 
 
 Example:
     >>> cfg = cache_config(teacher="t.onnx", data="digits", views=4, mean=0.5)
-    >>> cfg.data.data, cfg.augment, cfg.spec.mean
-    ('digits', 'crop', (0.5,))
+    >>> cfg.data.data, cfg.views, cfg.spec.mean
+    ('digits', 4, (0.5,))
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 from onnxkd.cache.build import CacheConfig
 from onnxkd.data.source import DataRef
 from onnxkd.data.spec import SpecOptions
+from onnxkd.errors import DataError
 from onnxkd.settings import check_keys, shaped
 
 DATA_KEYS = tuple(f.name for f in fields(DataRef))
@@ -45,6 +46,10 @@ def cache_config(**settings: Any) -> CacheConfig:
     """
     check_keys(settings, SETTINGS, "the cache settings")
     given = {k: v for k, v in settings.items() if v is not None}
+    if "data" not in given:
+        from onnxkd.data.loaders import ACCEPTED
+
+        raise DataError(f"no data to run the teacher on: set `data`; {ACCEPTED}")
     for key in ("size", "image_size"):
         if key in given:
             given[key] = _sizes(given[key])

@@ -17,8 +17,18 @@ from onnxkd.errors import CacheError
 def torchrun_shard() -> tuple[int, int]:
     """(rank, world size) from torchrun's environment, so that each rank caches its slice;
     (0, 1) outside torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return (int(os.environ.get("RANK", "0")), world) if world > 1 else (0, 1)
+    rank, world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+    try:
+        shard = (int(rank), int(world))
+    except ValueError:
+        raise CacheError(
+            f"torchrun's RANK={rank!r} and WORLD_SIZE={world!r} must be whole numbers"
+        ) from None
+    if shard[1] <= 1:
+        return (0, 1)
+    if not 0 <= shard[0] < shard[1]:
+        raise CacheError(f"RANK={rank} is outside WORLD_SIZE={world} (0 <= RANK < WORLD_SIZE)")
+    return shard
 
 
 def merge_shards(cache: Path) -> Manifest:

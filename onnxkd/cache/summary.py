@@ -11,6 +11,22 @@ def _disk_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*.npy"))
 
 
+def _input_check_lines(manifest: Manifest) -> list[str]:
+    """What the checks before caching found (caches made before they existed have none)."""
+    checks = manifest.extra.get("input_checks")
+    if not checks:
+        return []
+    low, high = checks["value_range"]
+    lines = [
+        f"checked:  teacher {100 * checks['teacher_accuracy']:.1f}% on {checks['samples']} "
+        f"clean samples before caching (chance {100 * checks['chance']:.1f}%), raw values "
+        f"{low:g}..{high:g}"
+    ]
+    for problem in checks.get("accepted_problems", []):
+        lines.append(f"warning:  {problem} (accepted with --accept-low-accuracy)")
+    return lines
+
+
 def summarize(path: Path, manifest: Manifest, seconds: float | None = None) -> str:
     """Lines describing what a cache holds and how good its teacher is on each section."""
     t = manifest.targets
@@ -53,6 +69,7 @@ def summarize(path: Path, manifest: Manifest, seconds: float | None = None) -> s
             f"{name + ':':9} {section.n} samples ({section.data_ref.split}, {how}) x "
             f"{section.views} view(s), augment {aug['policy']}; {acc}"
         )
+    lines.extend(_input_check_lines(manifest))
     if manifest.features:
         feats = ", ".join(f"{k} {list(v.shape)}" for k, v in manifest.features.items())
         lines.append(f"features: {feats}")

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from onnxkd.cache.files import PART_DONE, PROGRESS, NpyWriter, describe_file, safe_name
+from onnxkd.data import values
 from onnxkd.data.augment import PARAM_DTYPE, Augmentation
 from onnxkd.data.source import Source
 from onnxkd.data.spec import InputSpec
@@ -98,6 +99,11 @@ def _logsumexp(x: np.ndarray) -> np.ndarray:
     return top + np.log(np.exp(x - top).sum(axis=1, keepdims=True))
 
 
+def describe_section(section: str, source: Source) -> str:
+    """How messages name a section's data: `the train section (digits, train split)`."""
+    return f"the {section} section ({source.ref.data}, {source.ref.split} split)"
+
+
 @dataclass
 class PartJob:
     """One slice [start, stop) of one section, written to `root/dirname`."""
@@ -118,6 +124,10 @@ class PartJob:
     @property
     def n(self) -> int:
         return self.stop - self.start
+
+    @property
+    def where(self) -> str:
+        return describe_section(self.dirname.split("/")[0], self.source)
 
     @property
     def chunks(self) -> int:
@@ -161,13 +171,17 @@ def write_part(
         with ThreadPoolExecutor(max_workers=1) as pool:
             tasks = [(c, v) for c in range(done, job.chunks) for v in range(job.views)]
             raw_cache: dict = {}
-            pending = pool.submit(_prepare, job, spec, *tasks[0], raw_cache) if tasks else None
+            classes = layout.num_classes
+            pending = (
+                pool.submit(_prepare, job, spec, classes, *tasks[0], raw_cache) if tasks else None
+            )
             for i, (chunk, view) in enumerate(tasks):
                 x, params, labels = pending.result()
                 if i + 1 < len(tasks):
-                    pending = pool.submit(_prepare, job, spec, *tasks[i + 1], raw_cache)
+                    pending = pool.submit(_prepare, job, spec, classes, *tasks[i + 1], raw_cache)
                 outputs = runner.run(x)
                 row = chunk * job.batch_size
+                _check_outputs(job, layout, outputs, row)
                 _write_view(writers, layout, view, row, outputs, params)
                 hits[view] += int((outputs[layout.output].argmax(axis=1) == labels).sum())
                 if view == job.views - 1:
@@ -192,18 +206,30 @@ def write_part(
     return record
 
 
-def _prepare(job: PartJob, spec: InputSpec, chunk: int, view: int, raw_cache: dict):
+def _prepare(
+    job: PartJob, spec: InputSpec, num_classes: int, chunk: int, view: int, raw_cache: dict
+):
     """Model input, augmentation parameters and labels for one chunk and view; the chunk's raw
-    samples are read once and kept in `raw_cache` for its other views."""
+    samples are read (and checked) once and kept in `raw_cache` for its other views."""
     if raw_cache.get("chunk") != chunk:
         lo = job.start + chunk * job.batch_size
         indices = np.arange(lo, min(lo + job.batch_size, job.stop), dtype=np.int64)
         raw, labels = job.source.read(indices)
+        values.check_samples(raw, lo, job.where)
+        values.check_labels(labels, num_classes, lo, job.where)
         raw_cache.clear()
         raw_cache.update(chunk=chunk, indices=indices, raw=raw, labels=labels)
     raw, indices = raw_cache["raw"], raw_cache["indices"]
     augmented, params = job.augmentation.view(raw, indices, view)
     return spec.apply(augmented), params, raw_cache["labels"]
+
+
+def _check_outputs(
+    job: PartJob, layout: TargetLayout, outputs: dict[str, np.ndarray], row: int
+) -> None:
+    """Refuse a view whose scores or features hold NaN or Inf, before any of it is written."""
+    for name in (layout.output, *layout.features):
+        values.check_outputs(name, outputs[name], job.start + row, job.where)
 
 
 def _write_view(
@@ -214,8 +240,8 @@ def _write_view(
     outputs: dict[str, np.ndarray],
     params: np.ndarray,
 ) -> None:
-    for name, values in layout.encode(outputs[layout.output]).items():
-        writers[name].write(view, row, values)
+    for name, encoded in layout.encode(outputs[layout.output]).items():
+        writers[name].write(view, row, encoded)
     writers["aug_params.npy"].write(view, row, params)
     for feature in layout.features:
         value = layout.encode_feature(outputs[feature])

@@ -8,6 +8,7 @@ import click
 
 from onnxkd.cli.options import (
     CommaList,
+    Finite,
     FloatList,
     NameChoice,
     Shard,
@@ -23,7 +24,6 @@ from onnxkd.providers import EP_NAMES
 @click.argument("teacher", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--data",
-    required=True,
     help="digits, an MNIST IDX folder, a CIFAR-10 python "
     "folder, an .npz file, or an image folder (one subfolder per class).",
 )
@@ -37,7 +37,7 @@ from onnxkd.providers import EP_NAMES
 )
 @click.option(
     "--holdout",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    type=Finite(0, 1, min_open=True, max_open=True),
     help="Split by a seeded random holdout of this fraction (the test split) even "
     "where the data has its own split. Data without one uses 0.2.",
 )
@@ -49,9 +49,8 @@ from onnxkd.providers import EP_NAMES
 @click.option(
     "--views",
     type=click.IntRange(1),
-    default=1,
-    show_default=True,
-    help="Augmented views per sample (about one per planned student epoch).",
+    help="Augmented views per sample (about one per planned student epoch) [default: 10 for "
+    "a teacher of images, 1 for one of feature vectors or with --augment none].",
 )
 @click.option(
     "--augment",
@@ -90,12 +89,20 @@ from onnxkd.providers import EP_NAMES
 @click.option("--size", type=Size(), help="Teacher input size HxW, when its shape is dynamic.")
 @click.option(
     "--scale",
-    type=float,
-    help="Multiply raw values by this [default: 1/255 for "
-    "8-bit images, the data's own range where known].",
+    type=Finite(),
+    help="Multiply raw values by this [default: the teacher's metadata spec, else 1/255 for "
+    "8-bit images, the data's own range where known]. Like --mean, --std, --layout and "
+    "--size, it overrides the teacher's metadata spec, and the summary says so.",
 )
 @click.option("--mean", type=FloatList(), help="Per-channel mean subtracted after scaling.")
 @click.option("--std", type=FloatList(), help="Per-channel std divided after the mean.")
+@click.option(
+    "--accept-low-accuracy",
+    is_flag=True,
+    help="Cache even when the teacher scores near chance (or far below the accuracy its "
+    "metadata records) on the labelled data, or the data's values contradict the input spec: "
+    "a warning, recorded in the manifest, instead of an error.",
+)
 @click.option(
     "--ep",
     default="cpu",
@@ -124,6 +131,10 @@ def cache_teacher_cmd(**settings):
     from onnxkd.cache.settings import cache_config
     from onnxkd.cache.summary import summarize
 
+    if settings["data"] is None:
+        from onnxkd.data.loaders import ACCEPTED
+
+        raise click.UsageError(f"missing --data, the data to run the teacher on; {ACCEPTED}")
     result = cache_teacher(cache_config(**settings), log=log, progress=progress_bar)
     click.echo(summarize(result.path, result.manifest, result.seconds))
 
@@ -144,7 +155,7 @@ def cache_info_cmd(cache, verify, workdir):
     from onnxkd.workspace import Workspace
 
     path = cache or Workspace(workdir).latest("cache")
-    reader = CacheReader(path)
+    reader = CacheReader(path, check_arrays=False)  # verified below, listing every problem
     click.echo(summarize(path, reader.manifest))
     if verify:
         problems = reader.verify()

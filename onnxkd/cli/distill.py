@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from onnxkd.cli.options import KeyValue, NameChoice, log, to_dict, workdir_option
+from onnxkd.cli.options import Finite, KeyValue, NameChoice, log, to_dict, workdir_option
 from onnxkd.distill.config import OPTIMIZERS
 
 
@@ -36,11 +36,11 @@ from onnxkd.distill.config import OPTIMIZERS
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="sgd", show_default=True)
 @click.option(
     "--lr",
-    type=click.FloatRange(0, min_open=True),
+    type=Finite(0, min_open=True),
     help="Peak learning rate [default: 0.05 SGD / 2e-3 AdamW, x batch/128; x 0.1 with --qat].",
 )
-@click.option("--weight-decay", type=click.FloatRange(0), help="[default: 5e-4 SGD / 0.05 AdamW]")
-@click.option("--warmup-epochs", type=click.FloatRange(0), default=1.0, show_default=True)
+@click.option("--weight-decay", type=Finite(0), help="[default: 5e-4 SGD / 0.05 AdamW]")
+@click.option("--warmup-epochs", type=Finite(0), default=1.0, show_default=True)
 @click.option(
     "--loss",
     type=NameChoice("onnxkd.distill.losses:LOSSES"),
@@ -58,20 +58,18 @@ from onnxkd.distill.config import OPTIMIZERS
     help="An argument of the --loss by name, e.g. beta=2.0 (values read as numbers, "
     "true/false or JSON where they parse). Repeatable.",
 )
-@click.option("--alpha", type=click.FloatRange(0, 1), default=0.9, show_default=True)
-@click.option(
-    "--temperature", "-T", type=click.FloatRange(0, min_open=True), default=4.0, show_default=True
-)
+@click.option("--alpha", type=Finite(0, 1), default=0.9, show_default=True)
+@click.option("--temperature", "-T", type=Finite(0, min_open=True), default=4.0, show_default=True)
 @click.option(
     "--alpha-warmup-epochs",
-    type=click.FloatRange(0),
+    type=Finite(0),
     default=0.0,
     show_default=True,
     help="Ramp the distillation term up from 0 over this many epochs (KD: α; DKD: its "
     "TCKD + NCKD part, as in the DKD paper's warm-up).",
 )
-@click.option("--dkd-beta", type=click.FloatRange(0), default=8.0, show_default=True)
-@click.option("--label-smoothing", type=click.FloatRange(0, 1), default=0.0)
+@click.option("--dkd-beta", type=Finite(0), default=8.0, show_default=True)
+@click.option("--label-smoothing", type=Finite(0, 1), default=0.0)
 @click.option(
     "--hint",
     "hints",
@@ -80,16 +78,25 @@ from onnxkd.distill.config import OPTIMIZERS
     help="FitNets hint: a student stage (stage1…, embedding, or a module path) "
     "regressed through a 1x1 adapter onto a cached teacher feature. Repeatable.",
 )
-@click.option("--hint-weight", type=click.FloatRange(0), default=1.0, show_default=True)
+@click.option("--hint-weight", type=Finite(0), default=1.0, show_default=True)
 @click.option(
     "--attention",
     multiple=True,
     metavar="STUDENT:TEACHER",
     help="Attention transfer between a student stage and a teacher feature.",
 )
-@click.option("--attention-weight", type=click.FloatRange(0), default=1000.0, show_default=True)
+@click.option("--attention-weight", type=Finite(0), default=1000.0, show_default=True)
 @click.option("--rkd", metavar="STUDENT:TEACHER", help="Relational KD on embeddings.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--val-fraction",
+    type=Finite(0, 1, max_open=True),
+    default=0.1,
+    show_default=True,
+    help="Share of the training samples held back (by --seed) to choose the best epoch on; "
+    "the test split is then measured once, on the chosen model. 0: choose on the test split "
+    "(reported as a selected maximum).",
+)
 @click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
 )
@@ -105,7 +112,14 @@ from onnxkd.distill.config import OPTIMIZERS
 @click.option(
     "--resume",
     is_flag=True,
-    help="Continue the workspace's latest run (or --out) after its last finished epoch.",
+    help="Continue the workspace's latest run (or --out) after its last finished epoch; "
+    "--epochs, --device, --threads, --data, --channels-last, --bf16 and --export may change, "
+    "other settings must be the run's.",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace the run already in --out (a run folder only; other folders are never emptied).",
 )
 @click.option(
     "--export/--no-export",
@@ -143,7 +157,15 @@ def distill_cmd(**settings):
     from onnxkd.distill.summary import summarize
     from onnxkd.distill.trainer import distill
 
-    click.echo(summarize(distill(DistillConfig(**settings), log=log)))
+    cfg = DistillConfig(**settings)
+    click.echo(summarize(distill(cfg, log=log, given=_given(click.get_current_context()))))
+
+
+def _given(ctx: click.Context) -> set[str]:
+    """The options set on the command line or by a --config file, not left at their default:
+    what a resumed run compares with its record."""
+    defaults = (click.core.ParameterSource.DEFAULT, None)
+    return {name for name in ctx.params if ctx.get_parameter_source(name) not in defaults}
 
 
 @click.command("losses")

@@ -242,7 +242,11 @@ def config_defaults(ctx: click.Context, path: Path | None) -> dict | None:
     if path is None:
         return None
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise click.BadParameter(
+            f"{path} is not a text file (a TOML file of options): {e.reason}", param_hint="--config"
+        ) from e
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise click.BadParameter(f"{path} is not readable TOML: {e}", param_hint="--config") from e
     return _command_defaults(ctx.command, data, path, "")

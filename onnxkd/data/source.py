@@ -112,6 +112,9 @@ class ArraySource:
         self.dtype = x.dtype
         self.label_names = tuple(label_names) if label_names is not None else None
         self.split_info = split_info or {"split": ref.split, "method": "native"}
+        # Where each sample sits in the file, when a holdout split picked them (error messages
+        # name the row a user can find); None: sample i is row i.
+        self.file_rows: np.ndarray | None = None
         self._fingerprint: str | None = None
 
     def __len__(self) -> int:
@@ -155,4 +158,6 @@ def holdout_split(
         "seed": ref.split_seed,
         "of": n,
     }
-    return ArraySource(ref, x[picked], y[picked], label_names, info)
+    source = ArraySource(ref, x[picked], y[picked], label_names, info)
+    source.file_rows = picked
+    return source

@@ -263,7 +263,37 @@ class SpecOptions:
     std: tuple[float, ...] | None = None
 
     def given(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name)}
+        return {
+            f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None
+        }
+
+
+def override_spec(spec: InputSpec, options: SpecOptions) -> tuple[InputSpec, dict]:
+    """`spec` with the options that differ from it applied, and {field: (old, new)} of those.
+
+    A teacher's metadata spec is its exporter's word, but the user may know better (data stored
+    in another range, a spec written wrong); an option given explicitly wins, and the change is
+    returned so that it is said and recorded, never silent.
+    """
+    changes = {
+        key: (getattr(spec, key), tuple(value) if isinstance(value, list) else value)
+        for key, value in options.given().items()
+        if value != getattr(spec, key)
+    }
+    if not changes:
+        return spec, {}
+    return replace(spec, **{key: value for key, (_, value) in changes.items()}), changes
+
+
+def describe_overrides(changes: dict) -> str:
+    """`scale 0.0625 -> 0.00392157, mean [0.5] -> [0.0]`."""
+
+    def show(value) -> str:
+        if isinstance(value, float):
+            return f"{value:g}"
+        return str(list(value)) if isinstance(value, tuple) else str(value)
+
+    return ", ".join(f"{key} {show(old)} -> {show(new)}" for key, (old, new) in changes.items())
 
 
 class ModelInput(Protocol):
@@ -277,28 +307,26 @@ class ModelInput(Protocol):
 
 def resolve_input_spec(
     teacher: ModelInput, source: Source, options: SpecOptions
-) -> tuple[InputSpec, str]:
-    """The input spec to feed `source` to `teacher`, and where it came from.
+) -> tuple[InputSpec, str, dict]:
+    """The input spec to feed `source` to `teacher`, where it came from, and the fields options
+    changed in the teacher's metadata spec ({field: (old, new)}).
 
-    From the teacher's metadata when it carries one, else from options and what the teacher's
-    input shape and the data make obvious. Either way it is checked against both, so a
-    preprocessing mismatch is an error, never a silent accuracy loss.
+    From the teacher's metadata when it carries one (an option given explicitly overrides its
+    field), else from options and what the teacher's input shape and the data make obvious.
+    Either way it is checked against both, so a shape mismatch is an error.
     """
+    overrides: dict = {}
     if teacher.metadata_spec is not None:
         spec = InputSpec.from_json(teacher.metadata_spec)
-        for key, value in options.given().items():
-            if value != getattr(spec, key):
-                raise SpecError(
-                    f"the teacher carries its input spec in metadata_props ({key}="
-                    f"{getattr(spec, key)}), and --{key} {value} disagrees; drop the option "
-                    "(or re-export the teacher with the spec you mean)"
-                )
         if spec.dtype != teacher.input_dtype:
             raise SpecError(
                 f"the teacher's metadata says input dtype {spec.dtype}, but its input "
                 f"{teacher.input_name!r} is {teacher.input_dtype}"
             )
+        spec, overrides = override_spec(spec, options)
         origin = "teacher metadata"
+        if overrides:
+            origin += f", overridden by options ({describe_overrides(overrides)})"
     else:
         spec = _spec_from_options(teacher, source, options)
         origin = "options and detection" if options.given() else "detection and defaults"
@@ -317,7 +345,7 @@ def resolve_input_spec(
             f"({spec.layout}, size {spec.size}, {spec.channels} channels) needs raw samples of "
             f"shape {spec.raw_shape}"
         )
-    return spec, origin
+    return spec, origin, overrides
 
 
 def _default_scale(teacher: ModelInput, source: Source) -> float:

@@ -70,6 +70,18 @@ def _read(path: Path) -> dict:
         raise CheckpointError(f"checkpoint {path} cannot be read ({e})") from e
 
 
+def finished_epochs(run_dir: Path) -> int:
+    """How many epochs the run's last checkpoint holds (0 without one), read without loading
+    its tensors (memory-mapped), so that a resume can be checked before anything is built."""
+    path = run_dir / "checkpoints" / LAST
+    if not path.exists():
+        return 0
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"]) + 1
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({e})") from e
+
+
 def load(run_dir: Path, module: nn.Module, optimizer, scheduler) -> State:
     """Restore the last finished epoch's state into the given objects."""
     payload = _read(run_dir / "checkpoints" / LAST)

@@ -61,12 +61,17 @@ class DistillConfig:
     attention_weight: float = 1000.0
     rkd: str | None = None
     seed: int = 0
+    # The share of the train section held back (seeded) to choose the best epoch on, so that
+    # the test split's accuracy is measured once, on a model it did not select; 0: select on
+    # the test split itself (the figure is then a selected maximum, and says so).
+    val_fraction: float = 0.1
     device: str = "auto"  # auto: cuda when available
     bf16: bool = False  # bf16 autocast on CPU
     channels_last: bool = False
     threads: int | None = None
     online: bool = False  # run the teacher live through onnxruntime each batch (baseline)
     resume: bool = False
+    overwrite: bool = False  # replace the run in `out` (only a run folder or an empty one)
     export: bool = True
     qat: bool = False
     init: Path | None = None  # with qat: the float run to start from; None: the latest run
@@ -87,7 +92,15 @@ class DistillConfig:
             (0.0 <= self.alpha <= 1.0, f"--alpha must be in [0, 1], got {self.alpha}"),
             (self.temperature > 0, f"--temperature must be > 0, got {self.temperature}"),
             (self.lr is None or self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            (
+                0.0 <= self.val_fraction < 1.0,
+                f"--val-fraction must be in [0, 1), got {self.val_fraction}",
+            ),
             (self.device in ("auto", "cpu", "cuda"), "--device must be auto, cpu or cuda"),
+            (
+                not (self.resume and self.overwrite),
+                "--resume continues the run in its folder and --overwrite replaces it; pass one",
+            ),
             (self.init is None or self.qat, "--init names the float run that --qat starts from"),
             (
                 not (self.qat and (self.hints or self.attention or self.rkd)),

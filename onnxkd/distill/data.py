@@ -45,10 +45,19 @@ def rank_slice(order: np.ndarray, rank: int, world: int) -> np.ndarray:
 
 
 class _Batches:
-    """Shared batching: shuffled (per seed and epoch), split across ranks, prefetched."""
+    """Shared batching: shuffled (per seed and epoch), split across ranks, prefetched.
+
+    `members` restricts it to some of the source's samples (the validation split holds some
+    back); None: all of them.
+    """
+
+    members: np.ndarray | None = None
 
     def __len__(self) -> int:
         raise NotImplementedError
+
+    def _subset_len(self, total: int) -> int:
+        return total if self.members is None else len(self.members)
 
     def view_for_epoch(self, epoch: int) -> int:
         raise NotImplementedError
@@ -68,6 +77,8 @@ class _Batches:
     ) -> Iterator[Batch]:
         """The batches of one epoch, prepared one ahead in a background thread."""
         order = epoch_order(len(self), seed, epoch) if shuffle else np.arange(len(self))
+        if self.members is not None:
+            order = self.members[order]
         order = rank_slice(order, rank, world)
         chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         # A last batch of a handful of samples gives BatchNorm noisy statistics: drop it.
@@ -93,6 +104,9 @@ class CachedBatches(_Batches):
         source: the data the cache was made from (checked by fingerprint by the caller).
         teacher_keys: the teacher arrays to load (the objective's `teacher_keys`: `logits`,
             top-k arrays, feature names; see `Manifest.arrays`), and nothing else.
+        members: the section's sample indices to iterate over (None: all).
+        clean: give the samples as they are, without the view's augmentation (the teacher
+            arrays are still those of the view): what a deployed model sees.
     """
 
     def __init__(
@@ -100,14 +114,18 @@ class CachedBatches(_Batches):
         section: CacheSection,
         source: Source,
         teacher_keys: tuple[str, ...] = (SCORES,),
+        members: np.ndarray | None = None,
+        clean: bool = False,
     ) -> None:
         self.section = section
         self.source = source
         self.spec = section.cache.input_spec
         self.teacher_keys = tuple(teacher_keys)
+        self.members = members
+        self.clean = clean
 
     def __len__(self) -> int:
-        return self.section.n
+        return self._subset_len(self.section.n)
 
     def view_for_epoch(self, epoch: int) -> int:
         return epoch % self.section.views
@@ -120,7 +138,10 @@ class CachedBatches(_Batches):
         inverse = np.empty_like(order)
         inverse[order] = np.arange(len(order))
         sorted_idx = indices[order]
-        x = self.section.model_input(self.source, sorted_idx, view)[inverse]
+        if self.clean:
+            x = self.spec.apply(self.source.read(sorted_idx)[0])[inverse]
+        else:
+            x = self.section.model_input(self.source, sorted_idx, view)[inverse]
         arrays = self.section.teacher_arrays(self.teacher_keys, sorted_idx, view)
         teacher = {name: values[inverse] for name, values in arrays.items()}
         labels = self.section.labels(sorted_idx)[inverse]
@@ -135,15 +156,18 @@ class OnlineBatches(_Batches):
     runs through onnxruntime with the passes it needed when cached.
     """
 
-    def __init__(self, cache: CacheReader, source: Source, teacher=None) -> None:
+    def __init__(
+        self, cache: CacheReader, source: Source, teacher=None, members: np.ndarray | None = None
+    ) -> None:
         self.source = source
+        self.members = members
         self.spec = cache.input_spec
         self.augmentation = cache.section("train").augmentation
         self.from_probs = cache.manifest.targets.teacher_output_kind == "probs"
         self.teacher = teacher or _onnx_teacher(cache)
 
     def __len__(self) -> int:
-        return len(self.source)
+        return self._subset_len(len(self.source))
 
     def view_for_epoch(self, epoch: int) -> int:
         return epoch

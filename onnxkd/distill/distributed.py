@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,16 @@ class Dist:
         box = [str(path)]
         torch.distributed.broadcast_object_list(box, src=0)
         return Path(box[0])
+
+    def unless_any_non_finite(self, value: float) -> float:
+        """`value`, or NaN where any rank's value is not finite: a rank that stopped alone
+        would leave the others waiting in the gradient all-reduce."""
+        if not self.active:
+            return value
+        device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
+        bad = torch.tensor([0.0 if math.isfinite(value) else 1.0], device=device)
+        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+        return value if float(bad) == 0.0 else math.nan
 
     def barrier(self) -> None:
         if self.active:

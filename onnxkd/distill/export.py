@@ -130,6 +130,12 @@ def _legacy(model: torch.nn.Module, dummy: torch.Tensor, opset: int) -> onnx.Mod
         return onnx.load(str(out))
 
 
+def quick_onnx(model: torch.nn.Module, example: torch.Tensor, opset: int) -> onnx.ModelProto:
+    """The model as ONNX in a fraction of a second, to time it (`distill`'s header): the
+    TorchScript-based exporter, 5-50x faster than torch.export for a small student."""
+    return _legacy(model, example, opset)
+
+
 def name_nodes_by_module(model: onnx.ModelProto) -> bool:
     """Name each node after the module that made it, as the legacy exporter did
     (`/stage1/stage1.0/conv1/conv1.0/Conv`), instead of dynamo's `node_Conv_142`.

@@ -7,6 +7,9 @@
     RUN/student.onnx        the exported student (QAT: student.int8.onnx)
     RUN/export.json         ExportReport: the export's parity check, best epoch, accuracies
 
+A folder that already holds a run is never written into by a new run unless asked to replace
+it (`claim`), and an unrelated folder is never emptied.
+
 Stages that read a run (quantize, bench, the pipeline, QAT's --init) go through `RunFolder`,
 so a renamed file or key is changed here only. This module imports neither torch nor
 onnxruntime.
@@ -14,6 +17,7 @@ onnxruntime.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +25,7 @@ from types import MappingProxyType
 from typing import Any
 
 from onnxkd.distill.config import DistillConfig, DistillConfigError
+from onnxkd.errors import OnnxkdError
 from onnxkd.files import read_json, write_json_atomic
 
 CONFIG = "config.json"
@@ -32,6 +37,12 @@ QAT_ONNX = "student.int8.onnx"
 CHECKPOINTS = "checkpoints"
 LAST = "last.pt"
 BEST = "best.pt"
+# Everything a run writes (with the ".tmp" files a killed write leaves): what --overwrite removes.
+RUN_ENTRIES = (CONFIG, EXPORT, METRICS, CURVES, STUDENT_ONNX, QAT_ONNX, CHECKPOINTS, BEST)
+
+
+class RunFolderError(OnnxkdError):
+    """A run folder cannot be used as asked (it holds a run, or something else)."""
 
 
 @dataclass(frozen=True)
@@ -45,18 +56,25 @@ class RunRecord:
     world_size: int
     device: str
     student_parameters: int
+    # The split the best epoch is chosen on: {"split": "train", "fraction", "seed", "count"}
+    # for samples held back from the train section, {"split": "eval"} for the test split.
+    validation: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     @classmethod
     def from_dict(cls, d: Mapping, where: str = CONFIG) -> RunRecord:
         try:
+            config = dict(d["config"])
+            # A run recorded before validation splits existed chose its epoch on the test split.
+            config.setdefault("val_fraction", 0.0)
             return cls(
-                config=DistillConfig.from_dict(d["config"]),
+                config=DistillConfig.from_dict(config),
                 cache=Path(d["cache"]),
                 cache_key=d["cache_key"],
                 versions=MappingProxyType(dict(d.get("versions", {}))),
                 world_size=int(d.get("world_size", 1)),
                 device=str(d.get("device", "cpu")),
                 student_parameters=int(d.get("student_parameters", 0)),
+                validation=MappingProxyType(dict(d.get("validation") or {"split": "eval"})),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise DistillConfigError(f"{where} is malformed ({type(e).__name__}: {e})") from e
@@ -70,12 +88,21 @@ class RunRecord:
             "world_size": self.world_size,
             "device": self.device,
             "student_parameters": self.student_parameters,
+            "validation": dict(self.validation),
         }
 
 
 @dataclass(frozen=True)
 class ExportReport:
-    """`export.json`: the exported model checked against torch on the validation split."""
+    """`export.json`: the exported model checked against torch on the test split, and the
+    epoch it holds with the accuracy that chose it.
+
+    `val_accuracy` is the best epoch's accuracy on the split it was chosen on (`selected_on`):
+    "validation", samples held back from training, or "test", the eval split itself, where the
+    figure is a selected maximum. `test_accuracy` is onnxruntime's on the test split, measured
+    once on the chosen model. Reports written before the split existed (`best_val_accuracy`,
+    chosen on the test split) still load.
+    """
 
     onnx: Path
     max_abs_diff: float
@@ -84,14 +111,18 @@ class ExportReport:
     top1_agreement: float
     samples: int
     best_epoch: int
-    best_val_accuracy: float
+    val_accuracy: float
+    test_accuracy: float
     teacher_accuracy: float | None
+    selected_on: str = "test"
+    epochs: int | None = None  # how many epochs the best was chosen from (None: not recorded)
+    val_samples: int | None = None
     int8_ops: int | None = None  # QAT: ops that onnxruntime runs on int8 kernels
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: Mapping, where: str = EXPORT) -> ExportReport:
-        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        known = {f for f in cls.__dataclass_fields__ if f != "extra"} | {"best_val_accuracy"}
         try:
             return cls(
                 onnx=Path(d["onnx"]),
@@ -101,8 +132,15 @@ class ExportReport:
                 top1_agreement=float(d["top1_agreement"]),
                 samples=int(d["samples"]),
                 best_epoch=int(d["best_epoch"]),
-                best_val_accuracy=float(d["best_val_accuracy"]),
+                val_accuracy=float(
+                    d["val_accuracy"] if "val_accuracy" in d else d["best_val_accuracy"]
+                ),
+                # Older reports measured onnxruntime on the test split only, as this does.
+                test_accuracy=float(d.get("test_accuracy", d["onnxruntime_accuracy"])),
                 teacher_accuracy=d.get("teacher_accuracy"),
+                selected_on=str(d.get("selected_on", "test")),
+                epochs=d.get("epochs"),
+                val_samples=d.get("val_samples"),
                 int8_ops=d.get("int8_ops"),
                 extra=MappingProxyType({k: v for k, v in d.items() if k not in known}),
             )
@@ -119,8 +157,12 @@ class ExportReport:
             "top1_agreement": self.top1_agreement,
             "samples": self.samples,
             "best_epoch": self.best_epoch,
-            "best_val_accuracy": self.best_val_accuracy,
+            "val_accuracy": self.val_accuracy,
+            "test_accuracy": self.test_accuracy,
             "teacher_accuracy": self.teacher_accuracy,
+            "selected_on": self.selected_on,
+            "epochs": self.epochs,
+            "val_samples": self.val_samples,
         }
         if self.int8_ops is not None:
             d["int8_ops"] = self.int8_ops
@@ -194,6 +236,54 @@ class RunFolder:
         """Exported: training ended and the student passed its parity check."""
         return self.export_path.exists()
 
+    @property
+    def is_run(self) -> bool:
+        """Holds a distill run: its record or its checkpoints (a run killed early has both)."""
+        return self.config_path.exists() or self.checkpoints.is_dir()
+
+    def check_new(self, overwrite: bool = False) -> bool:
+        """Whether a new run may start here, refusing anything that is there already.
+
+        A missing or empty folder is taken as it is. A run is replaced only with `overwrite`;
+        any other non-empty folder is refused, with or without it. Returns True when there is
+        a run to remove first (`remove_run`); nothing is changed here.
+        """
+        if not self.path.exists():
+            return False
+        if not self.path.is_dir():
+            raise RunFolderError(f"{self.path} is a file; the run folder (-o) must be a folder")
+        entries = sorted(e.name for e in self.path.iterdir())
+        if not entries:
+            return False
+        if not self.is_run:
+            shown = ", ".join(entries[:3]) + (", …" if len(entries) > 3 else "")
+            raise RunFolderError(
+                f"{self.path} is not empty ({shown}) and holds no distill run; pass a new or "
+                "empty folder with -o (--overwrite replaces only a run's folder)"
+            )
+        if not overwrite:
+            what = "a finished distill run" if self.finished else "a distill run"
+            raise RunFolderError(
+                f"{self.path} already holds {what}; pass --resume to continue it, --overwrite "
+                "to replace it, or a new folder with -o"
+            )
+        return True
+
+    def remove_run(self) -> str:
+        """Remove the run's own files (what --overwrite replaces), keeping anything else;
+        returns what was done, to be said."""
+        entries = sorted(self.path.iterdir())
+        own = [e for e in entries if _is_run_entry(e.name)]
+        for entry in own:
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        kept = [e.name for e in entries if e not in own]
+        return f"--overwrite: removed the previous run's {len(own)} files from {self.path}" + (
+            f" (kept {', '.join(kept)}, which the run did not write)" if kept else ""
+        )
+
     def record(self) -> RunRecord:
         if not self.config_path.exists():
             raise DistillConfigError(f"{self.path} has no {CONFIG}: nothing to resume there")
@@ -214,3 +304,9 @@ class RunFolder:
 
     def write_export_report(self, report: ExportReport) -> None:
         write_json_atomic(self.export_path, report.to_dict())
+
+
+def _is_run_entry(name: str) -> bool:
+    """A file or folder a run writes, or the temporary file of an interrupted write."""
+    base = name.removesuffix(".tmp").replace(".tmp.", ".")  # curves.tmp.png, last.pt.tmp
+    return base in RUN_ENTRIES

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -16,7 +16,7 @@ from torch import nn
 from onnxkd import __version__
 from onnxkd.cache.manifest import SCORES
 from onnxkd.cache.reader import CacheReader
-from onnxkd.distill import checkpoint, distributed, qat
+from onnxkd.distill import checkpoint, distributed, finite, qat, resume, validation
 from onnxkd.distill.config import (
     DEFAULT_EPOCHS,
     DEFAULT_QAT_EPOCHS,
@@ -27,6 +27,7 @@ from onnxkd.distill.config import (
 from onnxkd.distill.data import CachedBatches, OnlineBatches
 from onnxkd.distill.evaluate import evaluate
 from onnxkd.distill.export import check_export, export_student
+from onnxkd.distill.header import announce
 from onnxkd.distill.history import plot_curves, write_metrics
 from onnxkd.distill.losses import CompositeLoss
 from onnxkd.distill.objective import DistillModule, build_objective
@@ -101,20 +102,31 @@ def _resolve_new(cfg: DistillConfig, ws: Workspace) -> DistillConfig:
     return replace(cfg, student=cfg.student or DEFAULT_STUDENT, epochs=epochs)
 
 
-def _resolve_resume(cfg: DistillConfig, ws: Workspace) -> tuple[DistillConfig, Path]:
-    """The saved config of the run to continue (only --epochs may grow)."""
+def _resolve_resume(
+    cfg: DistillConfig, ws: Workspace, given: Collection[str], log: Callable[[str], None]
+) -> tuple[DistillConfig, Path, RunRecord]:
+    """The run to continue, with the given settings applied or refused (see `resume`), and
+    its record as it should read from now on."""
     # The run last started, killed or not (workspaces from before "training": the last finished)
     run_dir = cfg.out or ws.latest("training" if "training" in ws.state() else "run")
-    saved = RunFolder(run_dir).record().config
-    return replace(saved, resume=True, out=run_dir, epochs=cfg.epochs or saved.epochs), run_dir
+    record = RunFolder(run_dir).record()
+    finished = checkpoint.finished_epochs(run_dir)
+    cfg, recorded, notes = resume.resumed_config(record, cfg, given, run_dir, finished)
+    for note in notes:
+        log(note)
+    return cfg, run_dir, replace(record, config=recorded)
 
 
 def distill(
     cfg: DistillConfig,
     log: Callable[[str], None] = print,
     online_teacher: Callable[[np.ndarray], np.ndarray] | None = None,
+    given: Collection[str] | None = None,
 ) -> RunResult:
     """Train `cfg.student` on the cache's targets and export the best epoch to ONNX.
+
+    The best epoch is chosen on `cfg.val_fraction` of the training samples, held back from
+    training; the exported model is then measured once on the cache's eval (test) split.
 
     Args:
         cfg: the settings (see `DistillConfig`).
@@ -122,23 +134,34 @@ def distill(
         online_teacher: with `cfg.online`, a function from a batch of model input to teacher
             logits, replacing the cached teacher run through onnxruntime (benchmarks use it to
             time an eager PyTorch teacher).
+        given: with `cfg.resume`, the names of the settings the user set, each compared with
+            the run's record (None: those that differ from the defaults).
 
     Example:
         >>> distill(DistillConfig(student="resnet8", epochs=2))  # doctest: +SKIP
     """
     ws = Workspace(cfg.workdir)
     dist = distributed.setup()
+    say = log if dist.is_main else _quiet
+    record, replacing = None, False
     if cfg.resume:
-        cfg, run_dir = _resolve_resume(cfg, ws)
+        given = resume.differing_from_defaults(cfg) if given is None else given
+        cfg, run_dir, record = _resolve_resume(cfg, ws, given, say)
     else:
         cfg = _resolve_new(cfg, ws)
         run_dir = dist.broadcast_path(_run_dir(cfg, ws))
+        # Refused before any work; the old run is removed only once the new one can start.
+        replacing = dist.is_main and RunFolder(run_dir).check_new(cfg.overwrite)
     cache_path = cfg.cache or ws.latest("cache")
     cache = CacheReader(cache_path)
+    if record is not None:
+        resume.check_cache(record, cache.key, run_dir)
     if "eval" not in cache.sections:
         raise CacheError(
-            f"cache {cache_path} has no eval section to validate on; recache without --no-eval"
+            f"cache {cache_path} has no eval section to test on; recache without --no-eval"
         )
+    train_section = cache.section("train")
+    split = validation.carve(train_section.n, cfg.val_fraction, cfg.seed)
     train_src = cache.open_data("train", cfg.data)
     eval_src = cache.open_data("eval", None)
     spec = cache.input_spec
@@ -156,16 +179,32 @@ def distill(
     channels_last = cfg.channels_last and spec.layout == "NCHW"
     if cfg.qat:  # on resume the run's own checkpoint fills the weights, not the float run
         student = qat.build(student, spec, init=None if cfg.resume else cfg.init)
-        log(f"QAT from {cfg.init}: BatchNorm folded, U8S8 fake quantization inserted")
+        say(f"QAT from {cfg.init}: BatchNorm folded, U8S8 fake quantization inserted")
     module = DistillModule(student, build_objective(cfg))
     teacher_keys = _check_teacher_arrays(module.objective, cache, cache_path, cfg.online)
+    if dist.is_main:  # before the student moves to the device: it is timed on the CPU
+        announce(cfg, student, cache, device, split, log)
     # Beyond the class scores: features (and top-k arrays), which may size lazy adapters.
     beyond_scores = tuple(k for k in teacher_keys if k != SCORES)
     if cfg.online:
-        batches = OnlineBatches(cache, train_src, teacher=online_teacher)
+        batches = OnlineBatches(cache, train_src, teacher=online_teacher, members=split.train)
     else:
-        batches = CachedBatches(cache.section("train"), train_src, teacher_keys)
-    eval_batches = CachedBatches(cache.section("eval"), eval_src)
+        batches = CachedBatches(train_section, train_src, teacher_keys, members=split.train)
+    test_batches = CachedBatches(cache.section("eval"), eval_src)
+    # The held-back samples (with --val-fraction 0: the test split). Agreement and KL compare
+    # with the teacher on the first cached view; accuracy, which chooses the best epoch, is
+    # scored on the samples unaugmented, as the deployed model will see them.
+    select_batches = (
+        test_batches
+        if split.val is None
+        else CachedBatches(train_section, train_src, members=split.val)
+    )
+    augmented = train_section.augmentation.policy != "none"
+    clean_select = (
+        CachedBatches(train_section, train_src, members=split.val, clean=True)
+        if split.val is not None and augmented
+        else None
+    )
     module.to(device)
     if beyond_scores:  # a first forward builds the lazily shaped adapters of feature losses
         with torch.no_grad():
@@ -176,9 +215,10 @@ def distill(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, steps_per_epoch))
     state = checkpoint.State()
     if cfg.resume:
-        state = checkpoint.load(run_dir, module, optimizer, scheduler)
-        log(f"resuming {run_dir} after epoch {state.epoch} of {cfg.epochs}")
+        state = _restore(run_dir, record, cfg, module, optimizer, scheduler, say)
     elif dist.is_main:
+        if replacing:
+            say(RunFolder(run_dir).remove_run())
         run_dir.mkdir(parents=True, exist_ok=True)
         RunFolder(run_dir).write_record(
             RunRecord(
@@ -189,21 +229,44 @@ def distill(
                 world_size=dist.world,
                 device=str(device),
                 student_parameters=sum(p.numel() for p in student.parameters()),
+                validation=split.record(),
             )
         )
         ws.record(training=run_dir)
     model = dist.wrap(module)
-    teacher_acc = cache.manifest.eval_teacher_accuracy
+    teacher_acc = (
+        cache.manifest.eval_teacher_accuracy
+        if split.val is None
+        else validation.teacher_accuracy(train_section, split.val)
+    )
+    scored_on = "test" if split.val is None else "val"
     title = f"{cfg.student}{' QAT' if cfg.qat else ''} ({cfg.loss}) on {Path(cache_path).name}"
     # Ctrl-C stops at the next step (finished epochs are checkpointed; --resume continues)
     with checkpoints() as check:
         for epoch in range(state.epoch + 1, cfg.epochs):
             module.objective.set_epoch(epoch)
+            kept = finite.kept_checkpoint(run_dir, state.epoch + 1)
             started = time.perf_counter()
             train_loss = _train_epoch(
-                model, batches, optimizer, scheduler, cfg, epoch, device, dist, channels_last, check
+                model,
+                batches,
+                optimizer,
+                scheduler,
+                cfg,
+                epoch,
+                device,
+                dist,
+                channels_last,
+                check,
+                kept,
             )
             seconds = time.perf_counter() - started
+            # A step can leave weights non-finite with every loss still finite: never save them.
+            finite.check_weights(
+                module,
+                f"after epoch {epoch + 1}",
+                f"{kept}; start over with --overwrite and a lower --lr",
+            )
             row = {
                 "epoch": epoch,
                 "train_loss": train_loss,
@@ -213,7 +276,11 @@ def distill(
                 "teacher_accuracy": teacher_acc,
             }
             if dist.is_main:
-                row.update(evaluate(student, eval_batches, device, channels_last))
+                row.update(evaluate(student, select_batches, device, channels_last))
+                if clean_select is not None:
+                    row["val_accuracy_view0"] = row["val_accuracy"]
+                    clean = evaluate(student, clean_select, device, channels_last)
+                    row["val_accuracy"] = clean["val_accuracy"]
                 state.history.append(row)
                 state.epoch = epoch
                 best = row["val_accuracy"] > state.best_accuracy
@@ -223,25 +290,55 @@ def distill(
                 write_metrics(RunFolder(run_dir).metrics_path, state.history)
                 plot_curves(RunFolder(run_dir).curves_path, state.history, title)
                 log(
-                    f"epoch {epoch + 1}/{cfg.epochs}  loss {train_loss:.4f}  val acc "
+                    f"epoch {epoch + 1}/{cfg.epochs}  loss {train_loss:.4f}  {scored_on} acc "
                     f"{100 * row['val_accuracy']:.2f}%  agreement {100 * row['val_agreement']:.2f}%"
                     f"  KL {row['val_kl']:.4f}  ({seconds:.1f} s)"
                 )
             dist.barrier()
     report = None
     if dist.is_main and cfg.export:
-        report = _export_best(run_dir, student, cfg, cache, eval_batches, state)
+        report = _export_best(run_dir, student, cfg, cache, test_batches, state, split)
         # A QAT model is the workspace's quantized model, never its float student.
         ws.record(run=run_dir, **{"quantized" if cfg.qat else "student": Path(report["onnx"])})
         log(
-            f"exported {report['onnx']}: onnxruntime accuracy "
-            f"{100 * report['onnxruntime_accuracy']:.2f}% (torch "
-            f"{100 * report['torch_accuracy']:.2f}%), max |diff| {report['max_abs_diff']:.2e}"
+            f"exported {report['onnx']}: test accuracy {100 * report['test_accuracy']:.2f}% "
+            f"under onnxruntime (torch {100 * report['torch_accuracy']:.2f}%), max |diff| "
+            f"{report['max_abs_diff']:.2e}"
         )
     elif dist.is_main:
         ws.record(run=run_dir)
     dist.close()
     return RunResult(run_dir, state.history, report)
+
+
+def _quiet(message: str) -> None:
+    """The log of a process other than rank 0."""
+
+
+def _restore(
+    run_dir: Path,
+    record: RunRecord,
+    cfg: DistillConfig,
+    module: nn.Module,
+    optimizer,
+    scheduler,
+    log: Callable[[str], None],
+) -> checkpoint.State:
+    """The state after the run's last finished epoch, with `record` (the run's, with this
+    command's changes) written to config.json."""
+    run = RunFolder(run_dir)
+    state = checkpoint.State()
+    if run.last_checkpoint.exists():  # else killed before its first epoch ended
+        state = checkpoint.load(run_dir, module, optimizer, scheduler)
+    finished = state.epoch + 1
+    log(f"resuming {run_dir} after epoch {finished} of {cfg.epochs}")
+    if record != run.record():  # e.g. a new --epochs: config.json says what the run is
+        run.write_record(record)
+    if run.finished and finished < cfg.epochs:
+        # The run is no longer finished: its export must not stand for the longer run.
+        run.export_path.unlink()
+        log(f"resume: {run.export_path} removed; the run exports again after epoch {cfg.epochs}")
+    return state
 
 
 def _to_device(batch, device: torch.device, channels_last: bool):
@@ -266,7 +363,9 @@ def _train_epoch(
     dist,
     channels_last: bool,
     check: Callable[[], None],
+    kept: str,
 ) -> float:
+    """One epoch; stops at the first non-finite loss, before it reaches the weights."""
     from tqdm import tqdm
 
     model.train()
@@ -284,24 +383,28 @@ def _train_epoch(
     steps = batches.epoch(
         epoch, cfg.batch_size, cfg.seed, rank=dist.rank, world=dist.world, drop_last=True
     )
+    total_steps = -(-len(batches) // (cfg.batch_size * dist.world))
     bar = tqdm(
         steps,
-        total=-(-len(batches) // (cfg.batch_size * dist.world)),
+        total=total_steps,
         desc=f"epoch {epoch + 1}",
         leave=False,
         disable=None if dist.is_main else True,
     )
-    for batch in bar:
+    for step, batch in enumerate(bar):
         check()
         x, teacher, labels = _to_device(batch, device, channels_last)
         with autocast:
             loss, _ = model(x, teacher, labels)
+        value = dist.unless_any_non_finite(float(loss.detach()))  # every rank stops together
+        lr = scheduler.get_last_lr()[0]
+        finite.check_loss(value, epoch + 1, step + 1, total_steps, lr, cfg.resolved_lr, kept)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
-        total += float(loss.detach()) * len(labels)
+        total += value * len(labels)
         count += len(labels)
         bar.set_postfix(loss=f"{total / count:.4f}")
     return total / max(count, 1)
@@ -338,24 +441,33 @@ def _export_best(
     student: nn.Module,
     cfg: DistillConfig,
     cache: CacheReader,
-    eval_batches: CachedBatches,
+    test_batches: CachedBatches,
     state: checkpoint.State,
+    split: validation.Split,
 ) -> dict:
+    """Export the chosen epoch and measure it, once, on the test split."""
     run = RunFolder(run_dir)
     checkpoint.load_weights(run.best_weights, student)
+    finite.check_weights(
+        student, f"in {run.best_weights}", "refusing to export it; start over with --overwrite"
+    )
     export = qat.export_qat if cfg.qat else export_student
     path = export(
         student, cache.input_spec, run.student_path(cfg.qat), cfg.student, {CACHE_KEY: cache.key}
     )
-    batches = ((b.x, b.labels) for b in eval_batches.epoch(0, 256, shuffle=False))
+    batches = ((b.x, b.labels) for b in test_batches.epoch(0, 256, shuffle=False))
     # For QAT this compares onnxruntime's int8 kernels with torch's fake quantization.
     check = check_export(student, path, batches)
     report = ExportReport.from_dict(
         {
             **check,
             "best_epoch": state.best_epoch,
-            "best_val_accuracy": state.best_accuracy,
+            "val_accuracy": state.best_accuracy,
+            "test_accuracy": check["onnxruntime_accuracy"],
             "teacher_accuracy": cache.manifest.eval_teacher_accuracy,
+            "selected_on": split.selected_on,
+            "epochs": len(state.history),
+            "val_samples": None if split.val is None else len(split.val),
             "int8_ops": count_int8_ops(path) if cfg.qat else None,
         }
     )

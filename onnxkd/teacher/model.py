@@ -11,8 +11,11 @@ from onnx import TensorProto, helper
 
 from onnxkd.errors import TeacherError
 from onnxkd.files import sha256_file
-from onnxkd.metadata import INPUT_SPEC, read_metadata
+from onnxkd.metadata import INPUT_SPEC, TEACHER_ACCURACY, read_metadata
 from onnxkd.teacher import passes
+
+# The teacher's top-1 accuracy on its own test split (a number in 0..1), where the exporter
+# recorded it. Proposed for `onnxkd.metadata`; no shipped teacher carries it yet.
 
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
 
@@ -57,6 +60,7 @@ class Teacher:
     features: list[str]
     metadata_spec: str | None
     passes: list[str] = field(default_factory=list)
+    recorded_accuracy: float | None = None  # from TEACHER_ACCURACY in its metadata
 
     def describe(self) -> dict:
         """What the manifest records about the teacher."""
@@ -163,7 +167,23 @@ def load_teacher(
         features=features,
         metadata_spec=meta.get(INPUT_SPEC),
         passes=applied,
+        recorded_accuracy=_recorded_accuracy(path, meta.get(TEACHER_ACCURACY)),
     )
+
+
+def _recorded_accuracy(path: Path, value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        accuracy = float(value)
+    except ValueError:
+        accuracy = float("nan")
+    if not 0.0 <= accuracy <= 1.0:
+        raise TeacherError(
+            f"{path}: metadata {TEACHER_ACCURACY} is {value!r}; it must be a fraction in "
+            "0..1 (fix or remove it)"
+        )
+    return accuracy
 
 
 def output_kind(model: onnx.ModelProto, output: str) -> str | None:

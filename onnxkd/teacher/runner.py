@@ -6,15 +6,28 @@ import numpy as np
 import onnx
 
 from onnxkd.errors import TeacherError
-from onnxkd.runtime import ort_session
+from onnxkd.runtime import ort_session, session_options
 from onnxkd.teacher import passes
 from onnxkd.teacher.model import Teacher
 
+# onnxruntime's fatal messages only: trying a batch on a graph made dynamic is expected to
+# fail for some teachers, and onnxruntime would print that failure in red before a good cache.
+FATAL_ONLY = 4
 
-def make_session(model: onnx.ModelProto, ep: str = "cpu", threads: int | None = None):
-    """An onnxruntime session on exactly the requested provider (CPU only for nodes it lacks)."""
+
+def make_session(
+    model: onnx.ModelProto, ep: str = "cpu", threads: int | None = None, quiet: bool = False
+):
+    """An onnxruntime session on exactly the requested provider (CPU only for nodes it lacks);
+    `quiet` keeps onnxruntime's own error lines off stderr (failures still raise)."""
+    options = session_options(threads, log_level=FATAL_ONLY) if quiet else None
     return ort_session(
-        model, ep, threads, error=TeacherError, failure="onnxruntime cannot load the teacher"
+        model,
+        ep,
+        threads,
+        options=options,
+        error=TeacherError,
+        failure="onnxruntime cannot load the teacher",
     )
 
 
@@ -46,7 +59,7 @@ class TeacherRunner:
         passes.make_batch_dynamic(dynamic)
         reference = self._loop(single, probe[:2])
         try:
-            session = make_session(dynamic, self.ep, self.threads)
+            session = make_session(dynamic, self.ep, self.threads, quiet=True)
             batched = self._call(session, probe[:2])
             agrees = all(
                 b.shape == r.shape and np.allclose(b, r, rtol=1e-4, atol=1e-5)

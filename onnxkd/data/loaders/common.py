@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from onnxkd.data.source import ArraySource, DataRef, holdout_split
-from onnxkd.errors import DataError
+from onnxkd.errors import DataError, MissingSplitError
 
 DIGIT_NAMES = tuple(str(i) for i in range(10))
 
@@ -41,7 +41,7 @@ def pick_split(
         return source
     if not parts.get(ref.split):
         found = [name for names in parts.values() for name in names]
-        raise DataError(
+        raise MissingSplitError(
             f"{ref.data}: has no {ref.split} split (found {what}: {', '.join(found) or 'none'}); "
             f"add the {ref.split} {what}, or pass a holdout fraction to split off a test set "
             "from the data that is there"

@@ -16,7 +16,7 @@ from PIL import Image
 from onnxkd.data.loaders.common import holdout_indices
 from onnxkd.data.loaders.registry import SourceKind, existing, register_source
 from onnxkd.data.source import DataRef
-from onnxkd.errors import DataError
+from onnxkd.errors import DataError, MissingSplitError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 SPLIT_FOLDERS = {"train": ("train",), "test": ("test", "val")}
@@ -57,7 +57,7 @@ def open_image_folder(ref: DataRef, folder: Path) -> ImageFolderSource:
     if root is None:
         found = ", ".join(r.name for r in present)
         wanted = " or ".join(f"{folder / name}" for name in SPLIT_FOLDERS[ref.split])
-        raise DataError(
+        raise MissingSplitError(
             f"{folder}: has no {ref.split} split (found folder {found}, no {wanted}); add "
             "it, or pass a holdout fraction to split off a test set from the train images"
         )

@@ -18,7 +18,7 @@ import numpy as np
 from onnxkd.data.loaders.common import check_labels, pick_split
 from onnxkd.data.loaders.registry import SourceKind, existing, register_source
 from onnxkd.data.source import SPLITS, ArraySource, DataRef, holdout_split
-from onnxkd.errors import DataError
+from onnxkd.errors import DataError, MissingSplitError
 
 NATIVE_KEYS = (("x_{split}", "y_{split}"), ("X_{split}", "y_{split}"))
 POOLED_KEYS = (
@@ -60,7 +60,7 @@ def open_npz(ref: DataRef, path: Path) -> ArraySource:
         parts = {s: pair if set(pair) <= set(keys) else [] for s, pair in parts.items()}
         wanted = ref.split if ref.holdout is None else "train"
         if not parts[wanted] and not (ref.holdout is not None and parts["test"]):
-            raise DataError(
+            raise MissingSplitError(
                 f"{path}: no arrays {x_key.format(split=wanted)!r} and "
                 f"{y_key.format(split=wanted)!r} for the {wanted} split (keys in file: "
                 f"{', '.join(keys)}); pass x_key/y_key naming them, or a holdout fraction"
