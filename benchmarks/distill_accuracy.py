@@ -21,7 +21,8 @@ Methods (same student, epochs, optimizer and schedule; only the targets and view
 KD's augmentation is the strong policy on CIFAR (a teacher that has memorized its training
 images gives near one-hot targets on lightly augmented ones) and crops on MNIST; both scratch
 variants are reported on CIFAR so that KD is compared with the better of them.
-Accuracy is onnxruntime's, of the exported best-epoch student, on the test split (846 CIFAR
+Accuracy is onnxruntime's, of the exported student (its epoch chosen on distill's validation split,
+carved from the training data), on the test split, measured once (846 CIFAR
 images: about ±1.5 points per run, hence several seeds; mean ± std reported). Goals: kd_kviews
 beats scratch by >= 3 points on CIFAR; kd_kviews within 0.5 points of kd_online.
 Results go to benchmarks/results/distill_accuracy_<suite>.json.

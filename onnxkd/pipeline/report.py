@@ -93,8 +93,8 @@ def _markdown(
         f"`{train.data_ref.data}`.",
         f"- **Student**: `{config.student}`, {record.student_parameters:,} "
         f"parameters, {config.loss} loss for {config.epochs} epochs "
-        f"(best epoch {export.best_epoch + 1}); onnxruntime and torch agree to "
-        f"{export.max_abs_diff:.1e}.",
+        f"(best epoch {export.best_epoch + 1}, {_selection(export)}); onnxruntime and torch "
+        f"agree to {export.max_abs_diff:.1e}.",
     ]
     if bench:
         lines += _comparison(bench)
@@ -202,6 +202,16 @@ def _points(drop: float) -> str:
     if abs(drop) < 0.005:
         return "no loss"
     return f"{drop:.2f} points lost" if drop > 0 else f"{-drop:.2f} points gained"
+
+
+def _selection(export) -> str:
+    """How the epoch was chosen, so the accuracy next to it reads for what it is."""
+    if export.selected_on == "validation":
+        return (
+            f"chosen on {export.val_samples} held-back training samples; test accuracy "
+            f"{100 * export.test_accuracy:.2f}% measured once"
+        )
+    return f"chosen on the test split: {100 * export.test_accuracy:.2f}% is a selected maximum"
 
 
 def _opset(opset) -> str:
