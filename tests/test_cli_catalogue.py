@@ -96,6 +96,7 @@ def w(tmp_path_factory):
     runner = CliRunner()
     for args in [
         ["cache-teacher", TEACHER, "--data", "digits", "--views", "2", "-o", root / "cache"],
+        ["cache-teacher", TEACHER, "--data", "digits", "--shard", "0/2", "-o", root / "half"],
         ["distill", "--cache", root / "cache", "--student", "small_cnn_s", "--epochs", "1"]
         + ["-o", root / "run", "--threads", "1", "--workdir", root / "ws"],
     ]:
@@ -127,7 +128,8 @@ def w(tmp_path_factory):
     data = bytearray(targets.read_bytes())
     data[-7] ^= 0x3C
     targets.write_bytes(bytes(data))
-    paths = {name: root / name for name in ("cache", "run", "corrupt", "afile", "folder")}
+    names = ("cache", "run", "corrupt", "afile", "folder", "half")
+    paths = {name: root / name for name in names}
     paths |= {p.stem + p.suffix.replace(".", "_"): p for p in root.iterdir() if p.is_file()}
     paths |= {"root": root, "student": root / "run" / "student.onnx", "teacher": TEACHER}
     paths["notcache"], paths["mnist_cut"] = root / "notcache", mnist
@@ -320,6 +322,17 @@ CACHE_CASES.append(
     )
 )
 CACHE_INFO_CASES = [
+    Case(
+        "cache-merge:missing-shard",
+        lambda w: ["cache-merge", w["half"]],
+        r"shards not yet written: eval 1/2, train 1/2",
+    ),
+    Case(
+        "distill:half-written-cache",
+        lambda w: ["distill", "--cache", w["half"], "-o", "r"],
+        r"is incomplete .*shards not yet written: eval 1/2, train 1/2",
+        absent=("r",),
+    ),
     Case(
         "cache-info:missing",
         lambda w: ["cache-info", "nosuch"],

@@ -185,17 +185,9 @@ def _numel(tensor) -> int:
 
 def _read(model: Path):
     """The model's graph without its external weights; refuses anything but an ONNX model."""
-    import onnx
+    from onnxkd.model_file import load_model_file
 
-    if not model.is_file():
-        raise ProviderError(f"{model}: no such file")
-    try:
-        proto = onnx.load(str(model), load_external_data=False)
-    except Exception as e:  # the protobuf decoder's errors carry no useful type
-        raise ProviderError(f"{model} is not an ONNX model ({_one_line(e)})") from e
-    if not proto.graph.node:
-        raise ProviderError(f"{model} is not an ONNX model (it has no graph nodes)")
-    return proto
+    return load_model_file(model, ProviderError)
 
 
 def _stage(model: Path, proto, folder: Path) -> Path:

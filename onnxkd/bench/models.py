@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxkd.bench.model_file import graph_inputs
 from onnxkd.cache.for_model import ModelData, resolve_model_data
 from onnxkd.cache.reader import CacheReader
 from onnxkd.distill.run_folder import RunFolder
 from onnxkd.errors import CacheError, DataError, OnnxkdError, WorkspaceError
 from onnxkd.metadata import read_metadata
+from onnxkd.model_file import graph_inputs
 from onnxkd.workspace import Workspace
 
 WORKSPACE_ROLES = ("teacher", "student", "quantized")

@@ -23,7 +23,6 @@ from onnxkd.bench import measure, report
 from onnxkd.bench.config import BenchConfig, BenchError
 from onnxkd.bench.host import host_info
 from onnxkd.bench.memory import own_peak_mb
-from onnxkd.bench.model_file import load_model_file
 from onnxkd.bench.models import (
     BenchModel,
     attach_data,
@@ -34,6 +33,7 @@ from onnxkd.bench.models import (
 from onnxkd.bench.output_path import check_writable, refuse_existing, writing
 from onnxkd.bench.timing import summarize, time_session
 from onnxkd.errors import ProviderError
+from onnxkd.model_file import load_model_file
 from onnxkd.providers import PROVIDERS, STATIC_CHECK_EPS, resolve_provider
 
 MOBILE_EPS = STATIC_CHECK_EPS

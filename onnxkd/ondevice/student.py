@@ -16,6 +16,7 @@ import onnx
 import onnx.version_converter
 
 from onnxkd.metadata import INPUT_SPEC, read_metadata
+from onnxkd.model_file import load_model_file
 from onnxkd.ondevice.config import (
     LABELS_INPUT,
     LOSS_OUTPUT,
@@ -46,13 +47,7 @@ class Parameter:
 
 def load_student(path: Path) -> onnx.ModelProto:
     """The ONNX model at `path`, or one clear error saying why it is not one."""
-    try:
-        model = onnx.load(str(path))
-    except Exception as e:  # protobuf raises DecodeError, RuntimeWarning or ValueError
-        raise OnDeviceError(f"{path} is not an ONNX model ({type(e).__name__}: {e})") from e
-    if not model.graph.node:
-        raise OnDeviceError(f"{path} is not an ONNX model (it has no graph nodes)")
-    return model
+    return load_model_file(path, OnDeviceError)
 
 
 def default_opset(model: onnx.ModelProto) -> int:

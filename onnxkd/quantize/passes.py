@@ -15,8 +15,8 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from onnxkd.bench.model_file import load_model_file, non_finite_weights
 from onnxkd.errors import QuantizeError
+from onnxkd.model_file import load_model_file, non_finite_weights
 from onnxkd.runtime import ort_session
 
 # Op types that onnxruntime's static quantizer turns into integer kernels (the rest stay float).

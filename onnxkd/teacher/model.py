@@ -12,10 +12,8 @@ from onnx import TensorProto, helper
 from onnxkd.errors import TeacherError
 from onnxkd.files import sha256_file
 from onnxkd.metadata import INPUT_SPEC, TEACHER_ACCURACY, read_metadata
+from onnxkd.model_file import load_model_file
 from onnxkd.teacher import passes
-
-# The teacher's top-1 accuracy on its own test split (a number in 0..1), where the exporter
-# recorded it. Proposed for `onnxkd.metadata`; no shipped teacher carries it yet.
 
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
 
@@ -120,12 +118,7 @@ def load_teacher(
     path = Path(path)
     if not path.is_file():
         raise TeacherError(f"teacher file {path} does not exist")
-    try:
-        original = onnx.load(str(path))
-    except Exception as e:
-        raise TeacherError(f"{path} is not an ONNX model ({type(e).__name__}: {e})") from e
-    if not original.graph.node:
-        raise TeacherError(f"{path} is not an ONNX model (no graph nodes found)")
+    original = load_model_file(path, TeacherError)
     model = onnx.ModelProto()
     model.CopyFrom(original)
     renamed = passes.strip_zipmap(model)
