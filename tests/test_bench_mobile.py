@@ -191,7 +191,7 @@ def test_qdq_on_coreml_reports_the_limitation(qdq_models, tmp_path):
 def test_not_onnx_is_a_clear_error(tmp_path):
     junk = tmp_path / "model.onnx"
     junk.write_text("this is not a model\n")
-    with pytest.raises(ProviderError, match=r"model\.onnx is not an ONNX model"):
+    with pytest.raises(ProviderError, match=r"model\.onnx is not a readable ONNX model"):
         mobile_analysis(junk, "coreml", tmp_path / "out")
     with pytest.raises(ProviderError, match="no such file"):
         mobile_analysis(tmp_path / "missing.onnx", "nnapi", tmp_path / "out")

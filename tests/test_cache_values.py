@@ -338,3 +338,33 @@ def test_probing_a_fixed_batch_teacher_prints_no_onnxruntime_errors(cli, tmp_pat
     assert "[E:onnxruntime" not in result.stderr and "GEMM" not in result.stderr
     manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
     assert manifest["created_by"]["batching"] == "loop"
+
+
+def test_a_model_card_for_another_file_is_not_taken_as_the_record(tmp_path):
+    """The card beside a teacher counts only when its sha256 is the file's: a retrained or
+    replaced teacher is not held to an old card's accuracy."""
+    import re
+    import shutil
+
+    from sklearn.datasets import load_digits
+
+    for name in ("digits_cnn.onnx", "digits_cnn.md"):
+        shutil.copy(MODELS / name, tmp_path / name)
+    card = tmp_path / "digits_cnn.md"
+    card.write_text(re.sub(r"`[0-9a-f]{64}`", "`" + "0" * 64 + "`", card.read_text(), count=1))
+    x, y = load_digits(return_X_y=True)
+    swap = {0: 1, 1: 0, 2: 3, 3: 2}  # a class-order mistake: ~56% right, well above chance
+    np.savez(tmp_path / "d.npz", x=x.reshape(-1, 8, 8), y=[swap.get(int(v), int(v)) for v in y])
+    result = CliRunner().invoke(
+        main,
+        [
+            "cache-teacher",
+            str(tmp_path / "digits_cnn.onnx"),
+            "--data",
+            str(tmp_path / "d.npz"),
+            "-o",
+            str(tmp_path / "c"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "c" / "manifest.json").is_file()

@@ -139,7 +139,7 @@ def test_torchrun_ranks_each_write_a_slice_and_the_last_completes_it(cli, tmp_pa
 
 BAD_INPUTS = [
     (["missing.onnx", "--data", "digits"], "does not exist"),
-    (["NOT_ONNX", "--data", "digits"], "is not an ONNX model"),
+    (["NOT_ONNX", "--data", "digits"], "is not a readable ONNX model"),
     (["DIGITS", "--data", "no/such/data"], "no/such/data"),
     (["DIGITS", "--data", "digits", "--ep", "cuda"], "available: cpu"),
     (["DIGITS", "--data", "digits", "--ep", "warp-drive"], "unknown execution provider"),

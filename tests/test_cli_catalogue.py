@@ -112,6 +112,9 @@ def w(tmp_path_factory):
     (root / "notcache" / "x.txt").write_text("user data\n")
     _nan_weights(root / "nan.onnx")
     _recorded_accuracy(root / "recorded.onnx", 0.99)
+    (root / "carded").mkdir()
+    for name in ("digits_cnn.onnx", "digits_cnn.md"):
+        shutil.copy(MODELS / name, root / "carded" / name)
     _swapped_labels(root / "swapped.npz")
     _digits_npz(root / "nan.npz", nan=True)
     _digits_npz(root / "label99.npz", label=99)
@@ -318,6 +321,21 @@ CACHE_CASES.append(
         "cache-teacher:far-below-recorded-accuracy",
         lambda w: ["cache-teacher", w["recorded_onnx"], "--data", w["swapped_npz"], "-o", "c"],
         r"scores 56.2% on 256 labelled train samples, far below the 99.0% its metadata records",
+        absent=("c",),
+    )
+)
+CACHE_CASES.append(
+    Case(
+        "cache-teacher:far-below-the-model-card",
+        lambda w: [
+            "cache-teacher",
+            w["root"] / "carded" / "digits_cnn.onnx",
+            "--data",
+            w["swapped_npz"],
+            "-o",
+            "c",
+        ],
+        r"far below the 99.2% its model card digits_cnn.md records",
         absent=("c",),
     )
 )

@@ -310,7 +310,7 @@ def test_not_an_onnx_file_is_one_clear_error(tmp_path):
     bad.write_bytes(b"\x08\x07garbage that is not a protobuf of a model")
     result = run_cli("ondevice", "artifacts", bad, cwd=tmp_path, env=ENV)
     assert result.returncode == 1
-    assert result.stderr.startswith("error: ") and "is not an ONNX model" in result.stderr
+    assert result.stderr.startswith("error: ") and "is not a readable ONNX model" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 

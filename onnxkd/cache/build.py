@@ -221,6 +221,7 @@ class _Plan:
             self.augmentations["train"],
             warn_views=not self.augment_chosen,
             recorded_accuracy=self.teacher.recorded_accuracy,
+            recorded_by=self.teacher.accuracy_recorded_by or "its metadata",
             accept=cfg.accept_low_accuracy,
             batch_size=cfg.batch_size,
             log=log,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,7 +59,10 @@ class Teacher:
     features: list[str]
     metadata_spec: str | None
     passes: list[str] = field(default_factory=list)
-    recorded_accuracy: float | None = None  # from TEACHER_ACCURACY in its metadata
+    # Its measured top-1 accuracy where one is on record (TEACHER_ACCURACY in its metadata,
+    # else the model card beside the file, if the card's sha256 is the file's), and where.
+    recorded_accuracy: float | None = None
+    accuracy_recorded_by: str | None = None
 
     def describe(self) -> dict:
         """What the manifest records about the teacher."""
@@ -148,9 +152,11 @@ def load_teacher(
     except Exception as e:
         raise TeacherError(f"teacher input {inp.name!r} has unsupported type {elem}") from e
     meta = read_metadata(original)
+    digest = sha256_file(path)
+    recorded, recorded_by = recorded_accuracy(path, meta.get(TEACHER_ACCURACY), digest)
     return Teacher(
         path=path,
-        sha256=sha256_file(path),
+        sha256=digest,
         model=model,
         original=original,
         input_name=inp.name,
@@ -160,8 +166,31 @@ def load_teacher(
         features=features,
         metadata_spec=meta.get(INPUT_SPEC),
         passes=applied,
-        recorded_accuracy=_recorded_accuracy(path, meta.get(TEACHER_ACCURACY)),
+        recorded_accuracy=recorded,
+        accuracy_recorded_by=recorded_by,
     )
+
+
+# A model card (models/*.md, written by the zoo's training scripts) has these table rows.
+CARD_ACCURACY = re.compile(r"^\| test accuracy \| \*\*([0-9.]+)\*\*", re.MULTILINE)
+CARD_SHA256 = re.compile(r"^\| sha256 \| `([0-9a-f]{64})` \|", re.MULTILINE)
+
+
+def recorded_accuracy(path: Path, metadata_value: str | None, digest: str):
+    """(accuracy, who records it): the teacher's metadata, else its model card `NAME.md`
+    beside it when the card describes this very file (same sha256); (None, None) if neither."""
+    if metadata_value is not None:
+        return _recorded_accuracy(path, metadata_value), "its metadata"
+    card = path.with_suffix(".md")
+    try:
+        text = card.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None, None
+    accuracy, sha = CARD_ACCURACY.search(text), CARD_SHA256.search(text)
+    if accuracy is None or sha is None or sha.group(1) != digest:
+        return None, None  # no card for this file: another model, or retrained since
+    value = float(accuracy.group(1))
+    return (value, f"its model card {card.name}") if 0.0 <= value <= 1.0 else (None, None)
 
 
 def _recorded_accuracy(path: Path, value: str | None) -> float | None:

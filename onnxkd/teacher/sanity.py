@@ -37,7 +37,7 @@ class SanityReport:
     accuracy: float  # on clean (unaugmented) samples of the cached split
     chance: float  # the best a constant guess scores on these labels
     value_range: tuple[float, float]  # of the raw samples
-    recorded_accuracy: float | None  # from the teacher's metadata, when it records one
+    recorded_accuracy: float | None  # from the teacher's metadata or model card, if any
     augmented_accuracy: float | None  # on view 0 of the augmentation, when there is one
     problems: tuple[str, ...]  # accepted with --accept-low-accuracy; empty when all is well
 
@@ -132,6 +132,7 @@ def check_teacher_input(
     augmentation: Augmentation,
     warn_views: bool = True,
     recorded_accuracy: float | None = None,
+    recorded_by: str = "its metadata",
     accept: bool = False,
     batch_size: int = 256,
     log: Callable[[str], None] = print,
@@ -160,7 +161,7 @@ def check_teacher_input(
     elif recorded_accuracy is not None and accuracy < recorded_accuracy - FAR_BELOW:
         problems.append(
             f"the teacher scores {accuracy:.1%} {where}, far below the {recorded_accuracy:.1%} "
-            "its metadata records"
+            f"{recorded_by} records"
         )
     wrong_range = range_problem(raw, spec)
     if wrong_range:
