@@ -47,9 +47,16 @@ class Workspace:
         if not self.state_path.exists():
             return {}
         try:
-            return read_json(self.state_path)
-        except ValueError as e:
+            state = read_json(self.state_path)
+        except (ValueError, UnicodeDecodeError) as e:
             raise WorkspaceError(f"{self.state_path} is not valid JSON ({e}); delete it") from e
+        # Hand-edited or foreign: each entry must be a path, or later stages fail obscurely.
+        if not isinstance(state, dict) or not all(isinstance(v, str) for v in state.values()):
+            raise WorkspaceError(
+                f"{self.state_path} is not an onnxkd workspace record (an object of paths); "
+                "delete it"
+            )
+        return state
 
     def record(self, **paths: Path) -> None:
         from onnxkd.files import write_json_atomic

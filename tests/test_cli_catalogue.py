@@ -731,7 +731,35 @@ ONDEVICE_CASES = [
     ),
     Case("ondevice:empty-workspace", lambda w: ["ondevice", "artifacts"], r"has no student yet"),
 ]
+
+
+def bad_state(text: str) -> Callable[[dict, Path], None]:
+    def write(w: dict, here: Path) -> None:
+        (here / "onnxkd-out").mkdir()
+        (here / "onnxkd-out" / "state.json").write_text(text)
+
+    return write
+
+
 GENERAL_CASES = [
+    Case(
+        "distill:workspace-state-not-json",
+        lambda w: ["distill"],
+        r"state.json is not valid JSON",
+        setup=bad_state("garbage{"),
+    ),
+    Case(
+        "distill:workspace-state-not-paths",
+        lambda w: ["distill"],
+        r"state.json is not an onnxkd workspace record",
+        setup=bad_state('{"cache": 3}'),
+    ),
+    Case(
+        "bench:workspace-state-not-paths",
+        lambda w: ["bench"],
+        r"state.json is not an onnxkd workspace record",
+        setup=bad_state("[1]"),
+    ),
     Case("onnxkd:unknown-command", lambda w: ["nosuch"], r"No such command 'nosuch'", 2),
     Case(
         "onnxkd:config-binary",

@@ -54,6 +54,7 @@ def workspace_models(workdir: Path, log) -> list[BenchModel]:
     """The workspace's teacher, student and quantized student, each scored on the cache's
     validation split (the teacher on the output it was cached from)."""
     ws = Workspace(workdir)
+    ws.state()  # an unreadable record is its own error, not "no teacher, student or …"
     models = []
     for role in WORKSPACE_ROLES:
         try:
