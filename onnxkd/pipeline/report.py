@@ -165,8 +165,8 @@ def _comparison(bench: dict) -> list[str]:
     lines += [
         "",
         f"Latency: median and 99th percentile of {bench['config']['rounds']} "
-        "interleaved rounds per model (onnxkd bench); accuracy on the validation split "
-        "with onnxruntime on this CPU.",
+        "interleaved rounds per model (onnxkd bench); accuracy on the cache's eval split "
+        "(the test split, never used to choose an epoch) with onnxruntime on this CPU.",
     ]
     noisy = [r for r in rows if r.get("cv", 0) > bench["config"]["cv_warn"]]
     if noisy:
