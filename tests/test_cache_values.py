@@ -368,3 +368,12 @@ def test_a_model_card_for_another_file_is_not_taken_as_the_record(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "c" / "manifest.json").is_file()
+
+
+def test_chance_is_judged_against_the_most_common_label():
+    from onnxkd.teacher.sanity import near_chance
+
+    assert near_chance(0.12, 0.10) and near_chance(0.55, 0.52)  # a guess, on 10 and on 2 classes
+    assert not near_chance(0.99, 0.52) and not near_chance(0.40, 0.10)
+    assert near_chance(0.90, 0.90)  # always the majority class of imbalanced data
+    assert not near_chance(1.0, 1.0)  # data of one class: chance says nothing

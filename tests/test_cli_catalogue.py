@@ -461,6 +461,16 @@ DISTILL_CASES = [
 ]
 
 
+DISTILL_CASES.append(
+    Case(
+        "distill:batch-larger-than-the-data",
+        distill("--batch-size", "100000", "-o", "r"),
+        r"--batch-size 100000 is more than the 1294 samples there are to train on",
+        absent=("r",),
+    )
+)
+
+
 def quantize(*extra):
     return lambda w: ["quantize", w["student"], "--cache", w["cache"], *extra]
 

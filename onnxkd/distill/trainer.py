@@ -162,6 +162,13 @@ def distill(
         )
     train_section = cache.section("train")
     split = validation.carve(train_section.n, cfg.val_fraction, cfg.seed)
+    if cfg.batch_size > len(split.train):
+        # One step per epoch on fewer samples than asked, at a learning rate scaled for the
+        # batch asked: a run that trains on nothing like its settings.
+        raise DistillConfigError(
+            f"--batch-size {cfg.batch_size} is more than the {len(split.train)} samples there "
+            "are to train on; pass a smaller --batch-size"
+        )
     train_src = cache.open_data("train", cfg.data)
     eval_src = cache.open_data("eval", None)
     spec = cache.input_spec

@@ -42,6 +42,14 @@ class QuantizeResult:
     report: dict
 
 
+def _calibration_count(cfg: QuantizeConfig, data) -> str:
+    """How many samples calibrate: all the training split has when --calib-samples asks more."""
+    available = len(data.train)
+    if cfg.calib_samples <= available:
+        return str(cfg.calib_samples)
+    return f"all {available} (--calib-samples {cfg.calib_samples} asks more than there are)"
+
+
 def quantize(cfg: QuantizeConfig, log: Callable[[str], None] = print) -> QuantizeResult:
     """Quantize `cfg.model` (default: the workspace's latest student) to INT8 QDQ."""
     started = time.perf_counter()
@@ -63,7 +71,8 @@ def quantize(cfg: QuantizeConfig, log: Callable[[str], None] = print) -> Quantiz
         work.mkdir(parents=True, exist_ok=True)
     log(
         f"quantizing {src} ({cfg.resolved_target}: {'/'.join(TARGETS[cfg.resolved_target])}, "
-        f"{cfg.calibration} calibration on {cfg.calib_samples} samples from {data.origin})"
+        f"{cfg.calibration} calibration on {_calibration_count(cfg, data)} samples from "
+        f"{data.origin})"
     )
 
     steps = []

@@ -93,7 +93,10 @@ def chance_level(labels: np.ndarray) -> float:
 
 def near_chance(accuracy: float, chance: float) -> bool:
     """At most twice chance, and within a tenth of the way from chance to perfect (so that a
-    two-class or imbalanced task is not held to "twice chance", which it cannot beat)."""
+    two-class or imbalanced task is not held to "twice chance", which it cannot beat). Data of
+    one class says nothing: every guess of that class is right."""
+    if chance >= 1.0:
+        return False
     return accuracy <= min(2 * chance, chance + 0.1 * (1 - chance))
 
 
