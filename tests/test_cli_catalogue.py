@@ -704,6 +704,36 @@ RUN_CASES = [
         setup=recipe(GOOD),
     ),
 ]
+RUN_CASES += [
+    Case(
+        "run:unknown-student",
+        lambda w: ["run", "recipe.toml"],
+        r'\[distill\] student = "nosuch": unknown student',
+        setup=recipe(GOOD.replace('"small_cnn_s"', '"nosuch"')),
+        absent=("onnxkd-out",),
+    ),
+    Case(
+        "run:unknown-loss",
+        lambda w: ["run", "recipe.toml"],
+        r'\[distill\] loss = "zz": unknown loss',
+        setup=with_key("distill", 'loss = "zz"'),
+        absent=("onnxkd-out",),
+    ),
+    Case(
+        "run:unknown-augment",
+        lambda w: ["run", "recipe.toml"],
+        r'\[cache\] augment = "zz" is not one of none, crop',
+        setup=with_key("cache", 'augment = "zz"'),
+        absent=("onnxkd-out",),
+    ),
+    Case(
+        "run:unknown-ep",
+        lambda w: ["run", "recipe.toml"],
+        r"\[bench\] eps: unknown execution provider\(s\) \['gpu'\]",
+        setup=recipe(GOOD + '[bench]\neps = ["gpu"]\n'),
+        absent=("onnxkd-out",),
+    ),
+]
 ONDEVICE_CASES = [
     Case(
         "ondevice:artifacts-missing-student",

@@ -168,6 +168,7 @@ def _check_values(name: str, teacher: Path, data: dict, tables: dict) -> None:
     for table, cls in typed.items():
         if tables[table] is not None:
             check_types(cls, tables[table], f"{name} [{table}]")
+    _check_names(name, cache, tables)
     builds = {"cache": lambda: cache_config(teacher=teacher, **data, **cache)}
     for table, cls in typed.items():
         if tables[table] is not None:
@@ -179,6 +180,37 @@ def _check_values(name: str, teacher: Path, data: dict, tables: dict) -> None:
             # The settings speak in command-line flags; a recipe's reader knows its keys.
             message = re.sub(r"--([a-z][a-z0-9-]*)", lambda m: m[1].replace("-", "_"), str(e))
             raise RecipeError(f"{name} [{table}]: {message}") from e
+
+
+def _check_names(name: str, cache: dict, tables: dict) -> None:
+    """Names looked up in a registry (students, losses, augmentations, execution providers),
+    checked now rather than when their stage starts, after the stages before it ran."""
+    from onnxkd.data.augment import POLICIES
+    from onnxkd.distill.losses import LOSSES
+    from onnxkd.providers import EP_NAMES
+    from onnxkd.students import STUDENTS
+
+    checks = [("cache", "augment", lambda v: v in POLICIES, POLICIES)]
+    checks += [(t, "student", STUDENTS.get, None) for t in ("distill", "qat")]
+    checks += [(t, "loss", LOSSES.get, None) for t in ("distill", "qat")]
+    for table, key, check, known in checks:
+        value = (cache if table == "cache" else tables[table] or {}).get(key)
+        if value is None:
+            continue
+        try:
+            ok = check(value)
+        except OnnxkdError as e:
+            raise RecipeError(f"{name} [{table}] {key} = {as_toml(value)}: {e}") from e
+        if ok is False:
+            raise RecipeError(
+                f"{name} [{table}] {key} = {as_toml(value)} is not one of {', '.join(known)}"
+            )
+    unknown = [ep for ep in (tables["bench"] or {}).get("eps", ()) if ep.lower() not in EP_NAMES]
+    if unknown:
+        raise RecipeError(
+            f"{name} [bench] eps: unknown execution provider(s) {unknown}; known: "
+            f"{', '.join(EP_NAMES)}"
+        )
 
 
 def _check_keys(table, valid, where: str) -> None:
