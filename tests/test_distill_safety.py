@@ -278,14 +278,14 @@ def test_a_student_with_non_finite_weights_is_never_exported(shared, tmp_path):
 
 def test_the_header_compares_a_larger_student_with_its_teacher(shared, tmp_path):
     # 99% held back: one step of mobilenetv2 is enough to see the header
-    args = ("--student", "mobilenetv2", "--epochs", "1", "--batch-size", "16")
+    args = ("--student", "mobilenetv2", "--epochs", "1", "--batch-size", "8")
     args += ("--val-fraction", "0.99", "--no-export", "--threads", "1", "-o", tmp_path / "big")
     code, _, err = distill(shared["root"], *args)
     assert code == 0, err
     lines = err.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("distill: mobilenetv2"))
     assert header < next(i for i, line in enumerate(lines) if line.startswith("epoch 1/1"))
-    assert "on cpu; 1 epoch, batch 16, loss kd" in lines[header]
+    assert "on cpu; 1 epoch, batch 8, loss kd" in lines[header]
     assert "1 train view(s)" in lines[header]
     student = next(line for line in lines if line.strip().startswith("student "))
     teacher = next(line for line in lines if line.strip().startswith("teacher "))
