@@ -26,10 +26,17 @@ from onnxkd.cache.manifest import (
 )
 from onnxkd.cache.writer import PartJob, TargetLayout, describe_section, write_part
 from onnxkd.data import values
-from onnxkd.data.augment import Augmentation
+from onnxkd.data.augment import RESIZED_CROP, Augmentation
 from onnxkd.data.loaders import open_source
 from onnxkd.data.source import DataRef, Source
-from onnxkd.data.spec import InputSpec, SpecOptions, describe_overrides, resolve_input_spec
+from onnxkd.data.spec import (
+    InputSpec,
+    SpecOptions,
+    describe_overrides,
+    fit_source,
+    resolve_input_spec,
+)
+from onnxkd.data.workers import check_workers
 from onnxkd.errors import CacheError, DataError, MissingSplitError, TeacherError
 from onnxkd.files import read_json, write_json_atomic
 from onnxkd.interrupt import checkpoints
@@ -70,6 +77,8 @@ class CacheConfig:
     shard: tuple[int, int] | None = None  # None: torchrun's RANK/WORLD_SIZE, else (0, 1)
     overwrite: bool = False
     accept_low_accuracy: bool = False  # cache even when the teacher seems fed the wrong input
+    workers: int | None = None  # photo decoding threads; None: one per core (at most 8)
+    skip_bad: bool = False  # leave out images that do not decode (counted in the manifest)
 
     def __post_init__(self) -> None:
         if self.views is not None and self.views < 1:
@@ -91,12 +100,14 @@ class CacheConfig:
         i, n = self.shard
         if not (n >= 1 and 0 <= i < n):
             raise CacheError(f"--shard must be i/n with 0 <= i < n, got {i}/{n}")
+        check_workers(self.workers)
 
 
 def with_view_defaults(cfg: CacheConfig, spec: InputSpec) -> CacheConfig:
     """`cfg` with `views` and `augment` set where they were left to the default.
 
-    A teacher of images gets DEFAULT_IMAGE_VIEWS crop views unless augmentation is turned off;
+    A teacher of images gets DEFAULT_IMAGE_VIEWS crop views (random-resized-crop for photos
+    decoded through a photo transform) unless augmentation is turned off;
     a teacher of feature vectors (flattened images included) one clean view, unless an
     augmentation is asked for. More than one view means crop, unless another policy is asked.
     """
@@ -104,7 +115,9 @@ def with_view_defaults(cfg: CacheConfig, spec: InputSpec) -> CacheConfig:
     if views is None:
         augmented = cfg.augment != "none" if cfg.augment is not None else spec.is_image
         views = DEFAULT_IMAGE_VIEWS if augmented else 1
-    augment = cfg.augment or ("none" if views == 1 else "crop")
+    # Photos get the ImageNet recipe's views: boxes cut from the full photo (FKD's caching).
+    augmented_policy = RESIZED_CROP if spec.photo_transform is not None else "crop"
+    augment = cfg.augment or ("none" if views == 1 else augmented_policy)
     return replace(cfg, views=views, augment=augment)
 
 
@@ -136,6 +149,12 @@ class _Plan:
         self.spec, self.spec_origin, self.spec_overrides = resolve_input_spec(
             self.teacher, self.sources["train"], cfg.spec
         )
+        for src in self.sources.values():
+            fit_source(src, self.spec, cfg.workers)
+        if cfg.skip_bad:
+            self.sources = {n: _skip_bad(src, self.spec, log) for n, src in self.sources.items()}
+        for note in getattr(self.teacher.preprocessing, "notes", ()):
+            log(f"note: {note}")
         if self.spec_overrides:
             log(
                 "note: the options given override the teacher's metadata spec: "
@@ -161,13 +180,19 @@ class _Plan:
             raise DataError(
                 f"--augment {cfg.augment} needs images; this data holds feature vectors"
             )
+        if cfg.augment == RESIZED_CROP and self.spec.photo_transform is None:
+            raise DataError(
+                f"--augment {RESIZED_CROP} cuts views from photos of any size; this data is "
+                "read at one fixed size (use crop, crop-flip or strong)"
+            )
         pad = (
             cfg.pad
             if cfg.pad is not None
             else (Augmentation.default_pad(self.spec.raw_size) if self.spec.raw_is_image else 0)
         )
+        pad = 0 if cfg.augment in ("none", RESIZED_CROP) else pad
         self.augmentations = {
-            "train": Augmentation(cfg.augment, pad if cfg.augment != "none" else 0, cfg.seed),
+            "train": Augmentation(cfg.augment, pad, cfg.seed),
             "eval": Augmentation("none"),
         }
         if cfg.views > 1 and cfg.augment == "none":
@@ -196,6 +221,9 @@ class _Plan:
             "views": cfg.views,
             "augmentation": self.augmentations["train"].to_dict(),
             "topk": cfg.topk,
+            # Top-k caches keep the label's entry (label_value.npy) since this format; an older
+            # unfinished one must not be resumed into it.
+            **({"topk_keeps_label": True} if cfg.topk is not None else {}),
             "dtype": cfg.dtype,
             "features": list(cfg.features),
             "feature_pool": cfg.feature_pool,
@@ -286,6 +314,25 @@ class _Plan:
                 total += size
                 features += size if name.startswith("features/") else 0
         return total, features
+
+
+def _skip_bad(source: Source, spec: InputSpec, log: Callable[[str], None]) -> Source:
+    """`source` without the images that do not decode (each fully decoded once to find them),
+    reopened so that its ref records them and every later stage leaves them out too."""
+    if not hasattr(source, "paths"):
+        return source
+    from onnxkd.data.loaders.image_folder import scan_bad_images
+
+    bad = scan_bad_images(source)
+    if not bad:
+        return source
+    shown = "; ".join(f"{path} ({why})" for path, why in bad[:3])
+    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    log(f"note: --skip-bad leaves out {len(bad)} image(s) of {source.ref.split}: {shown}{more}")
+    ref = replace(source.ref, exclude=tuple(sorted({*source.ref.exclude, *(p for p, _ in bad)})))
+    reopened = open_source(ref)
+    fit_source(reopened, spec, source.workers)
+    return reopened
 
 
 def _default_out(cfg: CacheConfig, plan: _Plan) -> Path:

@@ -23,7 +23,7 @@ import numpy as np
 from onnxkd.cache.files import MANIFEST
 from onnxkd.data.loaders import open_source
 from onnxkd.data.source import DataRef, Source
-from onnxkd.data.spec import InputSpec
+from onnxkd.data.spec import InputSpec, fit_source
 from onnxkd.errors import DataError
 from onnxkd.metadata import CACHE_KEY, INPUT_SPEC
 from onnxkd.workspace import Workspace
@@ -89,7 +89,10 @@ def resolve_model_data(
                 f"--data {data} is unknown; pass --cache with the cache it was distilled from"
             )
         ref = DataRef(data)
-        return ModelData(spec, open_source(ref), open_source(ref.with_split("test")), data)
+        train, test = open_source(ref), open_source(ref.with_split("test"))
+        for source in (train, test):
+            fit_source(source, spec)
+        return ModelData(spec, train, test, data)
     raise DataError(
         f"no data known for {model_path}: it names no onnxkd cache that can be found here; pass "
         "--cache CACHE_DIR (the cache it was distilled from) or --data DATA"

@@ -27,6 +27,9 @@ READABLE = (1,)
 SCORES = "logits"  # the teacher's class scores over every class (rebuilt from top-k storage)
 # The raw top-k arrays a top-k cache also hands to losses that read them (e.g. kd_topk).
 TOPK_ARRAYS = ("topk_values", "topk_indices", "residual")
+# The teacher's log-probability of each sample's label class, which a top-k cache keeps even
+# where the label is not among the top k (losses such as DKD need it). Older top-k caches lack it.
+LABEL_VALUE = "label_value"
 
 
 def _frozen(d: Mapping) -> Mapping:
@@ -148,11 +151,17 @@ class Targets:
     k: int | None
     dtype: str
     num_classes: int
+    # Whether the label class's score is stored exactly for every sample: always so with full
+    # storage; with top-k storage, since `label_value.npy` (False: a cache written before it,
+    # whose residual is the mass outside the top k alone).
+    keeps_label: bool = True
 
     @property
     def arrays(self) -> tuple[str, ...]:
         """The names under which the scores reach a loss (see `Manifest.arrays`)."""
-        return (SCORES,) if self.storage == "full" else (SCORES, *TOPK_ARRAYS)
+        if self.storage == "full":
+            return (SCORES,)
+        return (SCORES, *TOPK_ARRAYS, *((LABEL_VALUE,) if self.keeps_label else ()))
 
     @classmethod
     def from_dict(cls, d: Mapping) -> Targets:
@@ -165,10 +174,11 @@ class Targets:
             k=None if d.get("k") is None else int(d["k"]),
             dtype=d["dtype"],
             num_classes=int(d["num_classes"]),
+            keeps_label=d["storage"] == "full" or bool(d.get("keeps_label", False)),
         )
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "output": self.output,
             "kind": self.kind,
             "teacher_output_kind": self.teacher_output_kind,
@@ -178,6 +188,9 @@ class Targets:
             "dtype": self.dtype,
             "num_classes": self.num_classes,
         }
+        if self.storage == "topk" and self.keeps_label:  # implied by full storage
+            d["keeps_label"] = True
+        return d
 
 
 @dataclass(frozen=True)
@@ -313,7 +326,8 @@ class Manifest:
 
     def arrays(self) -> tuple[str, ...]:
         """Every teacher array a loss can read by name: `logits`, the raw top-k arrays of a
-        top-k cache, and each cached feature by its tensor name."""
+        top-k cache (with `label_value` where it keeps it), and each cached feature by its
+        tensor name."""
         return (*self.targets.arrays, *self.features)
 
     def missing_arrays(self, keys: tuple[str, ...], reader: str, where: str) -> str | None:
@@ -324,13 +338,19 @@ class Manifest:
         if not missing:
             return None
         reasons = []
-        topk = [k for k in missing if k in TOPK_ARRAYS]
-        if topk:
+        topk = [k for k in missing if k in (*TOPK_ARRAYS, LABEL_VALUE)]
+        if topk and self.targets.storage == "full":
             reasons.append(
                 f"{reader} needs a top-k cache ({', '.join(topk)}); {where} stores every class "
                 "(cache-teacher --topk K)"
             )
-        features = [k for k in missing if k not in TOPK_ARRAYS]
+        elif topk:
+            reasons.append(
+                f"{reader} needs the label's teacher score ({', '.join(topk)}); {where} is a "
+                "top-k cache written before top-k caches kept it (write a new one with "
+                "cache-teacher -o another folder)"
+            )
+        features = [k for k in missing if k not in (*TOPK_ARRAYS, LABEL_VALUE)]
         if features:
             names = ", ".join(repr(k) for k in features)
             reasons.append(

@@ -14,11 +14,12 @@ import numpy as np
 from onnxkd.cache.files import MANIFEST, PART_DONE, PENDING, PROGRESS
 from onnxkd.cache.integrity import check_arrays as check_arrays_match
 from onnxkd.cache.integrity import find_problems
-from onnxkd.cache.manifest import SCORES, TOPK_ARRAYS, Manifest, Section
+from onnxkd.cache.manifest import LABEL_VALUE, SCORES, TOPK_ARRAYS, Manifest, Section
 from onnxkd.data.augment import Augmentation
 from onnxkd.data.loaders import open_source
 from onnxkd.data.source import Source
-from onnxkd.data.spec import InputSpec
+from onnxkd.data.spec import InputSpec, fit_source
+from onnxkd.data.views import read_view
 from onnxkd.errors import CacheError
 from onnxkd.files import read_json
 
@@ -46,6 +47,42 @@ def incomplete_status(path: Path) -> str:
     if shards > 1 and missing:
         status += f"; shards not yet written: {', '.join(missing)} (run cache-teacher --shard i/n)"
     return status
+
+
+def rebuild_log_probs(
+    values: np.ndarray,
+    classes: np.ndarray,
+    residual: np.ndarray,
+    num_classes: int,
+    labels: np.ndarray | None = None,
+    label_value: np.ndarray | None = None,
+) -> np.ndarray:
+    """Full (B, C) log-probs from top-k storage: exact at the top k classes and, given
+    `labels` and their `label_value`, at the label class; the `residual` mass (what the
+    stored classes leave) is spread evenly over the classes left, C − k − 1 where the label is
+    outside the top k and C − k where it is inside (or without a label). That is the
+    maximum-entropy guess that keeps the total mass right.
+
+    Example: C = 5, k = 2, top-k probabilities .5 and .3 at classes 0 and 1, label 4 with .1,
+    residual .1:
+        >>> lp = rebuild_log_probs(
+        ...     np.log([[0.5, 0.3]]), np.array([[0, 1]]), np.array([0.1]), 5, [4], np.log([0.1])
+        ... )
+        >>> np.exp(lp).astype(float).round(3).tolist()
+        [[0.5, 0.3, 0.05, 0.05, 0.1]]
+    """
+    others = np.full(len(classes), num_classes - classes.shape[1])
+    if labels is not None:
+        labels = np.asarray(labels, dtype=np.int64)[:, None]
+        others = others - (classes != labels).all(axis=1)
+    # k = C − 1 with the label outside leaves no class to fill (and a residual of ~0).
+    fill = np.log(np.maximum(residual, 1e-12) / np.maximum(others, 1)).astype(np.float32)
+    full = np.repeat(fill[:, None], num_classes, axis=1)
+    if labels is not None:
+        label = np.asarray(label_value, dtype=np.float32)[:, None]
+        np.put_along_axis(full, labels, label, axis=1)
+    np.put_along_axis(full, classes, values.astype(np.float32, copy=False), axis=1)
+    return full
 
 
 class CacheReader:
@@ -120,12 +157,16 @@ class CacheReader:
                 f"{recorded.n} samples): fingerprints differ"
             )
 
-    def open_data(self, section: str = "train", data: str | None = None) -> Source:
-        """The data a section was made from (at `data` if it moved), checked by fingerprint."""
+    def open_data(
+        self, section: str = "train", data: str | None = None, workers: int | None = None
+    ) -> Source:
+        """The data a section was made from (at `data` if it moved), decoded as the teacher's
+        was (photos on `workers` threads), checked by fingerprint."""
         ref = self.manifest.section(section).data_ref
         if data is not None:
             ref = replace(ref, data=data)
         source = open_source(ref)
+        fit_source(source, self.input_spec, workers)
         self.check_data(source, section)
         return source
 
@@ -150,6 +191,7 @@ class CacheSection:
         targets = cache.manifest.targets
         self.storage = targets.storage
         self.num_classes = targets.num_classes
+        self.keeps_label = targets.keeps_label
         self.augmentation = Augmentation(**self.meta.augmentation)
 
     def _array(self, part: int, file: str) -> np.ndarray:
@@ -191,8 +233,10 @@ class CacheSection:
     def aug_params(self, indices: np.ndarray, view: int) -> np.ndarray:
         return self._gather("aug_params.npy", indices, view)
 
-    def topk(self, indices: np.ndarray, view: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Top-k log-probabilities, their class indices and the residual probability mass."""
+    def _stored_topk(
+        self, indices: np.ndarray, view: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The top-k arrays as stored (the residual leaves out the label where it is kept)."""
         if self.storage != "topk":
             raise CacheError("this cache stores every class, not top-k; use log_probs()")
         values = self._gather("topk_values.npy", indices, view).astype(np.float32)
@@ -200,21 +244,39 @@ class CacheSection:
         residual = self._gather("residual.npy", indices, view)
         return values, classes, residual
 
+    def topk(self, indices: np.ndarray, view: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Top-k log-probabilities, their class indices and the probability mass outside the
+        top k (the label's included where it is outside them, as in caches that keep no label
+        value: kd_topk reads it so)."""
+        values, classes, residual = self._stored_topk(indices, view)
+        if self.keeps_label:
+            labels = self.labels(indices)[:, None]
+            outside = (classes != labels).all(axis=1)
+            residual = residual + np.where(outside, np.exp(self.label_value(indices, view)), 0)
+        return values, classes, residual.astype(np.float32, copy=False)
+
+    def label_value(self, indices: np.ndarray, view: int) -> np.ndarray:
+        """The teacher's log-probability of each sample's label class, at temperature 1."""
+        if self.storage != "topk" or not self.keeps_label:
+            raise CacheError(
+                "only a top-k cache keeps label_value, and only one written since it did; "
+                "use log_probs()"
+            )
+        return self._gather("label_value.npy", indices, view)
+
     def scores(self, indices: np.ndarray, view: int) -> np.ndarray:
         """Teacher scores over every class at temperature 1, up to a per-row constant.
 
-        Full storage returns what was stored (logits, or log-probs for probability teachers).
-        Top-k storage returns log-probs with the residual mass spread evenly over the classes
-        outside the top k, the maximum-entropy guess that keeps the total mass right.
+        Full storage returns what was stored (logits, or log-probs for probability teachers);
+        top-k storage returns the log-probs `rebuild_log_probs` makes of it.
         """
         if self.storage == "full":
             return self._gather("targets.npy", indices, view).astype(np.float32)
-        values, classes, residual = self.topk(indices, view)
-        others = self.num_classes - values.shape[1]
-        fill = np.log(np.maximum(residual, 1e-12) / others).astype(np.float32)
-        full = np.repeat(fill[:, None], self.num_classes, axis=1)
-        np.put_along_axis(full, classes, values, axis=1)
-        return full
+        values, classes, residual = self._stored_topk(indices, view)
+        if not self.keeps_label:
+            return rebuild_log_probs(values, classes, residual, self.num_classes)
+        labels, label_value = self.labels(indices), self.label_value(indices, view)
+        return rebuild_log_probs(values, classes, residual, self.num_classes, labels, label_value)
 
     def log_probs(self, indices: np.ndarray, view: int, temperature: float = 1.0) -> np.ndarray:
         """Teacher log-probabilities softened by `temperature`, shape (len(indices), classes)."""
@@ -238,7 +300,8 @@ class CacheSection:
     ) -> dict[str, np.ndarray]:
         """The teacher arrays named `keys` (see `Manifest.arrays`) for these samples and view.
 
-        `logits` are the scores over every class; features come as float32.
+        `logits` are the scores over every class; `residual` the mass outside the top k;
+        `label_value` the log-prob of each sample's label; features come as float32.
         """
         problem = self.cache.manifest.missing_arrays(keys, "this read", str(self.cache.path))
         if problem:
@@ -250,6 +313,8 @@ class CacheSection:
             values, classes, residual = self.topk(indices, view)
             parts = dict(zip(TOPK_ARRAYS, (values, classes, residual), strict=True))
             arrays.update({k: v for k, v in parts.items() if k in keys})
+        if LABEL_VALUE in keys:
+            arrays[LABEL_VALUE] = self.label_value(indices, view)
         for name in keys:
             if name not in arrays:
                 arrays[name] = self.features(name, indices, view).astype(np.float32)
@@ -257,8 +322,8 @@ class CacheSection:
 
     def raw_view(self, source: Source, indices: np.ndarray, view: int) -> np.ndarray:
         """Rebuild the raw pixels the teacher saw for these samples and view."""
-        raw, _ = source.read(indices)
-        return self.augmentation.apply(raw, self.aug_params(indices, view))
+        params = self.aug_params(indices, view)
+        return read_view(source, self.augmentation, indices, view, params)[0]
 
     def model_input(self, source: Source, indices: np.ndarray, view: int) -> np.ndarray:
         """Exactly the teacher's input for these samples and view."""

@@ -21,7 +21,8 @@ from onnxkd.data.spec import SpecOptions
 from onnxkd.errors import DataError
 from onnxkd.settings import check_keys, shaped
 
-DATA_KEYS = tuple(f.name for f in fields(DataRef))
+# `exclude` is what --skip-bad found, recorded by cache-teacher, not a setting.
+DATA_KEYS = tuple(f.name for f in fields(DataRef) if f.name != "exclude")
 SPEC_KEYS = tuple(f.name for f in fields(SpecOptions))
 # CacheConfig's own settings; `data` and `spec` are given by the keys above.
 CACHE_KEYS = tuple(f.name for f in fields(CacheConfig) if f.name not in ("data", "spec"))

@@ -40,6 +40,11 @@ def summarize(path: Path, manifest: Manifest, seconds: float | None = None) -> s
     )
     if spec.flatten:
         geometry += f" (flattened {'x'.join(map(str, spec.flatten))} images)"
+    if spec.crop_pct is not None:
+        geometry += (
+            f" (photos: shorter side resized to size/{spec.crop_pct:g}, {spec.interpolation}, "
+            "centre crop)"
+        )
     lines = [
         f"cache:    {path}",
         f"teacher:  {Path(teacher.path).name} (sha256 {teacher.sha256[:12]}…, output "
@@ -65,9 +70,15 @@ def summarize(path: Path, manifest: Manifest, seconds: float | None = None) -> s
             if split.get("method") == "holdout"
             else "native split"
         )
+        if "scale" in aug:
+            ratio = [round(r, 4) for r in aug["ratio"]]
+            policy = f"{aug['policy']} (scale {aug['scale']}, ratio {ratio}, flip)"
+        else:
+            policy = aug["policy"]
+        skipped = f"; {split['excluded']} bad image(s) left out" if split.get("excluded") else ""
         lines.append(
-            f"{name + ':':9} {section.n} samples ({section.data_ref.split}, {how}) x "
-            f"{section.views} view(s), augment {aug['policy']}; {acc}"
+            f"{name + ':':9} {section.n} samples ({section.data_ref.split}, {how}{skipped}) x "
+            f"{section.views} view(s), augment {policy}; {acc}"
         )
     lines.extend(_input_check_lines(manifest))
     if manifest.features:

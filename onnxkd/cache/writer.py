@@ -22,6 +22,7 @@ from onnxkd.data import values
 from onnxkd.data.augment import PARAM_DTYPE, Augmentation
 from onnxkd.data.source import Source
 from onnxkd.data.spec import InputSpec
+from onnxkd.data.views import read_view
 from onnxkd.errors import CacheError
 from onnxkd.files import read_json, write_json_atomic
 from onnxkd.teacher.runner import TeacherRunner
@@ -58,12 +59,21 @@ class TargetLayout:
             out["topk_values.npy"] = ((views, n, self.topk), np.dtype(self.dtype))
             out["topk_indices.npy"] = ((views, n, self.topk), self.index_dtype)
             out["residual.npy"] = ((views, n), np.dtype(np.float32))
+            out["label_value.npy"] = ((views, n), np.dtype(np.float32))
         for name, shape in self.features.items():
             out[f"features/{safe_name(name)}.npy"] = ((views, n, *shape), np.dtype(self.dtype))
         return out
 
-    def encode(self, scores: np.ndarray) -> dict[str, np.ndarray]:
-        """Teacher scores for a batch -> what is written (before dtype conversion)."""
+    def encode(self, scores: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+        """Teacher scores for a batch, and its labels -> what is written (before dtype
+        conversion).
+
+        Top-k storage keeps the k largest log-probs with their classes, the log-prob of the
+        label class (`label_value`, whether or not it is among the top k) and the `residual`:
+        the probability mass outside both, so that top-k mass + label mass (if not in the top
+        k) + residual = 1. The residual is summed from the classes it covers, not taken as 1
+        minus the rest, so a small one keeps its precision.
+        """
         x = scores.astype(np.float32, copy=False)
         if self.from_probs:
             x = np.log(np.maximum(x, np.float32(1e-30)))
@@ -80,12 +90,16 @@ class TargetLayout:
         order = np.argsort(-top, axis=1, kind="stable")
         idx = np.take_along_axis(idx, order, axis=1)
         top = np.take_along_axis(top, order, axis=1)
+        labels = np.asarray(labels, dtype=np.int64)[:, None]
+        label_value = np.take_along_axis(log_probs, labels, axis=1)[:, 0]
         probs = np.exp(log_probs)
         np.put_along_axis(probs, idx, 0.0, axis=1)
+        np.put_along_axis(probs, labels, 0.0, axis=1)
         return {
             "topk_values.npy": top,
             "topk_indices.npy": idx,
             "residual.npy": probs.sum(axis=1),
+            "label_value.npy": label_value,
         }
 
     def encode_feature(self, value: np.ndarray) -> np.ndarray:
@@ -160,9 +174,12 @@ def write_part(
     # so accuracy never needs a second pass over the arrays.
     hits = job.hits_so_far()
     (job.path / "features").mkdir(parents=True, exist_ok=True)
+    arrays = layout.arrays(job.n, job.views)
+    # A section's parameters are of its augmentation's type (random-resized-crop stores boxes).
+    arrays["aug_params.npy"] = ((job.views, job.n), job.augmentation.param_dtype)
     writers = {
         name: NpyWriter(job.path / name, shape, dtype, create=done == 0)
-        for name, (shape, dtype) in layout.arrays(job.n, job.views).items()
+        for name, (shape, dtype) in arrays.items()
     }
     started = time.perf_counter()
     try:
@@ -182,7 +199,7 @@ def write_part(
                 outputs = runner.run(x)
                 row = chunk * job.batch_size
                 _check_outputs(job, layout, outputs, row)
-                _write_view(writers, layout, view, row, outputs, params)
+                _write_view(writers, layout, view, row, outputs, params, labels)
                 hits[view] += int((outputs[layout.output].argmax(axis=1) == labels).sum())
                 if view == job.views - 1:
                     writers["labels.npy"].write(None, row, labels)
@@ -209,18 +226,24 @@ def write_part(
 def _prepare(
     job: PartJob, spec: InputSpec, num_classes: int, chunk: int, view: int, raw_cache: dict
 ):
-    """Model input, augmentation parameters and labels for one chunk and view; the chunk's raw
-    samples are read (and checked) once and kept in `raw_cache` for its other views."""
+    """Model input, augmentation parameters and labels for one chunk and view.
+
+    Decoded samples are read (and checked) once per chunk and kept in `raw_cache` for its other
+    views; random-resized-crop views are cut from each photo as it decodes, once per view.
+    """
+    lo = job.start + chunk * job.batch_size
+    indices = np.arange(lo, min(lo + job.batch_size, job.stop), dtype=np.int64)
+    if job.augmentation.cuts_boxes:
+        raw, params, labels = read_view(job.source, job.augmentation, indices, view)
+        values.check_labels(labels, num_classes, lo, job.where)
+        return spec.apply(raw), params, labels
     if raw_cache.get("chunk") != chunk:
-        lo = job.start + chunk * job.batch_size
-        indices = np.arange(lo, min(lo + job.batch_size, job.stop), dtype=np.int64)
         raw, labels = job.source.read(indices)
         values.check_samples(raw, lo, job.where)
         values.check_labels(labels, num_classes, lo, job.where)
         raw_cache.clear()
-        raw_cache.update(chunk=chunk, indices=indices, raw=raw, labels=labels)
-    raw, indices = raw_cache["raw"], raw_cache["indices"]
-    augmented, params = job.augmentation.view(raw, indices, view)
+        raw_cache.update(chunk=chunk, raw=raw, labels=labels)
+    augmented, params = job.augmentation.view(raw_cache["raw"], indices, view)
     return spec.apply(augmented), params, raw_cache["labels"]
 
 
@@ -239,8 +262,9 @@ def _write_view(
     row: int,
     outputs: dict[str, np.ndarray],
     params: np.ndarray,
+    labels: np.ndarray,
 ) -> None:
-    for name, encoded in layout.encode(outputs[layout.output]).items():
+    for name, encoded in layout.encode(outputs[layout.output], labels).items():
         writers[name].write(view, row, encoded)
     writers["aug_params.npy"].write(view, row, params)
     for feature in layout.features:

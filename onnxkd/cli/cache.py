@@ -44,7 +44,23 @@ from onnxkd.providers import EP_NAMES
 @click.option("--split-seed", type=int, default=0, show_default=True)
 @click.option("--x-key", help=".npz array holding the samples of the chosen split.")
 @click.option("--y-key", help=".npz array holding the labels of the chosen split.")
-@click.option("--image-size", type=Size(), help="Image folders: resize every image to HxW.")
+@click.option(
+    "--image-size",
+    type=Size(),
+    help="Image folders: squash every image to HxW (not keeping the aspect ratio). Without "
+    "it, photos of other sizes than the teacher's are resized and centre-cropped (--crop-pct).",
+)
+@click.option(
+    "--skip-bad",
+    is_flag=True,
+    help="Image folders: leave out images that do not decode (each is decoded once to find "
+    "them; the count and paths go into the manifest) instead of stopping at the first.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1),
+    help="Threads decoding and augmenting photos [default: one per core, at most 8].",
+)
 @click.option("--eval/--no-eval", "eval_split", default=True, show_default=True)
 @click.option(
     "--views",
@@ -55,8 +71,9 @@ from onnxkd.providers import EP_NAMES
 @click.option(
     "--augment",
     type=NameChoice("onnxkd.data.augment:POLICIES", listed=True),
-    help="Augmentation policy of the views [default: none for 1 view, "
-    "crop for more; use crop-flip for natural images].",
+    help="Augmentation policy of the views [default: none for 1 view, crop for more, "
+    "random-resized-crop for photos resized by the photo transform; use crop-flip for "
+    "natural images of one small size].",
 )
 @click.option("--pad", type=click.IntRange(0), help="Crop padding in pixels [default: side/8].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Augmentation seed.")
@@ -93,6 +110,17 @@ from onnxkd.providers import EP_NAMES
     help="Multiply raw values by this [default: the teacher's metadata spec, else 1/255 for "
     "8-bit images, the data's own range where known]. Like --mean, --std, --layout and "
     "--size, it overrides the teacher's metadata spec, and the summary says so.",
+)
+@click.option(
+    "--crop-pct",
+    type=Finite(0, 1, min_open=True),
+    help="Photos: resize the shorter side to size / crop-pct, then crop the centre [default: "
+    "the teacher's timm or Hugging Face config beside it, else 0.875].",
+)
+@click.option(
+    "--interpolation",
+    type=NameChoice("onnxkd.data.photo:INTERPOLATION_NAMES", listed=True),
+    help="Photos: resampling filter of the resize [default: the teacher's config, else bilinear].",
 )
 @click.option("--mean", type=FloatList(), help="Per-channel mean subtracted after scaling.")
 @click.option("--std", type=FloatList(), help="Per-channel std divided after the mean.")

@@ -9,7 +9,7 @@ check it is given the same data the teacher saw.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -35,6 +35,8 @@ class DataRef:
     x_key: str | None = None  # .npz array names; None = detect x_train/x_test, x/y, images/labels
     y_key: str | None = None
     image_size: tuple[int, int] | None = None  # image folders: resize every image to (H, W)
+    # Image folders and file lists: files (relative paths) left out, as --skip-bad found them.
+    exclude: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -45,6 +47,11 @@ class DataRef:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["image_size"] = list(self.image_size) if self.image_size else None
+        # Written only when set, so the refs (and cache keys) of earlier caches stay the same.
+        if self.exclude:
+            d["exclude"] = list(self.exclude)
+        else:
+            del d["exclude"]
         return d
 
     @classmethod
@@ -52,10 +59,11 @@ class DataRef:
         d = dict(d)
         if d.get("image_size") is not None:
             d["image_size"] = tuple(d["image_size"])
+        d["exclude"] = tuple(d.get("exclude", ()))
         return cls(**d)
 
     def with_split(self, split: str) -> DataRef:
-        return DataRef(**{**asdict(self), "split": split})
+        return replace(self, split=split)
 
 
 @runtime_checkable

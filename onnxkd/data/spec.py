@@ -23,6 +23,14 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from onnxkd.data.photo import (
+    DEFAULT_CROP_PCT,
+    DEFAULT_INTERPOLATION,
+    PhotoTransform,
+    check_crop_pct,
+    check_interpolation,
+)
+from onnxkd.data.preprocessing import Preprocessing
 from onnxkd.errors import SpecError
 
 if TYPE_CHECKING:
@@ -57,6 +65,11 @@ class InputSpec:
     dtype: str = "float32"
     label_names: tuple[str, ...] | None = field(default=None)
     flatten: tuple[int, int, int] | None = None  # flat layout: the (H, W, C) images flattened
+    # Photos of any size: resize the shorter side to size / crop_pct, then crop the centre
+    # `size` (with `interpolation`); training views are boxes cut from the photo. None: raw
+    # images already have `size`.
+    crop_pct: float | None = None
+    interpolation: str | None = None
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -85,6 +98,21 @@ class InputSpec:
                 )
         if any(s == 0 for s in self.std):
             raise SpecError("std must not contain 0")
+        if self.crop_pct is not None or self.interpolation is not None:
+            if self.layout == "flat" or self.crop_pct is None or self.interpolation is None:
+                raise SpecError(
+                    "crop_pct and interpolation (the photo transform) go together, with an "
+                    "image layout"
+                )
+            check_crop_pct(self.crop_pct)
+            check_interpolation(self.interpolation)
+
+    @property
+    def photo_transform(self) -> PhotoTransform | None:
+        """How photos of any size become `size` (None: raw images already have it)."""
+        if self.crop_pct is None:
+            return None
+        return PhotoTransform(self.size, self.crop_pct, self.interpolation)
 
     @property
     def is_image(self) -> bool:
@@ -154,6 +182,8 @@ class InputSpec:
             del d["flatten"]
         else:
             d["flatten"] = list(self.flatten)
+        if self.crop_pct is None:
+            del d["crop_pct"], d["interpolation"]
         return d
 
     def to_json(self) -> str:
@@ -261,6 +291,8 @@ class SpecOptions:
     scale: float | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    crop_pct: float | None = None  # photos: resize to size / crop_pct, crop the centre
+    interpolation: str | None = None
 
     def given(self) -> dict:
         return {
@@ -303,6 +335,8 @@ class ModelInput(Protocol):
     input_shape: Sequence[int | str | None]
     input_dtype: str
     metadata_spec: str | None  # the `onnxkd.input_spec` JSON the model carries, if any
+    # What timm/Hugging Face configs beside it (or plain metadata keys) say; may be absent.
+    preprocessing: Preprocessing | None
 
 
 def resolve_input_spec(
@@ -327,9 +361,15 @@ def resolve_input_spec(
         origin = "teacher metadata"
         if overrides:
             origin += f", overridden by options ({describe_overrides(overrides)})"
+        if spec.crop_pct is None and _needs_transform(source, spec.size):
+            spec = replace(spec, crop_pct=DEFAULT_CROP_PCT, interpolation=DEFAULT_INTERPOLATION)
+            origin += (
+                f"; the photos are resized and centre-cropped (default crop_pct "
+                f"{DEFAULT_CROP_PCT}, {DEFAULT_INTERPOLATION})"
+            )
     else:
-        spec = _spec_from_options(teacher, source, options)
-        origin = "options and detection" if options.given() else "detection and defaults"
+        spec, origin = _spec_from_options(teacher, source, options)
+    fit_source(source, spec)
     if source.label_names:
         if spec.label_names and len(spec.label_names) != len(source.label_names):
             raise SpecError(
@@ -377,8 +417,15 @@ def _flat_spec(teacher: ModelInput, source: Source, features: int | None) -> Inp
     return InputSpec(layout="flat", channels=features or shape[0], dtype=teacher.input_dtype)
 
 
-def _spec_from_options(teacher: ModelInput, source: Source, options: SpecOptions) -> InputSpec:
+def _spec_from_options(
+    teacher: ModelInput, source: Source, options: SpecOptions
+) -> tuple[InputSpec, str]:
+    """The spec from options, the teacher's input shape, configs found beside it and the data,
+    in that order of precedence, and a sentence saying where each field came from."""
     shape = teacher.input_shape
+    found = getattr(teacher, "preprocessing", None) or Preprocessing()
+    given = options.given()
+    origins: dict[str, str] = {name: "options" for name in given}
     layout = options.layout or detect_layout(shape)
     if layout is None:
         raise SpecError(
@@ -386,22 +433,97 @@ def _spec_from_options(teacher: ModelInput, source: Source, options: SpecOptions
             "NCHW or NHWC"
         )
     geometry = spec_geometry(layout, shape) if len(shape) >= 2 else {}
+    config = found.values
+
+    def pick(name: str, *candidates: tuple[object, str]):
+        for value, where in ((given.get(name), "options"), *candidates):
+            if value is not None:
+                origins[name] = where
+                return value
+        return None
+
+    photo_fields: dict = {}
     if layout == "flat":
         spec = _flat_spec(teacher, source, geometry.get("channels"))
     else:
-        if len(source.sample_shape) != 3:
+        if not _accepts_transform(source) and len(source.sample_shape) != 3:
             raise SpecError(
                 f"the teacher takes images ({layout} {list(shape)}), the data holds feature "
                 f"vectors of shape {source.sample_shape}"
             )
-        size = options.size or geometry.get("size") or tuple(source.sample_shape[:2])
-        channels = geometry.get("channels") or source.sample_shape[2]
+        data_size = _data_size(source)
+        size = pick(
+            "size",
+            (geometry.get("size"), "the teacher's input shape"),
+            (config.get("size"), found.origins.get("size")),
+            (data_size, "the data"),
+        )
+        if size is None:
+            raise SpecError(
+                "the images have several sizes and the teacher's input size is not fixed; "
+                "pass --size HxW (the size the teacher was trained at)"
+            )
+        channels = pick(
+            "channels",
+            (geometry.get("channels"), "the teacher's input shape"),
+            (config.get("channels"), found.origins.get("channels")),
+            (source.channels if _accepts_transform(source) else source.sample_shape[2], "data"),
+        )
         spec = InputSpec(
             layout=layout, size=tuple(size), channels=channels, dtype=teacher.input_dtype
         )
-    return replace(
-        spec,
-        scale=options.scale if options.scale is not None else _default_scale(teacher, source),
-        mean=options.mean or (0.0,),
-        std=options.std or (1.0,),
+        crop_pct = pick("crop_pct", (config.get("crop_pct"), found.origins.get("crop_pct")))
+        if crop_pct is not None or _needs_transform(source, tuple(size)):
+            interpolation = pick(
+                "interpolation",
+                (config.get("interpolation"), found.origins.get("interpolation")),
+                (DEFAULT_INTERPOLATION, "default"),
+            )
+            if crop_pct is None:
+                crop_pct, origins["crop_pct"] = DEFAULT_CROP_PCT, "default"
+            photo_fields = {"crop_pct": crop_pct, "interpolation": interpolation}
+    integer_input = np.issubdtype(np.dtype(teacher.input_dtype), np.integer)
+    scale = pick(
+        "scale", (None if integer_input else config.get("scale"), found.origins.get("scale"))
     )
+    if scale is None:
+        scale, origins["scale"] = _default_scale(teacher, source), "default"
+    mean = pick("mean", (config.get("mean"), found.origins.get("mean")), ((0.0,), "default"))
+    std = pick("std", (config.get("std"), found.origins.get("std")), ((1.0,), "default"))
+    spec = replace(spec, scale=scale, mean=tuple(mean), std=tuple(std), **photo_fields)
+    return spec, _describe_origins(origins)
+
+
+def _describe_origins(origins: dict[str, str]) -> str:
+    """`size from the teacher's input shape; mean, std from config.json (timm); scale default`."""
+    by_origin: dict[str, list[str]] = {}
+    for name, where in origins.items():
+        by_origin.setdefault(where, []).append(name)
+    parts = [
+        f"{', '.join(names)} {where if where == 'default' else 'from ' + where}"
+        for where, names in by_origin.items()
+    ]
+    return "; ".join(parts) or "detection and defaults"
+
+
+def _accepts_transform(source: Source) -> bool:
+    return getattr(source, "accepts_transform", False) and source.ref.image_size is None
+
+
+def _data_size(source: Source) -> tuple[int, int] | None:
+    if _accepts_transform(source):
+        return source.common_size()
+    return tuple(source.sample_shape[:2])
+
+
+def _needs_transform(source: Source, size: tuple[int, int] | None) -> bool:
+    """Photos of several sizes, or of one size that is not the teacher's."""
+    return _accepts_transform(source) and source.common_size() != tuple(size or ())
+
+
+def fit_source(source: Source, spec: InputSpec, workers: int | None = None) -> None:
+    """Make a photo source decode for `spec` (its transform and channels) on `workers`
+    threads; other sources are left as they are. Every stage that reads a cache's data calls
+    this with the cache's spec, so it decodes exactly as the teacher's did."""
+    if getattr(source, "accepts_transform", False) and spec.is_image:
+        source.configure(spec.photo_transform, spec.channels, workers or source.workers)

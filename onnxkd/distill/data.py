@@ -18,6 +18,7 @@ import numpy as np
 from onnxkd.cache.manifest import SCORES
 from onnxkd.cache.reader import CacheReader, CacheSection
 from onnxkd.data.source import Source
+from onnxkd.data.views import read_view
 
 
 @dataclass
@@ -174,8 +175,7 @@ class OnlineBatches(_Batches):
 
     def load(self, indices: np.ndarray, view: int) -> Batch:
         indices = np.asarray(indices, dtype=np.int64)
-        raw, labels = self.source.read(indices)
-        augmented, _ = self.augmentation.view(raw, indices, view)
+        augmented, _, labels = read_view(self.source, self.augmentation, indices, view)
         x = self.spec.apply(augmented)
         scores = np.asarray(self.teacher(x), dtype=np.float32)
         if self.from_probs:

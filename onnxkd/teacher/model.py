@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from onnxkd.data.preprocessing import Preprocessing, find_preprocessing
 from onnxkd.errors import TeacherError
 from onnxkd.files import sha256_file
 from onnxkd.metadata import INPUT_SPEC, TEACHER_ACCURACY, read_metadata
@@ -59,6 +60,8 @@ class Teacher:
     features: list[str]
     metadata_spec: str | None
     passes: list[str] = field(default_factory=list)
+    # Settings from timm/Hugging Face configs beside the file or plain metadata keys.
+    preprocessing: Preprocessing | None = None
     # Its measured top-1 accuracy where one is on record (TEACHER_ACCURACY in its metadata,
     # else the model card beside the file, if the card's sha256 is the file's), and where.
     recorded_accuracy: float | None = None
@@ -166,6 +169,7 @@ def load_teacher(
         features=features,
         metadata_spec=meta.get(INPUT_SPEC),
         passes=applied,
+        preprocessing=find_preprocessing(path, meta),
         recorded_accuracy=recorded,
         accuracy_recorded_by=recorded_by,
     )

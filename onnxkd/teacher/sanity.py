@@ -20,6 +20,7 @@ from onnxkd.data import values
 from onnxkd.data.augment import Augmentation
 from onnxkd.data.source import Source
 from onnxkd.data.spec import InputSpec
+from onnxkd.data.views import read_view
 from onnxkd.errors import DataError
 from onnxkd.teacher.runner import TeacherRunner
 
@@ -184,7 +185,7 @@ def check_teacher_input(
         log(f"warning: {found}; {describe_spec(spec, origin)} (accepted with {ACCEPT})")
     augmented = None
     if not augmentation.is_identity:
-        views, _ = augmentation.view(raw, indices, 0)
+        views = read_view(source, augmentation, indices, 0)[0]
         augmented = _accuracy(runner, output, spec.apply(views), labels, indices, batch_size, split)
         if warn_views and augmented < accuracy - AUGMENT_DROP:
             log(

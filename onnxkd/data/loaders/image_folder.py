@@ -1,8 +1,11 @@
-"""Image folders: `root/<class>/*.png` (split by holdout) or `root/train|test/<class>/*.png`.
+"""Image folders: `root/<class>/**/*.jpg` (split by holdout) or `root/train|val|test/<class>/…`.
 
-Images are decoded in `read`, a batch at a time, so a folder larger than RAM can be cached.
-Class names are the sorted folder names, taken over both splits so that a class has the same
-index in train and test even when one split lacks it.
+Photos come in every size and mode. A folder whose images share one size is read as arrays of
+that size (the small-image policies apply); otherwise, or when the teacher wants another size,
+cache-teacher gives the source the spec's `PhotoTransform` (`configure`) and each photo is
+decoded upright, converted, resized and centre-cropped, or cut to a view's box, by a pool of
+workers (`onnxkd.data.workers`). Class names are the sorted folder names, taken over both
+splits so that a class has the same index in train and test even when one split lacks it.
 """
 
 from __future__ import annotations
@@ -13,20 +16,21 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from onnxkd.data import photo
 from onnxkd.data.loaders.common import holdout_indices
 from onnxkd.data.loaders.registry import SourceKind, existing, register_source
 from onnxkd.data.source import DataRef
+from onnxkd.data.workers import check_workers, default_workers, parallel_map
 from onnxkd.errors import DataError, MissingSplitError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 SPLIT_FOLDERS = {"train": ("train",), "test": ("test", "val")}
 # Modes with one channel of intensity: a folder of these becomes (H, W, 1) "L" images.
-GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 
 
 def is_image_folder(folder: Path) -> bool:
-    """Whether `folder` has class subfolders holding images, directly or under train/test.
+    """Whether `folder` has class subfolders holding images, directly or under train/val/test.
 
     Images lying in `folder` itself count too, so that opening it explains the layout.
     """
@@ -43,7 +47,7 @@ def open_image_folder(ref: DataRef, folder: Path) -> ImageFolderSource:
     roots = {split: _split_root(folder, split) for split in SPLIT_FOLDERS}
     present = [root for root in roots.values() if root is not None] or [folder]
     classes = _class_names(present)
-    listed = {root: _list_images(root, classes) for root in present}
+    listed = {root: _without(ref, folder, _list_images(root, classes)) for root in present}
     # Both splits must decode alike, so every image of the folder decides mode and size.
     everything = [path for files in listed.values() for path, _ in files]
     if ref.holdout is not None or present == [folder]:
@@ -66,12 +70,15 @@ def open_image_folder(ref: DataRef, folder: Path) -> ImageFolderSource:
 
 
 class ImageFolderSource:
-    """A `Source` over image files, decoded and converted on every `read`.
+    """A `Source` over image files, decoded on every `read` by a pool of workers.
 
-    All images become one mode, "L" when the folder's first image is grayscale and "RGB"
-    otherwise, and one size: `ref.image_size` (resized bilinearly) or, if that is not given,
-    the size every image of the folder (`folder_images`, both splits) must share.
+    Without a transform, all images become one mode ("L" when the folder's first image is
+    grayscale, else "RGB") and one size: `ref.image_size` (squashed bilinearly) or the size
+    every image of the folder (`folder_images`, both splits) shares. `configure` gives it the
+    input spec's photo transform and channels instead: then any size is welcome.
     """
+
+    accepts_transform = True  # resolve_input_spec may give it a PhotoTransform
 
     def __init__(
         self,
@@ -87,77 +94,176 @@ class ImageFolderSource:
         self.paths = [path for path, _ in files]
         self.labels = np.array([label for _, label in files], dtype=np.int64)
         self.label_names = label_names
-        self.split_info = split_info
+        self.split_info = dict(split_info)
+        if ref.exclude:
+            self.split_info["excluded"] = len(ref.exclude)
         self.kind = "image"
         self.dtype = np.dtype(np.uint8)
-        first_mode, first_size = _probe(folder_images[0])
+        self.transform: photo.PhotoTransform | None = None
+        self.workers = default_workers()
+        self._folder_images = folder_images
+        if not folder_images:
+            raise DataError(f"{root}: no images left to read")
+        first_mode = _probe_mode(folder_images[0])
         self.mode = "L" if first_mode in GRAY_MODES else "RGB"
-        if ref.image_size is None:
-            _check_one_size(folder_images, first_size)
-            height, width = first_size[1], first_size[0]
-        else:
-            height, width = ref.image_size
-        self.size = (width, height)  # PIL's order
-        self.sample_shape = (height, width, 1 if self.mode == "L" else 3)
+        self._common_size: tuple[int, int] | None | bool = False  # False: not probed yet
+        self._sizes = np.full((len(self.paths), 2), -1, dtype=np.int64)
         self._fingerprint: str | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    @property
+    def channels(self) -> int:
+        return 1 if self.mode == "L" else 3
+
+    def common_size(self) -> tuple[int, int] | None:
+        """(H, W) every image of the folder shares upright, or None when sizes vary.
+
+        Headers only (PIL reads the size without decoding pixels), stopping at the first
+        image of another size.
+        """
+        if self._common_size is False:
+            first = photo.upright_size(self._folder_images[0])
+            self._common_size = (first[1], first[0])
+            for path in self._folder_images[1:]:
+                if photo.upright_size(path) != first:
+                    self._common_size = None
+                    break
+        return self._common_size
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        if self.transform is not None:
+            return (*self.transform.size, self.channels)
+        if self.ref.image_size is not None:
+            return (*self.ref.image_size, self.channels)
+        size = self.common_size()
+        if size is None:
+            raise DataError(
+                f"{self.root}: images of several sizes; a teacher with a fixed input size "
+                "resizes and centre-crops them to it (or pass --size HxW), or --image-size HxW "
+                "squashes every image to one size"
+            )
+        return (*size, self.channels)
+
+    def configure(
+        self, transform: photo.PhotoTransform | None, channels: int, workers: int | None = None
+    ) -> None:
+        """Decode for an input spec: its photo transform (None: as the images are) and its
+        channels (3: RGB, 1: grayscale), on `workers` threads (None: one per core)."""
+        if channels not in (1, 3):
+            raise DataError(f"image folders decode to 1 or 3 channels, not {channels}")
+        self.transform = transform
+        self.mode = "L" if channels == 1 else "RGB"
+        self.workers = check_workers(workers)
+        self._fingerprint = None
+
     def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        shape = self.sample_shape
+        pixels = parallel_map(self._decode, indices.tolist(), self.workers)
+        out = np.empty((len(indices), *shape), dtype=np.uint8)
+        for row, image in enumerate(pixels):
+            out[row] = image
+        return out, self.labels[indices]
+
+    def image_sizes(self, indices: np.ndarray) -> np.ndarray:
+        """(width, height) of each image upright, read from headers once and remembered."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        missing = [int(i) for i in indices if self._sizes[i, 0] < 0]
+        for i, size in zip(
+            missing,
+            parallel_map(lambda i: photo.upright_size(self.paths[i]), missing, self.workers),
+            strict=True,
+        ):
+            self._sizes[i] = size
+        return self._sizes[indices].copy()
+
+    def read_boxes(self, indices: np.ndarray, params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each image's box (random-resized-crop parameters) cut, resized and flipped."""
+        if self.transform is None:
+            raise DataError("random-resized-crop views need the input spec's photo transform")
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        jobs = list(zip(indices.tolist(), params.tolist(), strict=True))
+        pixels = parallel_map(self._decode_box, jobs, self.workers)
         out = np.empty((len(indices), *self.sample_shape), dtype=np.uint8)
-        for row, i in enumerate(indices):
-            out[row] = self._decode(self.paths[i])
+        for row, image in enumerate(pixels):
+            out[row] = image
         return out, self.labels[indices]
 
     def fingerprint(self) -> str:
         """sha256 of the decoding settings and each file's relative path, label and bytes."""
         if self._fingerprint is None:
             h = hashlib.sha256()
-            h.update(repr((self.mode, self.sample_shape, self.ref.image_size)).encode())
+            settings = (self.mode, self.ref.image_size, self.transform, self.ref.exclude)
+            h.update(repr(settings).encode())
             for path, label in zip(self.paths, self.labels.tolist(), strict=True):
-                h.update(f"\n{path.relative_to(self.root).as_posix()}\0{label}\0".encode())
+                h.update(f"\n{relative_name(path, self.root)}\0{label}\0".encode())
                 with path.open("rb") as f:
                     while chunk := f.read(1 << 20):
                         h.update(chunk)
             self._fingerprint = h.hexdigest()
         return self._fingerprint
 
-    def _decode(self, path: Path) -> np.ndarray:
-        try:
-            with Image.open(path) as image:
-                image = image.convert(self.mode)
-                if self.ref.image_size is not None:
-                    image = image.resize(self.size, Image.Resampling.BILINEAR)
-                pixels = np.asarray(image)
-        except _DECODE_ERRORS as e:
-            raise DataError(f"{path}: cannot be decoded as an image ({e}); fix or remove it") from e
-        if pixels.shape[:2] != self.sample_shape[:2]:
+    def _decode(self, i: int) -> np.ndarray:
+        path = self.paths[i]
+        image = photo.load_image(path, self.mode)
+        if self.transform is not None:
+            return self.transform.centre(image)
+        if self.ref.image_size is not None:
+            height, width = self.ref.image_size
+            image = image.resize((width, height), Image.Resampling.BILINEAR)
+        pixels = np.asarray(image)
+        shape = self.sample_shape
+        if pixels.shape[:2] != shape[:2]:
             raise DataError(
                 f"{path}: is {pixels.shape[1]}x{pixels.shape[0]}, the other images "
-                f"{self.size[0]}x{self.size[1]}; pass an image size to resize them all"
+                f"{shape[1]}x{shape[0]}; pass --size HxW to resize and centre-crop them all"
             )
-        return pixels.reshape(self.sample_shape)
+        return pixels.reshape(shape)
+
+    def _decode_box(self, job: tuple[int, tuple]) -> np.ndarray:
+        i, (top, left, height, width, flip) = job
+        image = photo.load_image(self.paths[i], self.mode)
+        return self.transform.crop(image, (top, left, height, width), bool(flip))
 
 
-def _check_one_size(paths: list[Path], size: tuple[int, int]) -> None:
-    # Headers only: PIL reads the size without decoding pixels, so this stays quick.
-    for path in paths[1:]:
-        _, other = _probe(path)
-        if other != size:
-            raise DataError(
-                f"{path}: is {other[0]}x{other[1]} (width x height) but {paths[0].name} is "
-                f"{size[0]}x{size[1]}; images of several sizes need an image size (H, W) to "
-                "resize them to"
-            )
+def scan_bad_images(source: ImageFolderSource) -> list[tuple[str, str]]:
+    """(relative path, reason) of every image of `source` that does not decode, fully decoded
+    by the source's workers: what `--skip-bad` leaves out."""
+
+    def problem(path: Path) -> tuple[str, str] | None:
+        try:
+            photo.load_image(path, source.mode)
+        except DataError as e:
+            return relative_name(path, source.root), str(e.__cause__ or e)
+        return None
+
+    found = parallel_map(problem, source.paths, source.workers)
+    return [item for item in found if item is not None]
 
 
-def _probe(path: Path) -> tuple[str, tuple[int, int]]:
+def relative_name(path: Path, root: Path) -> str:
+    """How fingerprints and `exclude` name a file: relative to the root where it lies under it."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:  # a file list may name files anywhere
+        return path.as_posix()
+
+
+def _without(ref: DataRef, root: Path, files: list[tuple[Path, int]]) -> list[tuple[Path, int]]:
+    if not ref.exclude:
+        return files
+    skip = set(ref.exclude)
+    return [(path, label) for path, label in files if relative_name(path, root) not in skip]
+
+
+def _probe_mode(path: Path) -> str:
     try:
         with Image.open(path) as image:
-            return image.mode, image.size
-    except _DECODE_ERRORS as e:
+            return image.mode
+    except photo.DECODE_ERRORS as e:
         raise DataError(f"{path}: cannot be read as an image ({e}); fix or remove it") from e
 
 
@@ -175,19 +281,20 @@ def _class_names(roots: list[Path]) -> tuple[str, ...]:
         hint = f" (it holds {loose} image file(s) directly)" if loose else ""
         raise DataError(
             f"{', '.join(map(str, roots))}: no class folders{hint}; put each class's images in "
-            "a folder named after the class: root/<class>/*.png"
+            "a folder named after the class: root/<class>/*.jpg"
         )
     return tuple(names)
 
 
 def _list_images(root: Path, classes: tuple[str, ...]) -> list[tuple[Path, int]]:
-    """(path, class index) for every image under root/<class>/, sorted by class then name."""
+    """(path, class index) for every image under root/<class>/ (nested folders included),
+    sorted by class, then by path."""
     files = []
     for label, name in enumerate(classes):
         class_dir = root / name
         if not class_dir.is_dir():
             continue
-        images = sorted(p for p in class_dir.iterdir() if _is_image(p))
+        images = sorted(p for p in class_dir.rglob("*") if _is_image(p, class_dir))
         if not images:
             raise DataError(
                 f"{class_dir}: class folder with no images (accepted: "
@@ -207,17 +314,21 @@ def _subfolders(folder: Path) -> list[Path]:
 
 
 def _has_images(folder: Path) -> bool:
-    return any(_is_image(p) for p in folder.iterdir())
+    return any(_is_image(p, folder) for p in folder.iterdir())
 
 
-def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+def _is_image(path: Path, under: Path) -> bool:
+    hidden = any(part.startswith(".") for part in path.relative_to(under).parts)
+    return path.suffix.lower() in IMAGE_SUFFIXES and not hidden and path.is_file()
 
 
 register_source(
     SourceKind(
         name="image_folder",
-        accepts="an image folder (root/<class>/*.png|jpg or root/train|test/<class>/*.png|jpg)",
+        accepts=(
+            "an image folder (root/<class>/*.jpg|png, nested folders too, or "
+            "root/train|val/<class>/…)"
+        ),
         order=40,
         find=lambda data: existing(data, lambda p: p.is_dir() and is_image_folder(p)),
         open=open_image_folder,

@@ -1,0 +1,47 @@
+"""The raw pixels of one augmented view, whichever kind of source and augmentation.
+
+Most augmentations work on decoded samples (`Augmentation.apply`). A random-resized-crop box
+is drawn in each photo's own size and cut from the full-size photo before it is resized, so a
+photo source cuts it while decoding. This is the one place that tells the two apart: the cache
+writer, the cache reader, distill and online KD all read views through it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnxkd.data.augment import Augmentation
+from onnxkd.data.source import Source
+from onnxkd.errors import DataError
+
+
+def read_view(
+    source: Source,
+    augmentation: Augmentation,
+    indices: np.ndarray,
+    view: int,
+    params: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(raw samples of the view, its parameters, labels) for these sample indices.
+
+    With `params` (as the cache stored them) the view is rebuilt from them; without, they are
+    drawn for (index, view, seed).
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    if augmentation.cuts_boxes:
+        read_boxes = getattr(source, "read_boxes", None)
+        if read_boxes is None:
+            raise DataError(
+                f"{source.ref.data}: random-resized-crop views need a photo folder (images "
+                "decoded at their own size); use --augment crop for arrays"
+            )
+        if params is None:
+            params = augmentation.params(indices, view, image_sizes=source.image_sizes(indices))
+        raw, labels = read_boxes(indices, params)
+        return raw, params, labels
+    raw, labels = source.read(indices)
+    if params is None:
+        raw, params = augmentation.view(raw, indices, view)
+    else:
+        raw = augmentation.apply(raw, params)
+    return raw, params, labels
