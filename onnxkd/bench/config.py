@@ -33,6 +33,7 @@ class BenchConfig:
     warmup: int = 10
     rounds: int = 3  # interleaved rounds: A B C A B C …
     threads: int | None = None  # onnxruntime intra-op threads; None: onnxruntime's default
+    workers: int | None = None  # photo decoding threads for the accuracy pass; None: per core
     workdir: Path = DEFAULT_WORKDIR
     out: Path | None = None  # None: WORKDIR/bench/EPS (bench/cpu, bench/coreml-nnapi, …)
     cache: Path | None = None  # data for accuracy; None: as each model's metadata says

@@ -95,7 +95,12 @@ def scored_output(path: Path, cached: str) -> str:
 
 
 def attach_data(
-    models: list[BenchModel], workdir: Path, cache: Path | None, data: str | None, log
+    models: list[BenchModel],
+    workdir: Path,
+    cache: Path | None,
+    data: str | None,
+    log,
+    workers: int | None = None,
 ) -> None:
     """Find each model's validation data; a model without any is timed on noise, unscored."""
     ws_cache = Workspace(workdir).state().get("cache")
@@ -107,7 +112,7 @@ def attach_data(
             metadata = read_metadata(model.path)
             hints = RunFolder.cache_hints(model.path)
             model.data = resolve_model_data(
-                model.path, metadata, workdir, use_cache, data, cache_hints=hints
+                model.path, metadata, workdir, use_cache, data, cache_hints=hints, workers=workers
             )
         except CacheError:
             raise  # a corrupt or incomplete cache is refused, not quietly replaced by noise

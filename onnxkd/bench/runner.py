@@ -66,7 +66,7 @@ def bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> BenchResult:
     out = cfg.out_dir
     _check_output(out, cfg.overwrite)
     if cfg.accuracy:
-        attach_data(models, cfg.workdir, cfg.cache, cfg.data, log)
+        attach_data(models, cfg.workdir, cfg.cache, cfg.data, log, cfg.workers)
     static = {m.label: _static_facts(m) for m in models}
     rows: list[dict] = []
     for ep_name in eps:

@@ -15,7 +15,7 @@ differently preprocessed pixels is the classic silent distillation bug.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -61,11 +61,13 @@ def resolve_model_data(
     cache: Path | None = None,
     data: str | None = None,
     cache_hints: Sequence[Path] = (),
+    workers: int | None = None,
 ) -> ModelData:
     """Find the data `model_path` was trained for; raise DataError saying what to pass if none.
 
     `cache_hints` are folders to try first for the cache the model's metadata names by key
-    (quantize and bench pass the cache recorded by the model's run folder).
+    (quantize and bench pass the cache recorded by the model's run folder). Photos decode on
+    `workers` threads (None: one per core).
     """
     from onnxkd.cache.reader import CacheReader
 
@@ -73,14 +75,17 @@ def resolve_model_data(
     cache_path = cache or find_cache(metadata.get(CACHE_KEY), workdir, cache_hints)
     if cache_path is not None:
         reader = CacheReader(cache_path)
-        if spec is not None and spec != reader.input_spec:
+        # A model that takes images at the spec's size (the teacher's own metadata, with no
+        # photo transform) is fed the cache's photos resized by the cache's transform.
+        as_arrays = replace(reader.input_spec, crop_pct=None, interpolation=None)
+        if spec is not None and spec not in (reader.input_spec, as_arrays):
             raise DataError(
                 f"{model_path.name} expects input {spec.to_json()} but the cache {cache_path} "
                 f"was made with {reader.input_spec.to_json()}: they must be the same "
                 "preprocessing"
             )
-        train = reader.open_data("train", data)
-        evaluation = reader.open_data("eval", data)
+        train = reader.open_data("train", data, workers)
+        evaluation = reader.open_data("eval", data, workers)
         return ModelData(reader.input_spec, train, evaluation, f"cache {cache_path}")
     if data is not None:
         if spec is None:
@@ -91,7 +96,7 @@ def resolve_model_data(
         ref = DataRef(data)
         train, test = open_source(ref), open_source(ref.with_split("test"))
         for source in (train, test):
-            fit_source(source, spec)
+            fit_source(source, spec, workers)
         return ModelData(spec, train, test, data)
     raise DataError(
         f"no data known for {model_path}: it names no onnxkd cache that can be found here; pass "

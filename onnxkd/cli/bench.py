@@ -45,6 +45,11 @@ from onnxkd.providers import EP_NAMES
 )
 @click.option("--threads", type=click.IntRange(1), help="onnxruntime intra-op threads.")
 @click.option(
+    "--workers",
+    type=click.IntRange(1),
+    help="Threads decoding photos for the accuracy pass [default: one per core].",
+)
+@click.option(
     "--cache",
     type=click.Path(file_okay=False, path_type=Path),
     help="Cache whose validation split scores the models.",

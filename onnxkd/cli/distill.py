@@ -104,6 +104,12 @@ from onnxkd.distill.config import OPTIMIZERS
 @click.option("--channels-last", is_flag=True, help="Channels-last memory format.")
 @click.option("--threads", type=click.IntRange(1), help="torch intra-op threads.")
 @click.option(
+    "--workers",
+    type=click.IntRange(1),
+    help="Threads decoding and cropping photos for the next batch [default: one per core, "
+    "at most 8].",
+)
+@click.option(
     "--online",
     is_flag=True,
     help="Baseline: run the teacher live through "
@@ -113,7 +119,8 @@ from onnxkd.distill.config import OPTIMIZERS
     "--resume",
     is_flag=True,
     help="Continue the workspace's latest run (or --out) after its last finished epoch; "
-    "--epochs, --device, --threads, --data, --channels-last, --bf16 and --export may change, "
+    "--epochs, --device, --threads, --workers, --data, --channels-last, --bf16 and --export "
+    "may change, "
     "other settings must be the run's.",
 )
 @click.option(

@@ -314,7 +314,12 @@ def override_spec(spec: InputSpec, options: SpecOptions) -> tuple[InputSpec, dic
     }
     if not changes:
         return spec, {}
-    return replace(spec, **{key: value for key, (_, value) in changes.items()}), changes
+    fields_ = {key: value for key, (_, value) in changes.items()}
+    # One half of the photo transform given: the other half is its default.
+    if ("crop_pct" in fields_) != ("interpolation" in fields_) and spec.crop_pct is None:
+        fields_.setdefault("crop_pct", DEFAULT_CROP_PCT)
+        fields_.setdefault("interpolation", DEFAULT_INTERPOLATION)
+    return replace(spec, **fields_), changes
 
 
 def describe_overrides(changes: dict) -> str:

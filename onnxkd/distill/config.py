@@ -69,6 +69,7 @@ class DistillConfig:
     bf16: bool = False  # bf16 autocast on CPU
     channels_last: bool = False
     threads: int | None = None
+    workers: int | None = None  # photo decoding threads; None: one per core (at most 8)
     online: bool = False  # run the teacher live through onnxruntime each batch (baseline)
     resume: bool = False
     overwrite: bool = False  # replace the run in `out` (only a run folder or an empty one)

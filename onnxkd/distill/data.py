@@ -9,7 +9,7 @@ saving any random state. Batches are prepared in a background thread while the s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -75,8 +75,13 @@ class _Batches:
         rank: int = 0,
         world: int = 1,
         drop_last: bool = False,
+        finish: Callable[[Batch], Batch] | None = None,
     ) -> Iterator[Batch]:
-        """The batches of one epoch, prepared one ahead in a background thread."""
+        """The batches of one epoch, prepared one ahead in a background thread.
+
+        `finish` runs on each batch in that thread too (distill pins CUDA batches there, so
+        the copy to the GPU overlaps the step instead of following it).
+        """
         order = epoch_order(len(self), seed, epoch) if shuffle else np.arange(len(self))
         if self.members is not None:
             order = self.members[order]
@@ -88,12 +93,17 @@ class _Batches:
         if not chunks:
             return
         view = self.view_for_epoch(epoch)
+
+        def prepare(indices: np.ndarray) -> Batch:
+            batch = self.load(indices, view)
+            return finish(batch) if finish is not None else batch
+
         with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = pool.submit(self.load, chunks[0], view)
+            pending = pool.submit(prepare, chunks[0])
             for i in range(len(chunks)):
                 batch = pending.result()
                 if i + 1 < len(chunks):
-                    pending = pool.submit(self.load, chunks[i + 1], view)
+                    pending = pool.submit(prepare, chunks[i + 1])
                 yield batch
 
 

@@ -18,7 +18,9 @@ from onnxkd.distill.run_folder import RunRecord
 from onnxkd.errors import CacheError
 
 # How and where the run executes, not what it learns: a resumed run takes the new value.
-APPLIES_ON_RESUME = frozenset({"device", "threads", "channels_last", "bf16", "export", "data"})
+APPLIES_ON_RESUME = frozenset(
+    {"device", "threads", "workers", "channels_last", "bf16", "export", "data"}
+)
 # Which run to continue and how, not settings of the run itself.
 NOT_RUN_SETTINGS = frozenset({"workdir", "out", "resume", "overwrite"})
 FLAGS = {"loss_args": "--loss-arg", "hints": "--hint"}

@@ -169,8 +169,8 @@ def distill(
             f"--batch-size {cfg.batch_size} is more than the {len(split.train)} samples there "
             "are to train on; pass a smaller --batch-size"
         )
-    train_src = cache.open_data("train", cfg.data)
-    eval_src = cache.open_data("eval", None)
+    train_src = cache.open_data("train", cfg.data, cfg.workers)
+    eval_src = cache.open_data("eval", None, cfg.workers)
     spec = cache.input_spec
     device = torch.device(
         "cuda"
@@ -348,14 +348,27 @@ def _restore(
     return state
 
 
+def _tensor(value) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    return torch.from_numpy(np.ascontiguousarray(value))
+
+
+def _pinned(batch):
+    """A batch in page-locked memory (run in the loader's thread): the copy to the GPU is
+    then asynchronous and overlaps the step before it."""
+    batch.x = _tensor(batch.x).pin_memory()
+    batch.teacher = {k: _tensor(v).pin_memory() for k, v in batch.teacher.items()}
+    batch.labels = _tensor(batch.labels).pin_memory()
+    return batch
+
+
 def _to_device(batch, device: torch.device, channels_last: bool):
-    x = torch.from_numpy(batch.x).to(device, non_blocking=True)
+    x = _tensor(batch.x).to(device, non_blocking=True)
     if channels_last and x.ndim == 4:
         x = x.contiguous(memory_format=torch.channels_last)
-    teacher = {
-        k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in batch.teacher.items()
-    }
-    labels = torch.from_numpy(batch.labels).to(device)
+    teacher = {k: _tensor(v).to(device, non_blocking=True) for k, v in batch.teacher.items()}
+    labels = _tensor(batch.labels).to(device, non_blocking=True)
     return x, teacher, labels
 
 
@@ -388,7 +401,13 @@ def _train_epoch(
     )
     total, count = 0.0, 0
     steps = batches.epoch(
-        epoch, cfg.batch_size, cfg.seed, rank=dist.rank, world=dist.world, drop_last=True
+        epoch,
+        cfg.batch_size,
+        cfg.seed,
+        rank=dist.rank,
+        world=dist.world,
+        drop_last=True,
+        finish=_pinned if device.type == "cuda" else None,
     )
     total_steps = -(-len(batches) // (cfg.batch_size * dist.world))
     bar = tqdm(

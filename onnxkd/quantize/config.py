@@ -47,6 +47,7 @@ class QuantizeConfig:
     max_excluded: int = 16  # accuracy-aware mode gives up after excluding this many nodes
     eval_samples: int | None = None  # None: the whole validation split
     threads: int | None = None
+    workers: int | None = None  # photo decoding threads (calibration, accuracy); None: per core
     overwrite: bool = False  # replace an existing `out` (and its report) instead of refusing
 
     def __post_init__(self) -> None:

@@ -64,7 +64,9 @@ def quantize(cfg: QuantizeConfig, log: Callable[[str], None] = print) -> Quantiz
     report_path = out.with_suffix(".json")
     _check_outputs(src, out, report_path, ws.root, cfg.overwrite)
     hints = RunFolder.cache_hints(src)
-    data = resolve_model_data(src, metadata, cfg.workdir, cfg.cache, cfg.data, hints)
+    data = resolve_model_data(
+        src, metadata, cfg.workdir, cfg.cache, cfg.data, hints, workers=cfg.workers
+    )
     sha = sha256_file(src)
     work = ws.root / "quantize" / f"{src.stem}-{sha[:12]}"
     with writing(QuantizeError, f"the quantization work folder {work}"):

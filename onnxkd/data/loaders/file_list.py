@@ -10,10 +10,15 @@ decode exactly as an image folder's (`ImageFolderSource`).
 from __future__ import annotations
 
 import csv
+from array import array
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+
 from onnxkd.data.loaders.common import holdout_indices
-from onnxkd.data.loaders.image_folder import IMAGE_SUFFIXES, ImageFolderSource, relative_name
+from onnxkd.data.loaders.image_folder import IMAGE_SUFFIXES, ImageFolderSource
+from onnxkd.data.loaders.path_table import PathTable
 from onnxkd.data.loaders.registry import SourceKind, existing, register_source
 from onnxkd.data.source import DataRef
 from onnxkd.errors import DataError, MissingSplitError
@@ -23,45 +28,64 @@ SPLIT_NAMES = {"train": "train", "val": "test", "test": "test"}
 
 
 def open_file_list(ref: DataRef, path: Path) -> ImageFolderSource:
-    rows = _rows(path)
-    root = path.parent
+    """The requested split of a file list. Read twice (labels first, then the names into
+    flat tables), so that a list of a million rows never sits in memory as Python rows."""
     skip = set(ref.exclude)
-    rows = [row for row in rows if relative_name(_resolve(root, row[0]), root) not in skip]
+    label_set: set[str] = set()
+    splits: set[str] = set()
+    rows = 0
+    for _, name, label, split in _rows(path):
+        if name in skip:
+            continue
+        label_set.add(label)
+        splits.add(split)
+        rows += 1
     if not rows:
         raise DataError(f"{path}: lists no images (after {len(skip)} left out)")
-    labels = [label for _, label, _ in rows]
-    if all(label.isdigit() for label in labels):
-        names, index = None, {label: int(label) for label in set(labels)}
-    else:
-        names = tuple(sorted(set(labels)))
-        index = {name: i for i, name in enumerate(names)}
-    files = [(_resolve(root, name), index[label], split) for name, label, split in rows]
-    missing = [str(p) for p, _, _ in files if not p.is_file()]
-    if missing:
-        shown = ", ".join(missing[:3]) + (
-            f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-        )
-        raise DataError(f"{path}: lists {len(missing)} file(s) that do not exist: {shown}")
-    everything = [p for p, _, _ in files]
-    has_split = any(split for _, _, split in files)
-    if has_split and not all(split for _, _, split in files):
+    if len(splits) > 1 and "" in splits:
         raise DataError(f"{path}: some rows name a split and some do not; give every row one")
-    if ref.holdout is not None or not has_split:
-        pool = [(p, y) for p, y, split in files if split == "train"] if has_split else None
-        pool = pool or [(p, y) for p, y, _ in files]
-        picked, info = holdout_indices(ref, len(pool))
-        info["list"] = path.name
-        source = ImageFolderSource(ref, root, [pool[i] for i in picked], names, info, everything)
+    has_split = "" not in splits
+    if all(label.isdigit() for label in label_set):
+        names, index = None, {label: int(label) for label in label_set}
     else:
-        chosen = [(p, y) for p, y, split in files if split == ref.split]
-        if not chosen:
-            raise MissingSplitError(
-                f"{path}: lists no {ref.split} rows (split column: train, val or test); add "
-                "them, or pass a holdout fraction"
-            )
-        info = {"split": ref.split, "method": "native", "list": path.name}
-        source = ImageFolderSource(ref, root, chosen, names, info, everything)
-    return source
+        names = tuple(sorted(label_set))
+        index = {name: i for i, name in enumerate(names)}
+    root = path.parent
+    tables: dict[str, tuple[PathTable, array]] = {}
+    missing, shown = 0, []
+    for _, name, label, split in _rows(path):
+        if name in skip:
+            continue
+        if not _resolve(root, name).is_file():
+            missing += 1
+            shown += [name] if len(shown) < 3 else []
+            continue
+        key = split if has_split else "all"
+        listed, labels = tables.setdefault(key, (PathTable(root), array("q")))
+        listed.append(name)
+        labels.append(index[label])
+    if missing:
+        more = f" and {missing - 3} more" if missing > 3 else ""
+        raise DataError(
+            f"{path}: lists {missing} file(s) that do not exist: {', '.join(shown)}{more}"
+        )
+    parts = {
+        key: (listed, np.frombuffer(labels, dtype=np.int64).copy())
+        for key, (listed, labels) in tables.items()
+    }
+    everything = [table for table, _ in parts.values()]
+    if ref.holdout is not None or not has_split:
+        table, labels = parts.get("train") or parts.get("all") or next(iter(parts.values()))
+        picked, info = holdout_indices(ref, len(table))
+        info["list"] = path.name
+        return ImageFolderSource(ref, table.take(picked), labels[picked], names, info, everything)
+    if ref.split not in parts:
+        raise MissingSplitError(
+            f"{path}: lists no {ref.split} rows (split column: train, val or test); add "
+            "them, or pass a holdout fraction"
+        )
+    info = {"split": ref.split, "method": "native", "list": path.name}
+    return ImageFolderSource(ref, *parts[ref.split], names, info, everything)
 
 
 def _resolve(root: Path, name: str) -> Path:
@@ -69,34 +93,38 @@ def _resolve(root: Path, name: str) -> Path:
     return path if path.is_absolute() else root / path
 
 
-def _rows(path: Path) -> list[tuple[str, str, str]]:
-    """(path, label, split) per row; a first row naming the columns is skipped."""
+def _rows(path: Path) -> Iterator[tuple[int, str, str, str]]:
+    """(row number, path, label, split) per row, checked; a first row naming the columns is
+    skipped."""
     delimiter = SUFFIXES[path.suffix.lower()]
     try:
         with path.open(newline="", encoding="utf-8") as f:
-            table = [row for row in csv.reader(f, delimiter=delimiter) if row and any(row)]
+            for number, row in enumerate(csv.reader(f, delimiter=delimiter), start=1):
+                if not row or not any(row):
+                    continue
+                if number == 1 and row[0].strip().lower() in ("path", "file", "filename", "image"):
+                    continue
+                yield _checked(path, number, row)
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: is not a UTF-8 text file list ({e})") from e
-    if table and table[0][0].strip().lower() in ("path", "file", "filename", "image"):
-        table = table[1:]
-    rows = []
-    for number, row in enumerate(table, start=1):
-        if len(row) not in (2, 3):
-            raise DataError(
-                f"{path}: row {number} has {len(row)} column(s); expected path,label[,split]"
-            )
-        name, label = row[0].strip(), row[1].strip()
-        split = row[2].strip().lower() if len(row) == 3 else ""
-        if split and split not in SPLIT_NAMES:
-            raise DataError(f"{path}: row {number} has split {split!r}; use train, val or test")
-        if not name or not label:
-            raise DataError(f"{path}: row {number} has an empty path or label")
-        if Path(name).suffix.lower() not in IMAGE_SUFFIXES:
-            raise DataError(
-                f"{path}: row {number} names {name}, not an image ({', '.join(IMAGE_SUFFIXES)})"
-            )
-        rows.append((name, label, SPLIT_NAMES.get(split, "")))
-    return rows
+
+
+def _checked(path: Path, number: int, row: list[str]) -> tuple[int, str, str, str]:
+    if len(row) not in (2, 3):
+        raise DataError(
+            f"{path}: row {number} has {len(row)} column(s); expected path,label[,split]"
+        )
+    name, label = row[0].strip(), row[1].strip()
+    split = row[2].strip().lower() if len(row) == 3 else ""
+    if split and split not in SPLIT_NAMES:
+        raise DataError(f"{path}: row {number} has split {split!r}; use train, val or test")
+    if not name or not label:
+        raise DataError(f"{path}: row {number} has an empty path or label")
+    if Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+        raise DataError(
+            f"{path}: row {number} names {name}, not an image ({', '.join(IMAGE_SUFFIXES)})"
+        )
+    return number, name, label, SPLIT_NAMES.get(split, "")
 
 
 register_source(

@@ -11,6 +11,7 @@ splits so that a class has the same index in train and test even when one split 
 from __future__ import annotations
 
 import hashlib
+from array import array
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from PIL import Image
 
 from onnxkd.data import photo
 from onnxkd.data.loaders.common import holdout_indices
+from onnxkd.data.loaders.path_table import PathTable
 from onnxkd.data.loaders.registry import SourceKind, existing, register_source
 from onnxkd.data.source import DataRef
 from onnxkd.data.workers import check_workers, default_workers, parallel_map
@@ -47,16 +49,16 @@ def open_image_folder(ref: DataRef, folder: Path) -> ImageFolderSource:
     roots = {split: _split_root(folder, split) for split in SPLIT_FOLDERS}
     present = [root for root in roots.values() if root is not None] or [folder]
     classes = _class_names(present)
-    listed = {root: _without(ref, folder, _list_images(root, classes)) for root in present}
+    listed = {root: _without(ref, _list_images(folder, root, classes)) for root in present}
     # Both splits must decode alike, so every image of the folder decides mode and size.
-    everything = [path for files in listed.values() for path, _ in files]
+    everything = [table for table, _ in listed.values()]
     if ref.holdout is not None or present == [folder]:
         pool = roots["train"] or roots["test"] or folder
-        picked, info = holdout_indices(ref, len(listed[pool]))
+        picked, info = holdout_indices(ref, len(listed[pool][0]))
         if pool != folder:
             info["folder"] = pool.name
-        files = [listed[pool][i] for i in picked]
-        return ImageFolderSource(ref, folder, files, classes, info, everything)
+        table, labels = listed[pool]
+        return ImageFolderSource(ref, table.take(picked), labels[picked], classes, info, everything)
     root = roots[ref.split]
     if root is None:
         found = ", ".join(r.name for r in present)
@@ -66,7 +68,7 @@ def open_image_folder(ref: DataRef, folder: Path) -> ImageFolderSource:
             "it, or pass a holdout fraction to split off a test set from the train images"
         )
     info = {"split": ref.split, "method": "native", "folder": root.name}
-    return ImageFolderSource(ref, folder, listed[root], classes, info, everything)
+    return ImageFolderSource(ref, *listed[root], classes, info, everything)
 
 
 class ImageFolderSource:
@@ -83,16 +85,16 @@ class ImageFolderSource:
     def __init__(
         self,
         ref: DataRef,
-        root: Path,
-        files: list[tuple[Path, int]],
-        label_names: tuple[str, ...],
+        paths: PathTable,
+        labels: np.ndarray,
+        label_names: tuple[str, ...] | None,
         split_info: dict,
-        folder_images: list[Path],
+        folder_images: list[PathTable],
     ) -> None:
         self.ref = ref
-        self.root = root
-        self.paths = [path for path, _ in files]
-        self.labels = np.array([label for _, label in files], dtype=np.int64)
+        self.root = paths.root
+        self.paths = paths
+        self.labels = np.asarray(labels, dtype=np.int64)
         self.label_names = label_names
         self.split_info = dict(split_info)
         if ref.exclude:
@@ -101,13 +103,13 @@ class ImageFolderSource:
         self.dtype = np.dtype(np.uint8)
         self.transform: photo.PhotoTransform | None = None
         self.workers = default_workers()
-        self._folder_images = folder_images
-        if not folder_images:
-            raise DataError(f"{root}: no images left to read")
-        first_mode = _probe_mode(folder_images[0])
+        self._folder_images = [table for table in folder_images if len(table)]
+        if not self._folder_images or not len(paths):
+            raise DataError(f"{self.root}: no images left to read")
+        first_mode = _probe_mode(self._folder_images[0][0])
         self.mode = "L" if first_mode in GRAY_MODES else "RGB"
         self._common_size: tuple[int, int] | None | bool = False  # False: not probed yet
-        self._sizes = np.full((len(self.paths), 2), -1, dtype=np.int64)
+        self._sizes = np.full((len(self.paths), 2), -1, dtype=np.int32)
         self._fingerprint: str | None = None
 
     def __len__(self) -> int:
@@ -124,10 +126,10 @@ class ImageFolderSource:
         image of another size.
         """
         if self._common_size is False:
-            first = photo.upright_size(self._folder_images[0])
+            first = photo.upright_size(self._folder_images[0][0])
             self._common_size = (first[1], first[0])
-            for path in self._folder_images[1:]:
-                if photo.upright_size(path) != first:
+            for table in self._folder_images:
+                if any(photo.upright_size(path) != first for path in table):
                     self._common_size = None
                     break
         return self._common_size
@@ -198,9 +200,9 @@ class ImageFolderSource:
             h = hashlib.sha256()
             settings = (self.mode, self.ref.image_size, self.transform, self.ref.exclude)
             h.update(repr(settings).encode())
-            for path, label in zip(self.paths, self.labels.tolist(), strict=True):
-                h.update(f"\n{relative_name(path, self.root)}\0{label}\0".encode())
-                with path.open("rb") as f:
+            for i, label in enumerate(self.labels.tolist()):
+                h.update(f"\n{self.paths.name(i)}\0{label}\0".encode())
+                with self.paths[i].open("rb") as f:
                     while chunk := f.read(1 << 20):
                         h.update(chunk)
             self._fingerprint = h.hexdigest()
@@ -233,30 +235,27 @@ def scan_bad_images(source: ImageFolderSource) -> list[tuple[str, str]]:
     """(relative path, reason) of every image of `source` that does not decode, fully decoded
     by the source's workers: what `--skip-bad` leaves out."""
 
-    def problem(path: Path) -> tuple[str, str] | None:
+    def problem(i: int) -> tuple[str, str] | None:
         try:
-            photo.load_image(path, source.mode)
+            photo.load_image(source.paths[i], source.mode)
         except DataError as e:
-            return relative_name(path, source.root), str(e.__cause__ or e)
+            return source.paths.name(i), str(e.__cause__ or e)
         return None
 
-    found = parallel_map(problem, source.paths, source.workers)
+    found = []
+    for start in range(0, len(source), 1024):  # in pieces: a few results in memory at a time
+        chunk = range(start, min(start + 1024, len(source)))
+        found.extend(parallel_map(problem, chunk, source.workers))
     return [item for item in found if item is not None]
 
 
-def relative_name(path: Path, root: Path) -> str:
-    """How fingerprints and `exclude` name a file: relative to the root where it lies under it."""
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:  # a file list may name files anywhere
-        return path.as_posix()
-
-
-def _without(ref: DataRef, root: Path, files: list[tuple[Path, int]]) -> list[tuple[Path, int]]:
+def _without(ref: DataRef, listed: tuple[PathTable, np.ndarray]) -> tuple[PathTable, np.ndarray]:
+    table, labels = listed
     if not ref.exclude:
-        return files
+        return listed
     skip = set(ref.exclude)
-    return [(path, label) for path, label in files if relative_name(path, root) not in skip]
+    keep = [i for i, name in enumerate(table.names()) if name not in skip]
+    return table.take(keep), labels[keep]
 
 
 def _probe_mode(path: Path) -> str:
@@ -286,10 +285,13 @@ def _class_names(roots: list[Path]) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _list_images(root: Path, classes: tuple[str, ...]) -> list[tuple[Path, int]]:
-    """(path, class index) for every image under root/<class>/ (nested folders included),
-    sorted by class, then by path."""
-    files = []
+def _list_images(
+    folder: Path, root: Path, classes: tuple[str, ...]
+) -> tuple[PathTable, np.ndarray]:
+    """Every image under root/<class>/ (nested folders included), named relative to `folder`,
+    sorted by class, then by path, and its class index."""
+    names: list[str] = []
+    labels = array("q")
     for label, name in enumerate(classes):
         class_dir = root / name
         if not class_dir.is_dir():
@@ -300,13 +302,14 @@ def _list_images(root: Path, classes: tuple[str, ...]) -> list[tuple[Path, int]]
                 f"{class_dir}: class folder with no images (accepted: "
                 f"{', '.join(IMAGE_SUFFIXES)}); add images or remove the folder"
             )
-        files.extend((path, label) for path in images)
-    if not files:
+        names.extend(p.relative_to(folder).as_posix() for p in images)
+        labels.extend([label] * len(images))
+    if not names:
         raise DataError(
             f"{root}: no class folders with images; put each class's images in "
             f"{root}/<class>/ (accepted: {', '.join(IMAGE_SUFFIXES)})"
         )
-    return files
+    return PathTable(folder, names), np.frombuffer(labels, dtype=np.int64).copy()
 
 
 def _subfolders(folder: Path) -> list[Path]:
