@@ -14,8 +14,10 @@ from onnxkd.pipeline.runner import run_pipeline
 SHIPPED = sorted((ROOT / "pipelines").glob("*.toml"))
 # Accuracy points a rerun may differ by from the README: training is seeded and deterministic
 # on one machine, but another CPU's kernels round differently. The CIFAR subset's 846 test
-# images make one image 0.12 points, and a short schedule amplifies small differences.
-TOLERANCE = {"cifar10-subset": 3.0}
+# images make one image 0.12 points, and a short schedule amplifies small differences: the
+# same code's 6-epoch bf16 student reached 47.28% on a Xeon with AMX and 42.32% on an EPYC
+# with AVX-512 BF16 (both recorded in pipelines/cifar10-subset.md).
+TOLERANCE = {"cifar10-subset": 6.0}
 DEFAULT_TOLERANCE = 1.0
 ROW = re.compile(r"^\| (?P<model>[^|]+?) \| (?P<acc>[0-9.]+)% \|", re.M)
 
