@@ -1,6 +1,6 @@
 """Many file paths in two flat arrays, so that listing a million photos costs megabytes.
 
-A list of `Path` objects costs about 600 bytes per file in CPython (measured in
+A list of `Path` objects cost about 750 bytes per file in CPython (measured in
 `benchmarks/photo_pipeline.py`, where that made peak memory grow with the number of files);
 here a file costs the UTF-8 bytes of its name relative to the root plus 8 bytes of offset.
 """
