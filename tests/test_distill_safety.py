@@ -370,3 +370,13 @@ def test_an_export_report_written_before_the_split_still_loads():
         {"config": {"student": "small_cnn"}, "cache": "c", "cache_key": "k", "versions": {}}
     )
     assert record.config.val_fraction == 0.0 and dict(record.validation) == {"split": "eval"}
+
+
+def test_threads_apply_to_the_run_only(shared, tmp_path):
+    """A later run in the same process (a pipeline, a test) must not inherit --threads."""
+    import torch
+
+    torch.set_num_threads(2)
+    code, _, err = distill(shared["root"], *TINY, "--epochs", "1", "-o", tmp_path / "run")
+    assert code == 0, err
+    assert torch.get_num_threads() == 2

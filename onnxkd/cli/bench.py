@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from onnxkd.cli.options import CommaList, Finite, log, workdir_option
+from onnxkd.cli.options import CommaList, Finite, log, workdir_option, workers_option
 from onnxkd.providers import EP_NAMES
 
 
@@ -44,11 +44,7 @@ from onnxkd.providers import EP_NAMES
     help="Interleaved rounds (A B A B …); their spread is reported.",
 )
 @click.option("--threads", type=click.IntRange(1), help="onnxruntime intra-op threads.")
-@click.option(
-    "--workers",
-    type=click.IntRange(1),
-    help="Threads decoding photos for the accuracy pass [default: one per core].",
-)
+@workers_option("for the accuracy pass")
 @click.option(
     "--cache",
     type=click.Path(file_okay=False, path_type=Path),

@@ -16,6 +16,7 @@ from onnxkd.cli.options import (
     log,
     progress_bar,
     workdir_option,
+    workers_option,
 )
 from onnxkd.providers import EP_NAMES
 
@@ -56,11 +57,7 @@ from onnxkd.providers import EP_NAMES
     help="Image folders: leave out images that do not decode (each is decoded once to find "
     "them; the count and paths go into the manifest) instead of stopping at the first.",
 )
-@click.option(
-    "--workers",
-    type=click.IntRange(1),
-    help="Threads decoding and augmenting photos [default: one per core, at most 8].",
-)
+@workers_option("and cutting their views")
 @click.option("--eval/--no-eval", "eval_split", default=True, show_default=True)
 @click.option(
     "--views",

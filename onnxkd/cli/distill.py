@@ -6,7 +6,15 @@ from pathlib import Path
 
 import click
 
-from onnxkd.cli.options import Finite, KeyValue, NameChoice, log, to_dict, workdir_option
+from onnxkd.cli.options import (
+    Finite,
+    KeyValue,
+    NameChoice,
+    log,
+    to_dict,
+    workdir_option,
+    workers_option,
+)
 from onnxkd.distill.config import OPTIMIZERS
 
 
@@ -103,12 +111,7 @@ from onnxkd.distill.config import OPTIMIZERS
 @click.option("--bf16", is_flag=True, help="bf16 autocast on CPU (AMP is automatic on CUDA).")
 @click.option("--channels-last", is_flag=True, help="Channels-last memory format.")
 @click.option("--threads", type=click.IntRange(1), help="torch intra-op threads.")
-@click.option(
-    "--workers",
-    type=click.IntRange(1),
-    help="Threads decoding and cropping photos for the next batch [default: one per core, "
-    "at most 8].",
-)
+@workers_option("and cutting their views for the next batch")
 @click.option(
     "--online",
     is_flag=True,

@@ -23,6 +23,16 @@ RESUME_HINTS = {
     "distill": "`onnxkd distill --resume` continues the run from its last finished epoch",
 }
 
+
+def workers_option(what: str):
+    """`--workers`: the threads that decode photos, for `what` this command does with them."""
+    return click.option(
+        "--workers",
+        type=click.IntRange(1),
+        help=f"Threads decoding photos {what} [default: one per core, at most 8].",
+    )
+
+
 workdir_option = click.option(
     "--workdir",
     type=click.Path(file_okay=False, path_type=Path),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from onnxkd.cli.options import Finite, NameChoice, log, workdir_option
+from onnxkd.cli.options import Finite, NameChoice, log, workdir_option, workers_option
 from onnxkd.quantize.config import TARGET_CHOICES
 
 
@@ -83,11 +83,7 @@ from onnxkd.quantize.config import TARGET_CHOICES
     "--eval-samples", type=click.IntRange(1), help="Validation samples to score [default: all]."
 )
 @click.option("--threads", type=click.IntRange(1), help="onnxruntime intra-op threads.")
-@click.option(
-    "--workers",
-    type=click.IntRange(1),
-    help="Threads decoding photos for calibration and accuracy [default: one per core].",
-)
+@workers_option("for calibration and accuracy")
 @workdir_option
 def quantize_cmd(**settings):
     """Quantize a student to INT8 (onnxruntime static, QDQ) and check its accuracy."""
