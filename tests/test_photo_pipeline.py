@@ -303,3 +303,55 @@ def test_photos_without_a_size_anywhere_are_refused_with_the_fix(photos, tmp_pat
     onnx.save(model, path)
     with pytest.raises(SpecError, match="pass --size HxW"):
         cache_teacher(CacheConfig(path, DataRef(str(photos)), out=tmp_path / "c"))
+
+
+def test_an_interrupted_photo_cache_resumes_to_the_same_views(photos, photo_cache, tmp_path):
+    out = tmp_path / "c"
+    cfg = CacheConfig(
+        TEACHER,
+        DataRef(str(photos)),
+        out=out,
+        views=3,
+        spec=SPEC,
+        dtype="float32",
+        threads=1,
+        batch_size=32,
+    )
+
+    def stop_after_the_first_chunk(total: int, done: int):
+        def tick(n: int) -> None:
+            raise KeyboardInterrupt  # as Ctrl-C lands once a chunk is on disk
+
+        return tick
+
+    with pytest.raises(KeyboardInterrupt):
+        cache_teacher(cfg, log=lambda m: None, progress=stop_after_the_first_chunk)
+    assert not (out / "manifest.json").exists()
+    notes: list[str] = []
+    cache_teacher(cfg, log=notes.append)
+    assert any(n.startswith("resuming") for n in notes)
+    resumed, whole = CacheReader(out).section("train"), CacheReader(photo_cache).section("train")
+    idx = np.arange(whole.n)
+    for view in range(3):  # the boxes of the chunks written before and after the stop
+        np.testing.assert_array_equal(resumed.aug_params(idx, view), whole.aug_params(idx, view))
+        np.testing.assert_allclose(resumed.scores(idx, view), whole.scores(idx, view), atol=1e-5)
+
+
+BAD_PHOTO_INPUTS = [
+    (["--interpolation", "cubic"], 2, "Invalid value for '--interpolation'"),
+    (["--crop-pct", "1.5"], 2, "Invalid value for '--crop-pct'"),
+    (["--workers", "0"], 2, "Invalid value for '--workers'"),
+    (["--data", "CIFAR", "--augment", RESIZED_CROP], 1, "cuts views from photos of any size"),
+    (["--data", "LIST"], 1, "lists 1 file(s) that do not exist: missing.jpg"),
+]
+
+
+@pytest.mark.parametrize(("args", "code", "message"), BAD_PHOTO_INPUTS, ids=lambda v: str(v))
+def test_bad_photo_options_give_one_line(photos, tmp_path, args, code, message):
+    (tmp_path / "list.csv").write_text("missing.jpg,3\n")
+    named = {"LIST": tmp_path / "list.csv", "CIFAR": SHARED_DATA / "cifar10" / "cifar10-subset.npz"}
+    args = [str(named.get(a, a)) for a in args]
+    data = [] if "--data" in args else ["--data", str(photos)]
+    done = run_cli("cache-teacher", TEACHER, *data, *args, cwd=tmp_path)
+    assert done.returncode == code, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr

@@ -35,11 +35,21 @@ class Preprocessing:
 
     def describe(self) -> str:
         """`mean, std from config.json (timm); crop_pct from metadata_props`."""
-        by_origin: dict[str, list[str]] = {}
-        for name in FIELDS:
-            if name in self.origins:
-                by_origin.setdefault(self.origins[name], []).append(name)
-        return "; ".join(f"{', '.join(names)} from {where}" for where, names in by_origin.items())
+        return describe_origins(
+            {name: self.origins[name] for name in FIELDS if name in self.origins}
+        )
+
+
+def describe_origins(origins: dict[str, str]) -> str:
+    """{field: where it came from} as one sentence, fields grouped by origin:
+    `size from the teacher's input shape; mean, std from config.json (timm); scale default`."""
+    by_origin: dict[str, list[str]] = {}
+    for name, where in origins.items():
+        by_origin.setdefault(where, []).append(name)
+    return "; ".join(
+        f"{', '.join(names)} {where if where == 'default' else 'from ' + where}"
+        for where, names in by_origin.items()
+    )
 
 
 def find_preprocessing(model_path: Path, metadata: dict[str, str]) -> Preprocessing:

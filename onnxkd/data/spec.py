@@ -30,7 +30,7 @@ from onnxkd.data.photo import (
     check_crop_pct,
     check_interpolation,
 )
-from onnxkd.data.preprocessing import Preprocessing
+from onnxkd.data.preprocessing import Preprocessing, describe_origins
 from onnxkd.errors import SpecError
 
 if TYPE_CHECKING:
@@ -496,19 +496,7 @@ def _spec_from_options(
     mean = pick("mean", (config.get("mean"), found.origins.get("mean")), ((0.0,), "default"))
     std = pick("std", (config.get("std"), found.origins.get("std")), ((1.0,), "default"))
     spec = replace(spec, scale=scale, mean=tuple(mean), std=tuple(std), **photo_fields)
-    return spec, _describe_origins(origins)
-
-
-def _describe_origins(origins: dict[str, str]) -> str:
-    """`size from the teacher's input shape; mean, std from config.json (timm); scale default`."""
-    by_origin: dict[str, list[str]] = {}
-    for name, where in origins.items():
-        by_origin.setdefault(where, []).append(name)
-    parts = [
-        f"{', '.join(names)} {where if where == 'default' else 'from ' + where}"
-        for where, names in by_origin.items()
-    ]
-    return "; ".join(parts) or "detection and defaults"
+    return spec, describe_origins(origins) or "detection and defaults"
 
 
 def _accepts_transform(source: Source) -> bool:

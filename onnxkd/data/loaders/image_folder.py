@@ -163,12 +163,8 @@ class ImageFolderSource:
 
     def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-        shape = self.sample_shape
         pixels = parallel_map(self._decode, indices.tolist(), self.workers)
-        out = np.empty((len(indices), *shape), dtype=np.uint8)
-        for row, image in enumerate(pixels):
-            out[row] = image
-        return out, self.labels[indices]
+        return self._stack(pixels), self.labels[indices]
 
     def image_sizes(self, indices: np.ndarray) -> np.ndarray:
         """(width, height) of each image upright, read from headers once and remembered."""
@@ -188,11 +184,13 @@ class ImageFolderSource:
             raise DataError("random-resized-crop views need the input spec's photo transform")
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         jobs = list(zip(indices.tolist(), params.tolist(), strict=True))
-        pixels = parallel_map(self._decode_box, jobs, self.workers)
-        out = np.empty((len(indices), *self.sample_shape), dtype=np.uint8)
+        return self._stack(parallel_map(self._decode_box, jobs, self.workers)), self.labels[indices]
+
+    def _stack(self, pixels: list[np.ndarray]) -> np.ndarray:
+        out = np.empty((len(pixels), *self.sample_shape), dtype=np.uint8)
         for row, image in enumerate(pixels):
             out[row] = image
-        return out, self.labels[indices]
+        return out
 
     def fingerprint(self) -> str:
         """sha256 of the decoding settings and each file's relative path, label and bytes."""
