@@ -236,6 +236,24 @@ BAD = [
     ),
     (("--student", "small_cnn", "--data", "data/mnist"), "fingerprints differ"),
     (("--student", "small_cnn", "--loss", "kd_topk"), "needs a top-k cache"),
+    (("--student", "small_cnn", "--alpha-end", "0.5"), "needs a linear or cosine schedule"),
+    (
+        ("--student", "small_cnn", "--loss", "dkd", "--alpha-schedule", "linear"),
+        "--alpha-schedule: a linear schedule needs an end value",
+    ),
+    (
+        (
+            "--student",
+            "small_cnn",
+            "--loss",
+            "ce",
+            "--temperature-end",
+            "1",
+            "--temperature-schedule",
+            "linear",
+        ),
+        "loss 'ce' does not take --temperature-end",
+    ),
     (
         (
             "--student",
@@ -258,6 +276,21 @@ def test_bad_distill_input_gives_one_clear_line(cli, workspace, tmp_path, args, 
     assert result.returncode in (1, 2), result.stderr
     assert "Traceback" not in result.stderr
     assert message in result.stderr
+
+
+def test_alpha_and_temperature_schedules_are_recorded_per_epoch(cli, workspace, tmp_path):
+    root = fresh(workspace, tmp_path)
+    schedule = ("--alpha", "0.3", "--alpha-end", "0.9", "--alpha-schedule", "linear")
+    schedule += ("--temperature-end", "1", "--temperature-schedule", "cosine")
+    result = cli("distill", *FAST, "--epochs", "3", "--no-export", *schedule, cwd=root)
+    assert result.returncode == 0, result.stderr
+    run = Path(json.loads((root / "onnxkd-out" / "state.json").read_text())["run"])
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    # the values in force at each epoch's last step: 1/3, 2/3 and all of the schedule done
+    assert [r["alpha"] for r in rows] == pytest.approx([0.5, 0.7, 0.9])
+    assert [r["temperature"] for r in rows] == pytest.approx([3.25, 1.75, 1.0])
+    loss = json.loads((run / "config.json").read_text())["config"]
+    assert (loss["alpha_schedule"], loss["temperature_end"]) == ("linear", 1.0)
 
 
 def test_no_cache_in_the_workspace_says_what_to_run(cli, tmp_path):

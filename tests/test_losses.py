@@ -438,17 +438,104 @@ def test_dkd_with_matched_weights_is_kd():
     assert float(dkd({"logits": s}, {"logits": t}, y)) == pytest.approx(expected, rel=RTOL)
 
 
-def test_dkd_warmup_ramps_the_distillation_part():
+def test_dkd_warmup_ramps_the_distillation_part_step_by_step():
     s, t, y = logit_inputs()
     student, teacher = {"logits": s}, {"logits": t}
     ce = float(build_loss("ce")(student, {}, y))
     kd_part = float(build_loss("dkd", ce_weight=0.0)(student, teacher, y))
     loss = build_loss("dkd", warmup_epochs=4)
     composite = CompositeLoss([(1.0, loss)])
-    for epoch, factor in [(0, 0.25), (1, 0.5), (3, 1.0), (10, 1.0)]:
-        composite.set_epoch(epoch)
+    for done, factor in [(0.5, 0.125), (1, 0.25), (2, 0.5), (4, 1.0), (10, 1.0)]:
+        composite.set_progress(done, 30)
         expected = ce + factor * kd_part
         assert float(composite(student, teacher, y)) == pytest.approx(expected, rel=RTOL)
+
+
+def test_dkd_default_warmup_is_the_papers_share_of_the_schedule():
+    """mdistiller warms up over 20 of 240 epochs; a run of 30 epochs warms up over 2.5."""
+    loss = build_loss("dkd")
+    loss.set_progress(1.25, 30)
+    assert loss.warmup_factor == pytest.approx(0.5)
+    loss.set_progress(1.25, 240)
+    assert loss.warmup_factor == pytest.approx(1.25 / 20)
+    off = build_loss("dkd", warmup_epochs=0)
+    off.set_progress(0.01, 30)
+    assert off.warmup_factor == 1.0
+
+
+def _logits64(seed: int, rows: int = 16, classes: int = 10, scale: float = 3.0):
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(rows, classes, generator=g, dtype=torch.float64) * scale
+    t = torch.randn(rows, classes, generator=g, dtype=torch.float64) * scale
+    return s, t, torch.randint(0, classes, (rows,), generator=g)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+def test_kl_is_tckd_plus_one_minus_teacher_target_prob_times_nckd_per_sample(temperature):
+    """The paper's Eq. (5), row by row, in float64: so DKD with α = 1 and a per-sample
+    β = 1 − p_t,y is classic KD (α = 1) to float precision."""
+    from onnxkd.distill.losses.logits import decoupled_kl
+
+    s, t, y = _logits64(0)
+    tckd, nckd = decoupled_kl(s, t, y, temperature)
+    p = torch.softmax(t / temperature, 1)
+    beta = 1 - p[torch.arange(len(y)), y]
+    kl = (p * (p.log() - torch.log_softmax(s / temperature, 1))).sum(1)
+    assert torch.allclose(tckd + beta * nckd, kl, rtol=1e-12, atol=1e-12)
+    kd = build_loss("kd", alpha=1.0, temperature=temperature)({"logits": s}, {"logits": t}, y)
+    dkd_per_sample_beta = (tckd + beta * nckd).mean() * temperature**2
+    assert float(dkd_per_sample_beta) == pytest.approx(float(kd), rel=1e-12)
+    # and the module is exactly these terms at a scalar β
+    dkd = build_loss("dkd", beta=2.0, ce_weight=0.0, temperature=temperature, warmup_epochs=0)
+    expected = (tckd.mean() + 2.0 * nckd.mean()) * temperature**2
+    assert float(dkd({"logits": s}, {"logits": t}, y)) == pytest.approx(float(expected), rel=1e-12)
+
+
+def test_dkd_is_zero_when_the_student_is_the_teacher():
+    s, _, y = _logits64(1)
+    dkd = build_loss("dkd", ce_weight=0.0, warmup_epochs=0)
+    assert float(dkd({"logits": s}, {"logits": s.clone()}, y)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_dkd_gradients_stay_finite_at_saturated_logits():
+    """A confident student (logits of ±1e4) or teacher: the binary terms are formed in log
+    space, so neither the loss nor its gradient over- or underflows."""
+    s, t, y = (x.float() for x in _logits64(2, scale=1.0))
+    y = y.long()
+    s = (s * 1e4).requires_grad_()
+    for teacher in (t * 1e4, t):
+        value = build_loss("dkd", warmup_epochs=0)({"logits": s}, {"logits": teacher}, y)
+        (grad,) = torch.autograd.grad(value, s)
+        assert torch.isfinite(value) and torch.isfinite(grad).all()
+
+
+def test_dkd_when_the_teacher_is_wrong_on_the_label():
+    """The target class is the label, not the teacher's argmax: for a teacher sure of another
+    class, NCKD pulls the student's non-target mass onto that class (where the teacher is
+    right, its non-target classes are even and a uniform student matches them), and TCKD
+    pulls the student's label probability down to the teacher's; the value matches the
+    reference."""
+    from onnxkd.distill.losses.logits import decoupled_kl
+
+    y = torch.tensor([0, 1])
+    teacher = torch.tensor([[0.0, 8.0, 0.0, 0.0], [0.0, 8.0, 0.0, 0.0]], dtype=torch.float64)
+    student = torch.zeros(2, 4, dtype=torch.float64)
+    tckd, nckd = decoupled_kl(student, teacher, y, 4.0)
+    assert nckd[0] > 0.1 and float(nckd[1]) == pytest.approx(0.0, abs=1e-12)
+    assert tckd[0] > 0
+    dkd = build_loss("dkd", warmup_epochs=0)
+    got = float(dkd({"logits": student}, {"logits": teacher}, y))
+    assert got == pytest.approx(np_dkd(student.numpy(), teacher.numpy(), y.numpy(), 1, 8, 4, 1))
+    student.requires_grad_()
+    (grad,) = torch.autograd.grad(
+        build_loss("dkd", ce_weight=0.0, alpha=0.0, warmup_epochs=0)(
+            {"logits": student}, {"logits": teacher}, y
+        ),
+        student,
+    )
+    # NCKD alone: for the first row the teacher's class 1 is a non-target class, so the
+    # student is pushed up there (negative gradient) and never on the label
+    assert grad[0, 1] < 0 and grad[0, 0] == 0
 
 
 # --- feature losses -------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from onnxkd.cli.options import (
     workers_option,
 )
 from onnxkd.distill.config import OPTIMIZERS
+from onnxkd.distill.schedule import SHAPES
 
 
 @click.command("distill")
@@ -45,7 +46,8 @@ from onnxkd.distill.config import OPTIMIZERS
 @click.option(
     "--lr",
     type=Finite(0, min_open=True),
-    help="Peak learning rate [default: 0.05 SGD / 2e-3 AdamW, x batch/128; x 0.1 with --qat].",
+    help="Peak learning rate [default: 0.05 SGD (0.01 with --loss dkd) / 2e-3 AdamW, x "
+    "batch/128; x 0.1 with --qat].",
 )
 @click.option("--weight-decay", type=Finite(0), help="[default: 5e-4 SGD / 0.05 AdamW]")
 @click.option("--warmup-epochs", type=Finite(0), default=1.0, show_default=True)
@@ -69,12 +71,35 @@ from onnxkd.distill.config import OPTIMIZERS
 @click.option("--alpha", type=Finite(0, 1), default=0.9, show_default=True)
 @click.option("--temperature", "-T", type=Finite(0, min_open=True), default=4.0, show_default=True)
 @click.option(
+    "--alpha-end",
+    type=Finite(0, 1),
+    help="α at the end of training, reached by --alpha-schedule from --alpha.",
+)
+@click.option(
+    "--alpha-schedule",
+    type=click.Choice(SHAPES),
+    default="constant",
+    show_default=True,
+    help="How α moves from --alpha to --alpha-end over training (step by step).",
+)
+@click.option(
+    "--temperature-end",
+    type=Finite(0, min_open=True),
+    help="T at the end of training, reached by --temperature-schedule.",
+)
+@click.option(
+    "--temperature-schedule",
+    type=click.Choice(SHAPES),
+    default="constant",
+    show_default=True,
+    help="How T moves from --temperature to --temperature-end over training.",
+)
+@click.option(
     "--alpha-warmup-epochs",
     type=Finite(0),
-    default=0.0,
-    show_default=True,
     help="Ramp the distillation term up from 0 over this many epochs (KD: α; DKD: its "
-    "TCKD + NCKD part, as in the DKD paper's warm-up).",
+    "TCKD + NCKD part, as in the DKD paper's warm-up) [default: KD none; DKD 1/12 of "
+    "--epochs, the paper's 20 of 240].",
 )
 @click.option("--dkd-beta", type=Finite(0), default=8.0, show_default=True)
 @click.option("--label-smoothing", type=Finite(0, 1), default=0.0)

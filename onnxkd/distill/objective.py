@@ -7,7 +7,13 @@ import torch
 from torch import nn
 
 from onnxkd.distill.config import DistillConfig
-from onnxkd.distill.losses import CompositeLoss, build_loss, loss_arguments
+from onnxkd.distill.losses import (
+    LOSSES,
+    CompositeLoss,
+    LossConfigError,
+    build_loss,
+    loss_arguments,
+)
 from onnxkd.errors import OnnxkdError
 
 
@@ -16,8 +22,27 @@ def _pairs(pairs: tuple[str, ...]) -> list[tuple[str, str]]:
     return [tuple(p.split(":", 1)) for p in pairs]  # type: ignore[misc]
 
 
+# Settings that only some losses take: set away from their default for a loss that does not
+# read them, they would silently do nothing.
+_OPTIONAL_SETTINGS = {
+    "alpha_end": None,
+    "alpha_schedule": "constant",
+    "temperature_end": None,
+    "temperature_schedule": "constant",
+}
+
+
 def build_objective(cfg: DistillConfig) -> CompositeLoss:
     """The weighted loss terms the config asks for."""
+    taken = set(LOSSES.get(cfg.loss).config_fields.values())
+    unused = [
+        name
+        for name, default in _OPTIONAL_SETTINGS.items()
+        if getattr(cfg, name) != default and name not in taken
+    ]
+    if unused:
+        flags = ", ".join(f"--{n.replace('_', '-')} ({n})" for n in unused)
+        raise LossConfigError(f"loss {cfg.loss!r} does not take {flags}; drop it")
     # Each loss says which settings fill which of its arguments; --loss-arg overrides them.
     main = build_loss(cfg.loss, **loss_arguments(cfg.loss, cfg, cfg.loss_args))
     terms: list[tuple[float, nn.Module]] = [(1.0, main)]

@@ -271,7 +271,6 @@ def _distill(
     # Ctrl-C stops at the next step (finished epochs are checkpointed; --resume continues)
     with checkpoints() as check:
         for epoch in range(state.epoch + 1, cfg.epochs):
-            module.objective.set_epoch(epoch)
             kept = finite.kept_checkpoint(run_dir, state.epoch + 1)
             started = time.perf_counter()
             train_loss = _train_epoch(
@@ -301,6 +300,8 @@ def _distill(
                 "lr": scheduler.get_last_lr()[0],
                 "view": batches.view_for_epoch(epoch),
                 "teacher_accuracy": teacher_acc,
+                # α, T, DKD's warm-up weight as they stood at the epoch's last step
+                **module.objective.schedule_state(),
             }
             if dist.is_main:
                 row.update(evaluate(student, select_batches, device, channels_last))
@@ -437,8 +438,12 @@ def _train_epoch(
         leave=False,
         disable=None if dist.is_main else True,
     )
+    objective = getattr(model, "module", model).objective  # under DDP, the wrapped module's
+    full_steps = max(1, len(batches) // (cfg.batch_size * dist.world))  # drop_last: floor
     for step, batch in enumerate(bar):
         check()
+        # Schedules move step by step: the epochs done once this step is taken.
+        objective.set_progress(epoch + min(1.0, (step + 1) / full_steps), cfg.epochs)
         x, teacher, labels = _to_device(batch, device, channels_last)
         with autocast:
             loss, _ = model(x, teacher, labels)

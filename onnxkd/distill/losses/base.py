@@ -51,8 +51,13 @@ class DistillLoss(nn.Module):
     ) -> Tensor:
         raise NotImplementedError
 
-    def set_epoch(self, epoch: int) -> None:
-        """The epoch (0-based) that starts; for schedules (KD's α ramp, DKD's warm-up)."""
+    def set_progress(self, epochs_done: float, epochs: int) -> None:
+        """Training has done `epochs_done` (fractional) of its `epochs`: for the losses whose
+        settings follow a schedule (KD's α and T, its α ramp, DKD's warm-up)."""
+
+    def schedule_state(self) -> dict[str, float]:
+        """The scheduled settings' current values, for the metrics log ({} when none)."""
+        return {}
 
     @property
     def hparams(self) -> Mapping[str, Any]:
@@ -198,10 +203,18 @@ class CompositeLoss(DistillLoss):
         assert total is not None
         return total
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_progress(self, epochs_done: float, epochs: int) -> None:
         for term in self.terms:
-            if hasattr(term, "set_epoch"):
-                term.set_epoch(epoch)
+            if hasattr(term, "set_progress"):
+                term.set_progress(epochs_done, epochs)
+
+    def schedule_state(self) -> dict[str, float]:
+        """Each term's scheduled values; a term after the first prefixes its label."""
+        state: dict[str, float] = {}
+        for i, (label, term) in enumerate(zip(self.term_names, self.terms, strict=True)):
+            values = term.schedule_state() if hasattr(term, "schedule_state") else {}
+            state.update({k if i == 0 else f"{label}_{k}": v for k, v in values.items()})
+        return state
 
     def config(self) -> dict[str, Any]:
         return {
@@ -222,6 +235,11 @@ def kl_batchmean(teacher_log_p: Tensor, student_log_q: Tensor) -> Tensor:
 
     Classes where p is exactly 0 contribute 0 (xlogy), so -inf teacher log-probs are safe.
     """
+    return kl_rows(teacher_log_p, student_log_q).sum() / teacher_log_p.shape[0]
+
+
+def kl_rows(teacher_log_p: Tensor, student_log_q: Tensor) -> Tensor:
+    """KL(p ‖ q) of each row, (B, C) log-probabilities -> (B,); p = 0 classes add 0."""
     p = teacher_log_p.exp()
     terms = torch.where(p > 0, p * (teacher_log_p - student_log_q), torch.zeros_like(p))
-    return terms.sum() / teacher_log_p.shape[0]
+    return terms.sum(dim=1)

@@ -10,7 +10,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from onnxkd.distill.losses.base import DistillLoss, check, check_arg, kl_batchmean, register
+from onnxkd.distill.losses.base import (
+    DistillLoss,
+    LossConfigError,
+    check,
+    check_arg,
+    kl_batchmean,
+    kl_rows,
+    register,
+)
+from onnxkd.distill.schedule import Schedule, ScheduleError
 
 # Same floor as the cache reader's uniform reconstruction, so both see the same residual.
 RESIDUAL_FLOOR = 1e-12
@@ -52,22 +61,79 @@ class CrossEntropy(DistillLoss):
         return F.cross_entropy(s, labels, label_smoothing=self.label_smoothing)
 
 
-class _RampedAlpha:
-    """α ramped up from 0 over `warmup_epochs` epochs through `set_epoch` (0: no ramp), so the
-    student first fits the labels before the teacher's softened targets take their weight."""
+class _Scheduled:
+    """α and T that follow a `Schedule` over training (constant unless an end value and a
+    shape are given), with α also ramped up from 0 over `warmup_epochs` epochs (0: no ramp),
+    so that the student first fits the labels before the teacher's targets take their weight.
+    `set_progress` moves them; `alpha` and `temperature` hold the values in force."""
 
-    def _init_ramp(self, alpha: float, warmup_epochs: float) -> None:
+    def _init_schedules(
+        self,
+        alpha: float,
+        temperature: float,
+        warmup_epochs: float | None,
+        alpha_end: float | None,
+        alpha_schedule: str,
+        temperature_end: float | None,
+        temperature_schedule: str,
+    ) -> None:
+        _check_kd_args(self.name, alpha, temperature)
+        if alpha_end is not None or temperature_end is not None:
+            _check_kd_args(
+                self.name,
+                alpha if alpha_end is None else alpha_end,
+                temperature if temperature_end is None else temperature_end,
+            )
+        warmup_epochs = 0.0 if warmup_epochs is None else warmup_epochs  # None: the default
         check_arg(warmup_epochs >= 0, self.name, "warmup_epochs must be >= 0")
-        self.base_alpha, self.warmup_epochs = float(alpha), float(warmup_epochs)
-        self.alpha = self.base_alpha
+        self.alpha_schedule = _schedule(self.name, "alpha", alpha, alpha_end, alpha_schedule)
+        self.temperature_schedule = _schedule(
+            self.name, "temperature", temperature, temperature_end, temperature_schedule
+        )
+        self.warmup_epochs = float(warmup_epochs)
+        self.alpha, self.temperature = float(alpha), float(temperature)
 
-    def set_epoch(self, epoch: int) -> None:
-        if self.warmup_epochs > 0:
-            self.alpha = self.base_alpha * min(1.0, (epoch + 1) / self.warmup_epochs)
+    def set_progress(self, epochs_done: float, epochs: int) -> None:
+        ramp = min(1.0, epochs_done / self.warmup_epochs) if self.warmup_epochs > 0 else 1.0
+        self.alpha = self.alpha_schedule.at(epochs_done / epochs) * ramp
+        self.temperature = self.temperature_schedule.at(epochs_done / epochs)
+
+    def schedule_state(self) -> dict[str, float]:
+        return {"alpha": self.alpha, "temperature": self.temperature}
+
+    def _schedule_hparams(self) -> dict:
+        return {
+            "alpha": self.alpha_schedule.start,
+            "temperature": self.temperature_schedule.start,
+            "warmup_epochs": self.warmup_epochs,
+            "alpha_end": self.alpha_schedule.end,
+            "alpha_schedule": self.alpha_schedule.shape,
+            "temperature_end": self.temperature_schedule.end,
+            "temperature_schedule": self.temperature_schedule.shape,
+        }
+
+
+def _schedule(loss: str, setting: str, start: float, end: float | None, shape: str) -> Schedule:
+    try:
+        return Schedule(float(start), None if end is None else float(end), shape)
+    except ScheduleError as e:
+        raise LossConfigError(f"loss {loss!r}: {setting}: {e}") from None
+
+
+# The distill settings that fill a scheduled loss's arguments.
+_SCHEDULE_FIELDS = {
+    "alpha": "alpha",
+    "temperature": "temperature",
+    "warmup_epochs": "alpha_warmup_epochs",
+    "alpha_end": "alpha_end",
+    "alpha_schedule": "alpha_schedule",
+    "temperature_end": "temperature_end",
+    "temperature_schedule": "temperature_schedule",
+}
 
 
 @register("kd")
-class KD(_RampedAlpha, DistillLoss):
+class KD(_Scheduled, DistillLoss):
     """Hinton's KD: `(1 − α)·CE(s, y) + α·T²·KL(softmax(t/T) ‖ softmax(s/T))`, KL batchmean.
 
     The teacher scores may be logits or log-probabilities: softmax ignores per-row constants.
@@ -77,6 +143,10 @@ class KD(_RampedAlpha, DistillLoss):
         temperature: T; T² keeps the gradient scale independent of T.
         student_key: student output holding (B, C) logits.
         teacher_key: teacher output holding (B, C) logits or log-probabilities.
+        warmup_epochs: epochs over which α ramps up from 0 (0: none).
+        alpha_end, alpha_schedule: α's value at the end of training and the shape that
+            leads there ("constant", "linear" or "cosine"; see `onnxkd.distill.schedule`).
+        temperature_end, temperature_schedule: the same for T.
 
     Example:
         >>> loss = KD(alpha=1.0, temperature=2.0)
@@ -85,9 +155,7 @@ class KD(_RampedAlpha, DistillLoss):
         0.0
     """
 
-    config_fields = MappingProxyType(
-        {"alpha": "alpha", "temperature": "temperature", "warmup_epochs": "alpha_warmup_epochs"}
-    )
+    config_fields = MappingProxyType(_SCHEDULE_FIELDS)
 
     def __init__(
         self,
@@ -95,21 +163,25 @@ class KD(_RampedAlpha, DistillLoss):
         temperature: float = 4.0,
         student_key: str = "logits",
         teacher_key: str = "logits",
-        warmup_epochs: float = 0,
+        warmup_epochs: float | None = 0,
+        alpha_end: float | None = None,
+        alpha_schedule: str = "constant",
+        temperature_end: float | None = None,
+        temperature_schedule: str = "constant",
     ) -> None:
         super().__init__()
-        _check_kd_args(self.name, alpha, temperature)
-        self._init_ramp(alpha, warmup_epochs)
-        self.temperature = float(temperature)
+        self._init_schedules(
+            alpha,
+            temperature,
+            warmup_epochs,
+            alpha_end,
+            alpha_schedule,
+            temperature_end,
+            temperature_schedule,
+        )
         self.student_key, self.teacher_key = student_key, teacher_key
         self.student_keys, self.teacher_keys = (student_key,), (teacher_key,)
-        self._remember(
-            alpha=self.alpha,
-            temperature=self.temperature,
-            warmup_epochs=self.warmup_epochs,
-            student_key=student_key,
-            teacher_key=teacher_key,
-        )
+        self._remember(**self._schedule_hparams(), student_key=student_key, teacher_key=teacher_key)
 
     def forward(
         self, student: Mapping[str, Tensor], teacher: Mapping[str, Tensor], labels: Tensor
@@ -125,7 +197,7 @@ class KD(_RampedAlpha, DistillLoss):
 
 
 @register("kd_topk")
-class KDTopK(_RampedAlpha, DistillLoss):
+class KDTopK(_Scheduled, DistillLoss):
     """KD from top-k teacher targets, on k + 1 bins: the teacher's top-k classes and the rest.
 
     Both distributions are collapsed onto the same bins and KD's KL is taken between them; the
@@ -156,11 +228,11 @@ class KDTopK(_RampedAlpha, DistillLoss):
         values_key: teacher (B, k) top-k log-probabilities at T = 1.
         indices_key: teacher (B, k) int64 class indices of those values.
         residual_key: teacher (B,) probability mass outside the top k at T = 1.
+        warmup_epochs, alpha_end, alpha_schedule, temperature_end, temperature_schedule:
+            as in `kd`.
     """
 
-    config_fields = MappingProxyType(
-        {"alpha": "alpha", "temperature": "temperature", "warmup_epochs": "alpha_warmup_epochs"}
-    )
+    config_fields = MappingProxyType(_SCHEDULE_FIELDS)
 
     def __init__(
         self,
@@ -170,19 +242,27 @@ class KDTopK(_RampedAlpha, DistillLoss):
         values_key: str = "topk_values",
         indices_key: str = "topk_indices",
         residual_key: str = "residual",
-        warmup_epochs: float = 0,
+        warmup_epochs: float | None = 0,
+        alpha_end: float | None = None,
+        alpha_schedule: str = "constant",
+        temperature_end: float | None = None,
+        temperature_schedule: str = "constant",
     ) -> None:
         super().__init__()
-        _check_kd_args(self.name, alpha, temperature)
-        self._init_ramp(alpha, warmup_epochs)
-        self.temperature = float(temperature)
+        self._init_schedules(
+            alpha,
+            temperature,
+            warmup_epochs,
+            alpha_end,
+            alpha_schedule,
+            temperature_end,
+            temperature_schedule,
+        )
         self.student_key, self.student_keys = student_key, (student_key,)
         self.values_key, self.indices_key, self.residual_key = values_key, indices_key, residual_key
         self.teacher_keys = (values_key, indices_key, residual_key)
         self._remember(
-            alpha=self.alpha,
-            temperature=self.temperature,
-            warmup_epochs=self.warmup_epochs,
+            **self._schedule_hparams(),
             student_key=student_key,
             values_key=values_key,
             indices_key=indices_key,
@@ -219,35 +299,50 @@ class KDTopK(_RampedAlpha, DistillLoss):
         return (1 - self.alpha) * F.cross_entropy(s, labels) + self.alpha * T * T * kl
 
 
+# The authors' warm-up of DKD's distillation part: 20 of 240 epochs on CIFAR-100 (mdistiller's
+# configs), kept as that share of however long the schedule is. 20 epochs of a 30-epoch run
+# would leave the teacher out of two thirds of it; 1 epoch of 30 leaves the student's first
+# steps, at the peak learning rate, to a term ~5x KD's in gradient (10 classes).
+DKD_WARMUP_FRACTION = 20 / 240
+
+
 @register("dkd")
 class DKD(DistillLoss):
-    """Decoupled KD (Zhao et al., CVPR 2022): `ce_weight·CE + w(epoch)·(α·TCKD + β·NCKD)`.
+    """Decoupled KD (Zhao et al., CVPR 2022): `ce_weight·CE + w·T²·(α·TCKD + β·NCKD)`.
 
-    As in the authors' code (mdistiller): TCKD is the KL between the binary (target,
-    non-target) tempered distributions; NCKD is the KL between the tempered distributions over
-    the non-target classes, obtained by subtracting 1000 from the target's tempered logit
-    before the softmax. Both are batchmean and scaled by T². The binary probabilities are
-    formed in log space (logsumexp over non-target classes), which is the same value without
-    underflow when the student is confident.
+    As in the authors' code (mdistiller, `mdistiller/distillers/DKD.py`): TCKD is the KL
+    between the binary (target, non-target) tempered distributions; NCKD is the KL between the
+    tempered distributions over the non-target classes (the target's tempered logit shifted by
+    −1000 before the softmax); both are averaged over the batch and scaled by T². The binary
+    probabilities are formed in log space (logsumexp over non-target classes): the same value,
+    without underflow when the student is confident. Per sample, at the same T,
+    `KL(p_t ‖ p_s) = TCKD + (1 − p_t,y)·NCKD` (the paper's Eq. 5; `decoupled_kl`).
 
-    Warm-up: with `warmup_epochs = W > 0`, `w(epoch) = min((epoch + 1) / W, 1)` where `epoch`
-    is the 0-based index given to `set_epoch` (mdistiller's `min(epoch / W, 1)` with 1-based
-    epochs). With W = 0 (default), w = 1.
+    Warm-up: `w` ramps linearly from 0 to 1 over the first `warmup_epochs` epochs, step by
+    step (mdistiller: `min(epoch / 20, 1)` per epoch of 240). None (the default) takes the
+    authors' share of the schedule, `DKD_WARMUP_FRACTION` of the epochs; 0 turns it off.
 
     Args:
         alpha: α, weight of the target-class term TCKD.
-        beta: β, weight of the non-target term NCKD (8 in the paper's CIFAR-100 setting).
-        temperature: T.
+        beta: β, weight of the non-target term NCKD (8 in the paper's CIFAR-100 setting; the
+            paper lowers it for weaker teachers).
+        temperature: T (may follow a schedule: temperature_end, temperature_schedule).
         ce_weight: weight of the cross-entropy with the labels.
-        warmup_epochs: W, epochs of linear warm-up of the distillation part (0: none).
+        warmup_epochs: W, epochs of linear warm-up of the distillation part.
         student_key: student output holding (B, C) logits.
         teacher_key: teacher output holding (B, C) logits or log-probabilities.
     """
 
-    # Its α weighs TCKD and is not KD's α, so --alpha does not reach it; the warm-up ramps the
-    # whole distillation part (TCKD and NCKD), as the authors' code does.
+    # Its α weighs TCKD and is not KD's α, so --alpha (and its schedule) does not reach it;
+    # the warm-up ramps the whole distillation part (TCKD and NCKD), as the authors' code does.
     config_fields = MappingProxyType(
-        {"beta": "dkd_beta", "temperature": "temperature", "warmup_epochs": "alpha_warmup_epochs"}
+        {
+            "beta": "dkd_beta",
+            "temperature": "temperature",
+            "warmup_epochs": "alpha_warmup_epochs",
+            "temperature_end": "temperature_end",
+            "temperature_schedule": "temperature_schedule",
+        }
     )
 
     def __init__(
@@ -256,18 +351,33 @@ class DKD(DistillLoss):
         beta: float = 8.0,
         temperature: float = 4.0,
         ce_weight: float = 1.0,
-        warmup_epochs: float = 0,
+        warmup_epochs: float | None = None,
         student_key: str = "logits",
         teacher_key: str = "logits",
+        temperature_end: float | None = None,
+        temperature_schedule: str = "constant",
     ) -> None:
         super().__init__()
         check_arg(temperature > 0, self.name, f"temperature must be > 0, got {temperature}")
-        check_arg(warmup_epochs >= 0, self.name, "warmup_epochs must be >= 0")
-        self.alpha, self.beta, self.temperature = float(alpha), float(beta), float(temperature)
-        self.ce_weight, self.warmup_epochs = float(ce_weight), float(warmup_epochs)
+        check_arg(
+            temperature_end is None or temperature_end > 0,
+            self.name,
+            f"temperature_end must be > 0, got {temperature_end}",
+        )
+        check_arg(
+            warmup_epochs is None or warmup_epochs >= 0, self.name, "warmup_epochs must be >= 0"
+        )
+        check_arg(alpha >= 0 and beta >= 0, self.name, "alpha and beta must be >= 0")
+        self.alpha, self.beta = float(alpha), float(beta)
+        self.temperature_schedule = _schedule(
+            self.name, "temperature", temperature, temperature_end, temperature_schedule
+        )
+        self.temperature = float(temperature)
+        self.ce_weight = float(ce_weight)
+        self.warmup_epochs = None if warmup_epochs is None else float(warmup_epochs)
         self.student_key, self.teacher_key = student_key, teacher_key
         self.student_keys, self.teacher_keys = (student_key,), (teacher_key,)
-        self.epoch = 0
+        self.warmup_factor = 1.0
         self._remember(
             alpha=self.alpha,
             beta=self.beta,
@@ -276,16 +386,23 @@ class DKD(DistillLoss):
             warmup_epochs=self.warmup_epochs,
             student_key=student_key,
             teacher_key=teacher_key,
+            temperature_end=self.temperature_schedule.end,
+            temperature_schedule=self.temperature_schedule.shape,
         )
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+    def warmup_length(self, epochs: int) -> float:
+        """W in epochs for a run of `epochs`."""
+        if self.warmup_epochs is None:
+            return DKD_WARMUP_FRACTION * epochs
+        return self.warmup_epochs
 
-    @property
-    def warmup_factor(self) -> float:
-        if self.warmup_epochs == 0:
-            return 1.0
-        return min((self.epoch + 1) / self.warmup_epochs, 1.0)
+    def set_progress(self, epochs_done: float, epochs: int) -> None:
+        warmup = self.warmup_length(epochs)
+        self.warmup_factor = min(epochs_done / warmup, 1.0) if warmup > 0 else 1.0
+        self.temperature = self.temperature_schedule.at(epochs_done / epochs)
+
+    def schedule_state(self) -> dict[str, float]:
+        return {"distill_weight": self.warmup_factor, "temperature": self.temperature}
 
     def forward(
         self, student: Mapping[str, Tensor], teacher: Mapping[str, Tensor], labels: Tensor
@@ -296,15 +413,33 @@ class DKD(DistillLoss):
             s.shape == t.shape, self.name, f"student {tuple(s.shape)} != teacher {tuple(t.shape)}"
         )
         T = self.temperature
-        target = F.one_hot(labels, s.shape[1]).bool()
-        s_t, t_t = s / T, t / T
-        tckd = kl_batchmean(
-            _binary(F.log_softmax(t_t, 1), target), _binary(F.log_softmax(s_t, 1), target)
-        )
-        masked = -1000.0 * target.to(s.dtype)
-        nckd = kl_batchmean(F.log_softmax(t_t + masked, 1), F.log_softmax(s_t + masked, 1))
-        kd = (self.alpha * tckd + self.beta * nckd) * T * T
+        tckd, nckd = decoupled_kl(s, t, labels, T)
+        kd = (self.alpha * tckd.mean() + self.beta * nckd.mean()) * T * T
         return self.ce_weight * F.cross_entropy(s, labels) + self.warmup_factor * kd
+
+
+def decoupled_kl(
+    student: Tensor, teacher: Tensor, labels: Tensor, temperature: float
+) -> tuple[Tensor, Tensor]:
+    """Per-sample TCKD and NCKD (each (B,), without T²) of (B, C) logits at `temperature`.
+
+    `TCKD + (1 − p_t,y)·NCKD` is the KL of the full tempered distributions, row by row:
+
+    Example:
+        >>> s, t, y = torch.randn(4, 10), torch.randn(4, 10), torch.tensor([0, 3, 9, 2])
+        >>> tckd, nckd = decoupled_kl(s, t, y, 4.0)
+        >>> log_p = F.log_softmax(t / 4, 1)
+        >>> full = kl_rows(log_p, F.log_softmax(s / 4, 1))
+        >>> p_y = log_p.exp().gather(1, y[:, None])[:, 0]
+        >>> torch.allclose(tckd + (1 - p_y) * nckd, full, atol=1e-6)
+        True
+    """
+    target = F.one_hot(labels, student.shape[1]).bool()
+    s_t, t_t = student / temperature, teacher / temperature
+    tckd = kl_rows(_binary(F.log_softmax(t_t, 1), target), _binary(F.log_softmax(s_t, 1), target))
+    masked = -1000.0 * target.to(student.dtype)
+    nckd = kl_rows(F.log_softmax(t_t + masked, 1), F.log_softmax(s_t + masked, 1))
+    return tckd, nckd
 
 
 def _binary(log_p: Tensor, target: Tensor) -> Tensor:

@@ -1,0 +1,203 @@
+"""Distillation methods on real data, over seeds (issue 16): scratch, KD, DKD with its defaults,
+CRD + KD, KD on exact MixUp/CutMix views, KD over a 3x longer schedule (patient teacher), and
+KD from 1,000 labelled images with and without the other training images unlabelled.
+
+    .venv/bin/python benchmarks/distill_methods.py --suite cifar [--epochs 30 --seeds 0,1,2]
+    .venv/bin/python benchmarks/distill_methods.py --suite mnist --seeds 0 --methods kd,dkd
+
+On 2 cores, one-thread workers on disjoint methods (or seeds) finish soonest; each run is its
+own resumable folder, and the results file is rewritten after every finished run, so a grid
+stopped midway reports what finished (`--collect` re-reads the finished runs):
+    distill_methods.py --suite cifar --caches-only --methods kd,dkd
+    distill_methods.py --suite cifar --threads 1 --methods dkd,kd --seeds 0 &
+    distill_methods.py --suite cifar --threads 1 --methods scratch_strong --seeds 0 &
+    distill_methods.py --suite cifar --collect
+
+Methods (same student, optimizer and lr schedule unless the method says otherwise):
+  scratch_strong  cross-entropy on K views of the strong augmentation (no teacher)
+  kd              KD (α 0.9, T 4) from a cache with K = epochs views of KD's augmentation
+  dkd             decoupled KD with its defaults (lr 0.01, warm-up over 1/12 of the epochs, β 8)
+  kd_90           KD over 3x the epochs, one cached view per epoch (the patient teacher)
+KD's augmentation is the strong policy on CIFAR and crops on MNIST (as in distill_accuracy.py).
+Accuracy is onnxruntime's, of the exported student (its epoch chosen on distill's validation
+split, carved from the training data), on the test split, measured once; mean ± std over seeds.
+Goals (CIFAR): dkd >= kd; the best method >= kd + 1.5 points.
+Results go to benchmarks/results/distill_methods_<suite>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from distill_accuracy import SUITES, finished_run, summary, training_minutes
+
+from onnxkd.bench.host import host_info
+from onnxkd.cache.build import CacheConfig, cache_teacher
+from onnxkd.data.source import DataRef
+from onnxkd.distill.config import DistillConfig
+from onnxkd.distill.run_folder import RunFolder
+from onnxkd.distill.trainer import distill
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Method:
+    """What one method trains on and how: the cache's augmentation ("kd": the suite's KD
+    policy), its settings, and its schedule as a multiple of --epochs."""
+
+    augment: str
+    settings: dict = field(default_factory=dict)
+    epochs_x: int = 1
+
+
+METHODS = {
+    "scratch_strong": Method("strong", {"loss": "ce"}),
+    "kd": Method("kd", {"loss": "kd"}),
+    "dkd": Method("kd", {"loss": "dkd"}),
+    "kd_90": Method("kd", {"loss": "kd"}, epochs_x=3),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--suite", choices=sorted(SUITES), default="cifar")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--fp32", action="store_true", help="train in fp32, channels-first")
+    parser.add_argument("--caches-only", action="store_true", help="build the caches and stop")
+    parser.add_argument(
+        "--collect", action="store_true", help="train nothing: summarize the finished runs"
+    )
+    parser.add_argument("--work", type=Path, default=ROOT / "onnxkd-out" / "bench-methods")
+    parser.add_argument("--out", type=Path, help="[default: results/distill_methods_SUITE.json]")
+    args = parser.parse_args()
+    suite = SUITES[args.suite]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    methods = args.methods.split(",")
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        parser.error(f"unknown method(s) {unknown}; valid: {', '.join(METHODS)}")
+    out = args.out or ROOT / "benchmarks" / "results" / f"distill_methods_{args.suite}.json"
+    folder = args.work / args.suite
+    started = time.perf_counter()
+    if not args.collect:
+        caches = {m: build_cache(args, suite, m) for m in methods}
+        if args.caches_only:
+            print(f"caches built in {time.perf_counter() - started:.0f} s")
+            return
+        for seed in seeds:
+            for method in methods:
+                run = folder / f"{method}-s{seed}"
+                accuracy, _ = train_run(args, suite, caches[method], method, seed, run)
+                print(f"seed {seed} {method:16} {100 * accuracy:.2f}%", flush=True)
+                # every finished run lands in the results file: a stopped grid reports it
+                write_results(args, suite, folder, out, started)
+    write_results(args, suite, folder, out, started, echo=True)
+
+
+def build_cache(args, suite: dict, method: str) -> Path:
+    spec = METHODS[method]
+    policy = suite["kd_augment"] if spec.augment == "kd" else spec.augment
+    views = args.epochs * spec.epochs_x
+    out = args.work / args.suite / f"cache-{policy}-{views}views"
+    cache_teacher(
+        CacheConfig(
+            suite["teacher"],
+            DataRef(suite["data"]),
+            out=out,
+            views=views,
+            augment=policy,
+            threads=args.threads,
+            workdir=args.work / "ws",
+        ),
+        log=print,
+    )
+    return out
+
+
+def train_run(args, suite: dict, cache: Path, method: str, seed: int, run: Path) -> tuple:
+    """Train (or resume, or only re-score) one method's run: (accuracy, training minutes)."""
+    spec = METHODS[method]
+    cfg = DistillConfig(
+        student=suite["student"],
+        cache=cache,
+        epochs=args.epochs * spec.epochs_x,
+        seed=seed,
+        threads=args.threads,
+        workdir=args.work / "ws",
+        out=run,
+        resume=RunFolder(run).last_checkpoint.exists(),
+        bf16=not args.fp32,
+        channels_last=not args.fp32,
+        **spec.settings,
+    )
+    result = distill(cfg, log=lambda s: None)
+    return result.export["onnxruntime_accuracy"], training_minutes(result.history)
+
+
+def write_results(args, suite, folder: Path, out: Path, started: float, echo=False) -> None:
+    """Every finished run of every method under `folder` (other workers' too), summarized."""
+    runs: dict[str, dict[int, tuple]] = {}
+    for method in METHODS:
+        for run in sorted(folder.glob(f"{method}-s*")):
+            if RunFolder(run).finished:
+                seed = int(run.name.rsplit("-s", 1)[1])
+                runs.setdefault(method, {})[seed] = finished_run(run)
+    if not runs:
+        sys.exit(f"no finished runs under {folder}")
+    table = {m: summary(dict(sorted(r.items()))) for m, r in runs.items()}
+    any_run = next(r for r in sorted(folder.glob("*-s*")) if RunFolder(r).finished)
+    teacher = RunFolder(any_run).export_report().teacher_accuracy
+    results = {
+        "host": host_info(args.threads, packages=("torch",)),
+        "suite": args.suite,
+        "student": suite["student"],
+        "teacher": suite["teacher"].name,
+        "teacher_test_accuracy": round(100 * teacher, 2),
+        "epochs": args.epochs,
+        "precision": "fp32" if args.fp32 else "bf16 autocast, channels-last",
+        "accuracy_percent": table,
+        "goals": goals(table) if args.suite == "cifar" else {},
+        "seconds_this_worker": round(time.perf_counter() - started, 1),
+        "command": " ".join(sys.argv),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    if echo:
+        print(f"\n{args.suite}: {suite['student']}; teacher {results['teacher_test_accuracy']}%")
+        for m, s in table.items():
+            spread = f"± {s['std']:.2f}" if len(s["runs"]) > 1 else "(1 run)"
+            print(f"  {m:16} {s['mean']:6.2f} {spread:7}  seeds {s['seeds']}: {s['runs']}")
+        for name, goal in results["goals"].items():
+            print(f"  goal {name}: {goal['value']:+.2f} ({'holds' if goal['holds'] else 'MISSED'})")
+        print(f"written to {out}")
+
+
+def goals(table: dict) -> dict:
+    """The issue's goals on the means: DKD >= KD; the best method >= KD + 1.5 points."""
+    out = {}
+    if "kd" not in table:
+        return out
+    kd = table["kd"]["mean"]
+    if "dkd" in table:
+        out["dkd_minus_kd"] = {"value": round(table["dkd"]["mean"] - kd, 2)}
+        out["dkd_minus_kd"]["holds"] = out["dkd_minus_kd"]["value"] >= 0
+    others = {m: s["mean"] for m, s in table.items() if m not in ("kd", "scratch_strong")}
+    others = {m: v for m, v in others.items() if not m.startswith("kd_1000")}
+    if others:
+        best = max(others, key=others.get)
+        gap = round(others[best] - kd, 2)
+        out["best_minus_kd"] = {"method": best, "value": gap, "holds": gap >= 1.5}
+    return out
+
+
+if __name__ == "__main__":
+    main()
