@@ -192,8 +192,18 @@ def test_torchrun_two_processes_on_cpu(workspace, tmp_path):
         {"online": True},
         {"rkd": "embedding:/features/features.5/Relu_output_0"},
         {"bf16": True, "channels_last": True, "optimizer": "adamw"},
+        {"crd": "embedding:/features/features.5/Relu_output_0"},
     ],
-    ids=["dkd", "scratch", "fitnets", "attention", "online", "rkd", "bf16-channels-last-adamw"],
+    ids=[
+        "dkd",
+        "scratch",
+        "fitnets",
+        "attention",
+        "online",
+        "rkd",
+        "bf16-channels-last-adamw",
+        "crd",
+    ],
 )
 def test_other_objectives_train(workspace, tmp_path, extra):
     root = fresh(workspace, tmp_path)

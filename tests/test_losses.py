@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_crd import crd_golden_case, crd_golden_reference
 
 from onnxkd.distill.losses import (
     LOSSES,
@@ -254,6 +255,9 @@ GOLDEN = {
         lambda: np_rkd(_np(randn(4, 6, seed=10)), _np(randn(4, 8, seed=11))),
         0.4591254777120511,
     ),
+    # CRD needs num_samples and the batch's sample indices; its case and NumPy reference
+    # live in tests/test_crd.py, whose N = 2 makes the one negative of each anchor the other.
+    "crd": (crd_golden_case, crd_golden_reference, 15.457440764034613),
 }
 
 

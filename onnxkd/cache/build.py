@@ -28,7 +28,7 @@ from onnxkd.cache.writer import PartJob, TargetLayout, describe_section, write_p
 from onnxkd.data import values
 from onnxkd.data.augment import RESIZED_CROP, Augmentation
 from onnxkd.data.loaders import open_source
-from onnxkd.data.source import DataRef, Source
+from onnxkd.data.source import DataRef, Source, is_labeled
 from onnxkd.data.spec import (
     InputSpec,
     SpecOptions,
@@ -235,7 +235,7 @@ class _Plan:
         self.key = hashlib.sha256(blob).hexdigest()
 
     def _check_input(self, cfg: CacheConfig, log: Callable[[str], None]) -> SanityReport:
-        """Labels of in-memory data (the rest stream), then the teacher on a labelled sample:
+        """Labels of in-memory data (the rest stream), then the teacher on a labeled sample:
         both before anything is written, so a refusal leaves no cache behind."""
         for name, src in self.sources.items():
             values.check_source_labels(src, self.layout.num_classes, describe_section(name, src))
@@ -486,6 +486,7 @@ def _draft_manifest(cfg: CacheConfig, plan: _Plan) -> Manifest:
             fingerprint=plan.fingerprints[name],
             sample_shape=tuple(src.sample_shape),
             sample_dtype=str(src.dtype),
+            labeled=is_labeled(src),
         )
         for name, src in plan.sources.items()
     }

@@ -100,6 +100,7 @@ class Section:
     sample_dtype: str
     parts: tuple[PartRecord, ...] = ()
     teacher_accuracy: tuple[float, ...] = ()  # per view; set when the cache is complete
+    labeled: bool = True  # False: the samples have no labels (UNLABELED), no accuracy
 
     @property
     def clean_teacher_accuracy(self) -> float | None:
@@ -120,6 +121,7 @@ class Section:
             sample_dtype=d["sample_dtype"],
             parts=tuple(PartRecord.from_dict(p) for p in d.get("parts", [])),
             teacher_accuracy=tuple(float(a) for a in d.get("teacher_accuracy", [])),
+            labeled=bool(d.get("labeled", True)),
         )
 
     def to_dict(self) -> dict:
@@ -136,6 +138,8 @@ class Section:
         }
         if self.teacher_accuracy:
             d["teacher_accuracy"] = list(self.teacher_accuracy)
+        if not self.labeled:  # written only when False: labeled caches read as before
+            d["labeled"] = False
         return d
 
 
@@ -366,7 +370,7 @@ class Manifest:
         for name, section in self.sections.items():
             records = tuple(parts[name])
             hits = [sum(r.teacher_hits[v] for r in records) for v in range(section.views)]
-            accuracy = tuple(round(h / section.n, 6) for h in hits)
+            accuracy = tuple(round(h / section.n, 6) for h in hits) if section.labeled else ()
             sections[name] = replace(section, parts=records, teacher_accuracy=accuracy)
         return replace(self, sections=_frozen(sections), complete=True)
 

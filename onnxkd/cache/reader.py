@@ -193,6 +193,7 @@ class CacheSection:
         self.num_classes = targets.num_classes
         self.keeps_label = targets.keeps_label
         self.augmentation = Augmentation(**self.meta.augmentation)
+        self.labeled = self.meta.labeled  # False: every label is UNLABELED
 
     def _array(self, part: int, file: str) -> np.ndarray:
         key = (part, file)
@@ -250,10 +251,16 @@ class CacheSection:
         value: kd_topk reads it so)."""
         values, classes, residual = self._stored_topk(indices, view)
         if self.keeps_label:
-            labels = self.labels(indices)[:, None]
+            labels = self._label_classes(indices, classes)[:, None]
             outside = (classes != labels).all(axis=1)
             residual = residual + np.where(outside, np.exp(self.label_value(indices, view)), 0)
         return values, classes, residual.astype(np.float32, copy=False)
+
+    def _label_classes(self, indices: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        """The class label_value.npy was kept for: the label, or for an unlabeled sample its
+        top-1 class (as the writer keeps it)."""
+        labels = self.labels(indices)
+        return np.where(labels < 0, classes[:, 0], labels)
 
     def label_value(self, indices: np.ndarray, view: int) -> np.ndarray:
         """The teacher's log-probability of each sample's label class, at temperature 1."""
@@ -275,7 +282,8 @@ class CacheSection:
         values, classes, residual = self._stored_topk(indices, view)
         if not self.keeps_label:
             return rebuild_log_probs(values, classes, residual, self.num_classes)
-        labels, label_value = self.labels(indices), self.label_value(indices, view)
+        labels = self._label_classes(indices, classes)
+        label_value = self.label_value(indices, view)
         return rebuild_log_probs(values, classes, residual, self.num_classes, labels, label_value)
 
     def log_probs(self, indices: np.ndarray, view: int, temperature: float = 1.0) -> np.ndarray:

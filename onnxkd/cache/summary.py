@@ -17,6 +17,9 @@ def _input_check_lines(manifest: Manifest) -> list[str]:
     if not checks:
         return []
     low, high = checks["value_range"]
+    if checks["teacher_accuracy"] is None:
+        lines = [f"checked:  raw values {low:g}..{high:g} (no labels: teacher accuracy unchecked)"]
+        return lines + [f"warning:  {p} (accepted)" for p in checks.get("accepted_problems", [])]
     lines = [
         f"checked:  teacher {100 * checks['teacher_accuracy']:.1f}% on {checks['samples']} "
         f"clean samples before caching (chance {100 * checks['chance']:.1f}%), raw values "
@@ -68,7 +71,7 @@ def summarize(path: Path, manifest: Manifest, seconds: float | None = None) -> s
         how = (
             f"holdout {split['fraction']} seed {split['seed']}"
             if split.get("method") == "holdout"
-            else "native split"
+            else ("unlabeled" if not section.labeled else "native split")
         )
         if "scale" in aug:
             ratio = [round(r, 4) for r in aug["ratio"]]

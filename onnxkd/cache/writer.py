@@ -91,6 +91,9 @@ class TargetLayout:
         idx = np.take_along_axis(idx, order, axis=1)
         top = np.take_along_axis(top, order, axis=1)
         labels = np.asarray(labels, dtype=np.int64)[:, None]
+        # An unlabeled sample keeps its top-1 class as "label": inside the top k, so the
+        # residual and the rebuild are those of a cache that keeps no label.
+        labels = np.where(labels < 0, idx[:, :1], labels)
         label_value = np.take_along_axis(log_probs, labels, axis=1)[:, 0]
         probs = np.exp(log_probs)
         np.put_along_axis(probs, idx, 0.0, axis=1)

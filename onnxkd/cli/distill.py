@@ -32,6 +32,13 @@ from onnxkd.distill.schedule import SHAPES
     help="Cache folder [default: the workspace's latest; with --qat, the float run's].",
 )
 @click.option(
+    "--unlabeled",
+    type=click.Path(file_okay=False, path_type=Path),
+    multiple=True,
+    help="A cache of the same teacher whose samples train without labels, on the teacher's "
+    "targets alone (α 1 there); validation and test stay --cache's. Repeatable.",
+)
+@click.option(
     "--data",
     help="The data the cache was made from, if it moved (checked by "
     "fingerprint) [default: as recorded in the cache].",
@@ -120,6 +127,13 @@ from onnxkd.distill.schedule import SHAPES
 )
 @click.option("--attention-weight", type=Finite(0), default=1000.0, show_default=True)
 @click.option("--rkd", metavar="STUDENT:TEACHER", help="Relational KD on embeddings.")
+@click.option(
+    "--crd",
+    metavar="STUDENT:TEACHER",
+    help="Contrastive representation distillation (CRD): a student embedding (e.g. "
+    "embedding) against a cached teacher feature, with memory banks over the training samples.",
+)
+@click.option("--crd-weight", type=Finite(0), default=0.8, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--val-fraction",

@@ -88,6 +88,17 @@ class Source(Protocol):
         ...
 
 
+# The label of a sample that has none (unlabeled data: a folder of photos without class
+# folders, an .npz without labels, a file list of paths). Distillation uses the teacher's
+# targets alone on such samples.
+UNLABELED = -1
+
+
+def is_labeled(source) -> bool:
+    """False for a source of unlabeled samples (every label UNLABELED)."""
+    return getattr(source, "labeled", True)
+
+
 class ArraySource:
     """A source over arrays: in memory, or memory-mapped `.npy` for data larger than RAM."""
 
@@ -99,10 +110,14 @@ class ArraySource:
         self,
         ref: DataRef,
         x: np.ndarray,
-        y: np.ndarray,
+        y: np.ndarray | None,
         label_names: tuple[str, ...] | None = None,
         split_info: dict | None = None,
     ) -> None:
+        # No labels: every sample is UNLABELED.
+        self.labeled = y is not None
+        if y is None:
+            y = np.full(len(x), UNLABELED, dtype=np.int64)
         if len(x) != len(y):
             raise DataError(f"{ref.data}: {len(x)} samples but {len(y)} labels")
         if x.ndim == 3:  # grayscale images without a channel axis

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxkd.data.source import Source
+from onnxkd.data.source import UNLABELED, Source
 from onnxkd.errors import DataError, TeacherError
 
 SCAN_ROWS = 65536  # rows per step when scanning an in-memory array, to bound the temporaries
@@ -63,8 +63,9 @@ def check_labels(
     where: str,
     file_rows: np.ndarray | None = None,
 ) -> None:
-    """Refuse labels that are not one of the teacher's `num_classes` classes."""
-    bad = (labels < 0) | (labels >= num_classes)
+    """Refuse labels that are not one of the teacher's `num_classes` classes (UNLABELED, -1,
+    marks a sample without one: the loaders give it only to unlabeled data)."""
+    bad = (labels < UNLABELED) | (labels >= num_classes)
     if bad.any():
         first, count = _first_and_count(bad)
         raise DataError(

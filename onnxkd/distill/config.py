@@ -34,7 +34,7 @@ class DistillConfigError(OnnxkdError):
 class DistillConfig:
     """Everything `onnxkd distill` needs; defaults are the CLI's.
 
-    `hints`, `attention` and `rkd` add feature terms as "STUDENT:TEACHER" pairs: a student
+    `hints`, `attention`, `rkd` and `crd` add feature terms as "STUDENT:TEACHER" pairs: a student
     stage name (`stage1`…, `embedding`, or a module path) and a teacher feature cached with
     `cache-teacher --features`, split at the first colon (TensorFlow names end in ":0").
 
@@ -44,6 +44,9 @@ class DistillConfig:
 
     student: str | None = None  # None: mobilenetv2, or with qat the init run's student
     cache: Path | None = None  # None: the workspace's latest cache (with qat: the init run's)
+    # More caches of the same teacher whose samples train without their labels (the
+    # teacher's targets alone); validation and test stay with `cache`'s labeled data.
+    unlabeled: tuple[Path, ...] = ()
     data: str | None = None  # given: checked against the cache's fingerprint
     workdir: Path = DEFAULT_WORKDIR
     out: Path | None = None  # run folder; None: a new folder under the workspace's runs/
@@ -75,6 +78,8 @@ class DistillConfig:
     attention: tuple[str, ...] = ()
     attention_weight: float = 1000.0
     rkd: str | None = None
+    crd: str | None = None  # contrastive representation distillation, STUDENT:TEACHER
+    crd_weight: float = 0.8  # the paper's β beside KD
     seed: int = 0
     # The share of the train section held back (seeded) to choose the best epoch on, so that
     # the test split's accuracy is measured once, on a model it did not select; 0: select on
@@ -131,11 +136,15 @@ class DistillConfig:
             ),
             (self.init is None or self.qat, "--init names the float run that --qat starts from"),
             (
-                not (self.qat and (self.hints or self.attention or self.rkd)),
+                not (self.qat and (self.hints or self.attention or self.rkd or self.crd)),
                 "--qat distils from logits only (the quantized graph has no stage modules to "
-                "hook); drop --hint, --attention and --rkd",
+                "hook); drop --hint, --attention, --rkd and --crd",
             ),
             (not (self.qat and self.bf16), "--qat trains in float32; drop --bf16"),
+            (
+                not (self.unlabeled and (self.online or self.qat)),
+                "--unlabeled reads cached targets of a float run; drop --online and --qat",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -148,7 +157,8 @@ class DistillConfig:
                 Schedule(start, end, shape)
             except ScheduleError as e:
                 raise DistillConfigError(f"--{name}-schedule: {e} (--{name}-end)") from None
-        for pair in (*self.hints, *self.attention, *([self.rkd] if self.rkd else [])):
+        pairs = (*self.hints, *self.attention, *(p for p in (self.rkd, self.crd) if p))
+        for pair in pairs:
             # Split at the first colon: student keys have none, TensorFlow tensor names (a
             # tf2onnx teacher's features) end in ":0".
             if not all(pair.partition(":")[::2]):
@@ -176,7 +186,7 @@ class DistillConfig:
             if isinstance(value, Path):
                 d[key] = str(value)
             elif isinstance(value, tuple):
-                d[key] = list(value)
+                d[key] = [str(v) if isinstance(v, Path) else v for v in value]
         d["resolved_lr"] = self.resolved_lr
         d["resolved_weight_decay"] = self.resolved_weight_decay
         return d
@@ -196,4 +206,6 @@ class DistillConfig:
         for key in ("hints", "attention"):
             if key in kw:
                 kw[key] = tuple(kw[key])
+        if "unlabeled" in kw:
+            kw["unlabeled"] = tuple(Path(p) for p in kw["unlabeled"])
         return cls(**kw)

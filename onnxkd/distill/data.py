@@ -17,8 +17,17 @@ import numpy as np
 
 from onnxkd.cache.manifest import SCORES
 from onnxkd.cache.reader import CacheReader, CacheSection
-from onnxkd.data.source import Source
+from onnxkd.data.source import UNLABELED, Source
 from onnxkd.data.views import read_view
+
+# Not a cached array: the batch's sample numbers, for losses that keep a memory per sample
+# (CRD), given with the teacher's arrays.
+SAMPLE_INDEX = "sample_index"
+
+
+def cached_keys(keys: tuple[str, ...]) -> tuple[str, ...]:
+    """The teacher keys that name arrays in the cache (all but SAMPLE_INDEX)."""
+    return tuple(k for k in keys if k != SAMPLE_INDEX)
 
 
 @dataclass
@@ -153,10 +162,77 @@ class CachedBatches(_Batches):
             x = self.spec.apply(self.source.read(sorted_idx)[0])[inverse]
         else:
             x = self.section.model_input(self.source, sorted_idx, view)[inverse]
-        arrays = self.section.teacher_arrays(self.teacher_keys, sorted_idx, view)
+        arrays = self.section.teacher_arrays(cached_keys(self.teacher_keys), sorted_idx, view)
         teacher = {name: values[inverse] for name, values in arrays.items()}
+        if SAMPLE_INDEX in self.teacher_keys:
+            teacher[SAMPLE_INDEX] = indices
         labels = self.section.labels(sorted_idx)[inverse]
         return Batch(x=x, labels=labels, teacher=teacher, indices=indices)
+
+
+class JoinedBatches(_Batches):
+    """Several caches' batches as one data set: the first (labeled) one's members, then every
+    sample of each further cache, which trains without its labels (UNLABELED), on the
+    teacher's targets alone. Each epoch is shuffled over all of them together; each part
+    reads its own view of the epoch (its `epoch mod K`).
+
+    Sample i of the joined set is the labeled cache's i for i < its size, then the next
+    cache's i - size, and so on: `indices` (and a CRD memory) use these joined numbers.
+    """
+
+    def __init__(self, parts: list[CachedBatches]) -> None:
+        self.parts = parts
+        self.sizes = np.array([p.section.n for p in parts])
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]])
+        first = parts[0].members if parts[0].members is not None else np.arange(self.sizes[0])
+        rest = [off + np.arange(n) for off, n in zip(self.offsets[1:], self.sizes[1:], strict=True)]
+        self.members = np.concatenate([first, *rest]).astype(np.int64)
+        self._epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    @property
+    def total(self) -> int:
+        """The size of the joined index space (the labeled cache's held-back samples too)."""
+        return int(self.sizes.sum())
+
+    def view_for_epoch(self, epoch: int) -> int:
+        return self.parts[0].view_for_epoch(epoch)
+
+    def epoch(self, epoch: int, *args, **kwargs) -> Iterator[Batch]:
+        self._epoch = epoch  # each part's view of this epoch, for `load`
+        return super().epoch(epoch, *args, **kwargs)
+
+    def load(self, indices: np.ndarray, view: int) -> Batch:
+        indices = np.asarray(indices, dtype=np.int64)
+        part_of = np.searchsorted(self.offsets, indices, side="right") - 1
+        loaded = []
+        for p, part in enumerate(self.parts):
+            rows = np.flatnonzero(part_of == p)
+            if len(rows):
+                local = indices[rows] - self.offsets[p]
+                own_view = view if p == 0 else part.view_for_epoch(self._epoch)
+                loaded.append((rows, part.load(local, own_view), p))
+        order = np.argsort(np.concatenate([rows for rows, _, _ in loaded]), kind="stable")
+        x = np.concatenate([b.x for _, b, _ in loaded])[order]
+        labels = np.concatenate(
+            [b.labels if p == 0 else np.full(len(b.labels), UNLABELED) for _, b, p in loaded]
+        )[order]
+        teacher = {
+            key: np.concatenate(
+                [b.teacher[key].astype(_wide(b.teacher[key])) for _, b, _ in loaded]
+            )[order]
+            for key in loaded[0][1].teacher
+        }
+        if SAMPLE_INDEX in teacher:  # the joined numbers, not each cache's own
+            teacher[SAMPLE_INDEX] = indices
+        return Batch(x=x, labels=labels, teacher=teacher, indices=indices)
+
+
+def _wide(values: np.ndarray) -> np.dtype:
+    """float32 for floating teacher arrays (caches may store float16 or float32), else as is."""
+    return np.dtype(np.float32) if values.dtype.kind == "f" else values.dtype
 
 
 class OnlineBatches(_Batches):

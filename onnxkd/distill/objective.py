@@ -32,8 +32,9 @@ _OPTIONAL_SETTINGS = {
 }
 
 
-def build_objective(cfg: DistillConfig) -> CompositeLoss:
-    """The weighted loss terms the config asks for."""
+def build_objective(cfg: DistillConfig, num_samples: int | None = None) -> CompositeLoss:
+    """The weighted loss terms the config asks for; `num_samples` (the training samples'
+    index space) sizes CRD's memory banks."""
     taken = set(LOSSES.get(cfg.loss).config_fields.values())
     unused = [
         name
@@ -60,6 +61,19 @@ def build_objective(cfg: DistillConfig) -> CompositeLoss:
     if cfg.rkd:
         student_key, teacher_key = cfg.rkd.split(":", 1)
         terms.append((1.0, build_loss("rkd", student_key=student_key, teacher_key=teacher_key)))
+    if cfg.crd:
+        if num_samples is None:
+            raise LossConfigError("--crd needs the number of training samples for its memory")
+        student_key, teacher_key = cfg.crd.split(":", 1)
+        crd = build_loss(
+            "crd",
+            student_key=student_key,
+            teacher_key=teacher_key,
+            num_samples=num_samples,
+            weight=cfg.crd_weight,
+            seed=cfg.seed,
+        )
+        terms.append((1.0, crd))
     return CompositeLoss(terms)
 
 

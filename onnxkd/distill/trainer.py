@@ -16,7 +16,7 @@ from torch import nn
 from onnxkd import __version__
 from onnxkd.cache.manifest import SCORES
 from onnxkd.cache.reader import CacheReader
-from onnxkd.distill import checkpoint, distributed, finite, qat, resume, validation
+from onnxkd.distill import checkpoint, distributed, finite, qat, resume, unlabeled, validation
 from onnxkd.distill.config import (
     DEFAULT_EPOCHS,
     DEFAULT_QAT_EPOCHS,
@@ -24,7 +24,7 @@ from onnxkd.distill.config import (
     DistillConfig,
     DistillConfigError,
 )
-from onnxkd.distill.data import CachedBatches, OnlineBatches
+from onnxkd.distill.data import CachedBatches, JoinedBatches, OnlineBatches, cached_keys
 from onnxkd.distill.evaluate import evaluate
 from onnxkd.distill.export import check_export, export_student
 from onnxkd.distill.header import announce
@@ -176,6 +176,8 @@ def _distill(
     cache = CacheReader(cache_path)
     if record is not None:
         resume.check_cache(record, cache.key, run_dir)
+    unlabeled.check_labeled(cache, cache_path)
+    extra_caches = unlabeled.open_caches(cfg, cache)
     if "eval" not in cache.sections:
         raise CacheError(
             f"cache {cache_path} has no eval section to test on; recache without --no-eval"
@@ -207,7 +209,10 @@ def _distill(
     if cfg.qat:  # on resume the run's own checkpoint fills the weights, not the float run
         student = qat.build(student, spec, init=None if cfg.resume else cfg.init)
         say(f"QAT from {cfg.init}: BatchNorm folded, U8S8 fake quantization inserted")
-    module = DistillModule(student, build_objective(cfg))
+    samples = train_section.n + sum(c.section("train").n for c in extra_caches)
+    module = DistillModule(student, build_objective(cfg, num_samples=samples))
+    if extra_caches:
+        unlabeled.check_objective(module.objective)
     teacher_keys = _check_teacher_arrays(module.objective, cache, cache_path, cfg.online)
     if dist.is_main:  # before the student moves to the device: it is timed on the CPU
         announce(cfg, student, cache, device, split, log)
@@ -217,6 +222,9 @@ def _distill(
         batches = OnlineBatches(cache, train_src, teacher=online_teacher, members=split.train)
     else:
         batches = CachedBatches(train_section, train_src, teacher_keys, members=split.train)
+        if extra_caches:
+            more = unlabeled.batches(extra_caches, teacher_keys, cfg.workers)
+            batches = JoinedBatches([batches, *more])
     test_batches = CachedBatches(cache.section("eval"), eval_src)
     # The held-back samples (with --val-fraction 0: the test split). Agreement and KL compare
     # with the teacher on the first cached view; accuracy, which chooses the best epoch, is
@@ -236,6 +244,8 @@ def _distill(
     if beyond_scores:  # a first forward builds the lazily shaped adapters of feature losses
         with torch.no_grad():
             probe = batches.load(np.arange(min(2, len(batches))), 0)
+            # in eval mode: CRD fixes its normalisation and moves its memory in training only
+            module.eval()
             module(*_to_device(probe, device, channels_last))
     steps_per_epoch = max(1, -(-len(batches) // (cfg.batch_size * dist.world)))
     optimizer = _optimizer(cfg, module.parameters())
@@ -471,14 +481,14 @@ def _check_teacher_arrays(
         for label, term in zip(objective.term_names, objective.terms, strict=True)
         if (
             problem := cache.manifest.missing_arrays(
-                term.teacher_keys, f"loss {label!r}", str(cache_path)
+                cached_keys(term.teacher_keys), f"loss {label!r}", str(cache_path)
             )
         )
     ]
     if problems:
         raise CacheError("; ".join(problems))
     keys = objective.teacher_keys
-    beyond_logits = [k for k in keys if k != SCORES]
+    beyond_logits = [k for k in cached_keys(keys) if k != SCORES]
     if online and beyond_logits:
         raise DistillConfigError(
             f"--online runs the teacher for its logits only; the losses also read cached "

@@ -4,7 +4,7 @@ The classic distillation bug is a teacher fed data scaled the wrong way (digits 
 given to a teacher whose spec divides by 16): it scores near chance, the cache completes, and
 the student learns noise. Two cheap checks catch it before anything is written: the raw values'
 range against the range the spec's scale is meant for, and the teacher's accuracy on a few
-hundred labelled samples against chance (and against the accuracy its metadata records).
+hundred labeled samples against chance (and against the accuracy its metadata records).
 Failing either is an error naming the spec and the likely fix; a teacher that is really this
 weak passes with `--accept-low-accuracy`, as a warning recorded in the manifest.
 """
@@ -18,13 +18,13 @@ import numpy as np
 
 from onnxkd.data import values
 from onnxkd.data.augment import Augmentation
-from onnxkd.data.source import Source
+from onnxkd.data.source import Source, is_labeled
 from onnxkd.data.spec import InputSpec
 from onnxkd.data.views import read_view
 from onnxkd.errors import DataError
 from onnxkd.teacher.runner import TeacherRunner
 
-PROBE_SAMPLES = 256  # labelled samples the teacher is scored on: about ±3 points
+PROBE_SAMPLES = 256  # labeled samples the teacher is scored on: about ±3 points
 FAR_BELOW = 0.15  # this much below the accuracy the teacher's metadata records is a mistake
 AUGMENT_DROP = 0.15  # augmented views scoring this much below clean samples earn a warning
 ACCEPT = "--accept-low-accuracy"
@@ -35,8 +35,8 @@ class SanityReport:
     """What the probe found; recorded in the manifest under `input_checks`."""
 
     samples: int
-    accuracy: float  # on clean (unaugmented) samples of the cached split
-    chance: float  # the best a constant guess scores on these labels
+    accuracy: float | None  # on clean (unaugmented) samples; None: unlabeled data
+    chance: float | None  # the best a constant guess scores on these labels
     value_range: tuple[float, float]  # of the raw samples
     recorded_accuracy: float | None  # from the teacher's metadata or model card, if any
     augmented_accuracy: float | None  # on view 0 of the augmentation, when there is one
@@ -45,8 +45,8 @@ class SanityReport:
     def to_dict(self) -> dict:
         return {
             "samples": self.samples,
-            "teacher_accuracy": round(self.accuracy, 6),
-            "chance": round(self.chance, 6),
+            "teacher_accuracy": None if self.accuracy is None else round(self.accuracy, 6),
+            "chance": None if self.chance is None else round(self.chance, 6),
             "value_range": [float(v) for v in self.value_range],
             "recorded_accuracy": self.recorded_accuracy,
             "augmented_accuracy": (
@@ -54,6 +54,37 @@ class SanityReport:
             ),
             "accepted_problems": list(self.problems),
         }
+
+
+def _check_unlabeled(
+    raw: np.ndarray,
+    spec: InputSpec,
+    origin: str,
+    samples: int,
+    recorded_accuracy: float | None,
+    accept: bool,
+    log: Callable[[str], None],
+) -> SanityReport:
+    """Without labels the teacher cannot be scored: only the value range is checked."""
+    problem = range_problem(raw, spec)
+    if problem and not accept:
+        raise DataError(
+            f"{problem}; {describe_spec(spec, origin)}; likely fix: pass --scale "
+            f"{suggested_scale(float(raw.max())):.6g}; pass {ACCEPT} if the teacher is meant to "
+            "see this data as it is"
+        )
+    if problem:
+        log(f"warning: {problem}; {describe_spec(spec, origin)} (accepted with {ACCEPT})")
+    log("note: the data has no labels: the teacher's accuracy on it cannot be checked")
+    return SanityReport(
+        samples=samples,
+        accuracy=None,
+        chance=None,
+        value_range=(float(raw.min()), float(raw.max())),
+        recorded_accuracy=recorded_accuracy,
+        augmented_accuracy=None,
+        problems=(problem,) if problem else (),
+    )
 
 
 def probe_indices(n: int, k: int = PROBE_SAMPLES) -> np.ndarray:
@@ -141,7 +172,7 @@ def check_teacher_input(
     batch_size: int = 256,
     log: Callable[[str], None] = print,
 ) -> SanityReport:
-    """Score the teacher on a spread of labelled samples and check the data's value range.
+    """Score the teacher on a spread of labeled samples and check the data's value range.
 
     The teacher is scored on view 0 of `augmentation` too; with `warn_views` (the user did not
     choose the augmentation), a large drop there is a warning.
@@ -155,10 +186,12 @@ def check_teacher_input(
     # A lazy source is checked as it streams; these few samples are checked now.
     split = f"the {source.ref.split} split of {source.ref.data}"
     values.check_samples(raw, indices, split)
+    if not is_labeled(source):
+        return _check_unlabeled(raw, spec, origin, len(indices), recorded_accuracy, accept, log)
     values.check_labels(labels, num_classes, indices, split)
     accuracy = _accuracy(runner, output, spec.apply(raw), labels, indices, batch_size, split)
     chance = chance_level(labels)
-    where = f"on {len(indices)} labelled {source.ref.split} samples"
+    where = f"on {len(indices)} labeled {source.ref.split} samples"
     problems = []
     if near_chance(accuracy, chance):
         problems.append(f"the teacher scores {accuracy:.1%} {where}, near chance ({chance:.1%})")

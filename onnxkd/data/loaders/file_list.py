@@ -1,4 +1,5 @@
-"""File lists: a CSV or TSV of `path,label[,split]` rows, as an alternative to class folders.
+"""File lists: a CSV or TSV of `path,label[,split]` rows, as an alternative to class folders;
+rows of paths alone list unlabeled images (a train split).
 
 Paths are relative to the list's folder (or absolute). Labels are class names (sorted into
 indices, as folder names are) or, when every label is a whole number, class indices as they
@@ -20,7 +21,7 @@ from onnxkd.data.loaders.common import holdout_indices
 from onnxkd.data.loaders.image_folder import IMAGE_SUFFIXES, ImageFolderSource
 from onnxkd.data.loaders.path_table import PathTable
 from onnxkd.data.loaders.registry import SourceKind, existing, register_source
-from onnxkd.data.source import DataRef
+from onnxkd.data.source import UNLABELED, DataRef
 from onnxkd.errors import DataError, MissingSplitError
 
 SUFFIXES = {".csv": ",", ".tsv": "\t"}
@@ -45,7 +46,17 @@ def open_file_list(ref: DataRef, path: Path) -> ImageFolderSource:
     if len(splits) > 1 and "" in splits:
         raise DataError(f"{path}: some rows name a split and some do not; give every row one")
     has_split = "" not in splits
-    if all(label.isdigit() for label in label_set):
+    unlabeled = label_set == {""}  # rows of paths alone
+    if "" in label_set and not unlabeled:
+        raise DataError(f"{path}: some rows have a label and some do not; label all or none")
+    if unlabeled and (has_split or ref.split != "train"):
+        raise MissingSplitError(
+            f"{path}: lists images without labels, a train split only (no split column); "
+            "a test split needs labels"
+        )
+    if unlabeled:
+        names, index = None, {"": UNLABELED}
+    elif all(label.isdigit() for label in label_set):
         names, index = None, {label: int(label) for label in label_set}
     else:
         names = tuple(sorted(label_set))
@@ -74,6 +85,11 @@ def open_file_list(ref: DataRef, path: Path) -> ImageFolderSource:
         for key, (listed, labels) in tables.items()
     }
     everything = [table for table, _ in parts.values()]
+    if unlabeled:
+        info = {"split": "train", "method": "unlabeled", "list": path.name}
+        source = ImageFolderSource(ref, *parts["all"], None, info, everything)
+        source.labeled = False
+        return source
     if ref.holdout is not None or not has_split:
         table, labels = parts.get("train") or parts.get("all") or next(iter(parts.values()))
         picked, info = holdout_indices(ref, len(table))
@@ -110,15 +126,16 @@ def _rows(path: Path) -> Iterator[tuple[int, str, str, str]]:
 
 
 def _checked(path: Path, number: int, row: list[str]) -> tuple[int, str, str, str]:
-    if len(row) not in (2, 3):
+    if len(row) not in (1, 2, 3):
         raise DataError(
-            f"{path}: row {number} has {len(row)} column(s); expected path,label[,split]"
+            f"{path}: row {number} has {len(row)} column(s); expected path[,label[,split]]"
         )
-    name, label = row[0].strip(), row[1].strip()
+    name = row[0].strip()
+    label = row[1].strip() if len(row) > 1 else ""  # a path alone: unlabeled
     split = row[2].strip().lower() if len(row) == 3 else ""
     if split and split not in SPLIT_NAMES:
         raise DataError(f"{path}: row {number} has split {split!r}; use train, val or test")
-    if not name or not label:
+    if not name or (len(row) > 1 and not label):
         raise DataError(f"{path}: row {number} has an empty path or label")
     if Path(name).suffix.lower() not in IMAGE_SUFFIXES:
         raise DataError(

@@ -1,4 +1,5 @@
-"""Image folders: `root/<class>/**/*.jpg` (split by holdout) or `root/train|val|test/<class>/…`.
+"""Image folders: `root/<class>/**/*.jpg` (split by holdout) or `root/train|val|test/<class>/…`;
+`root/*.jpg` with no class folders is unlabeled (a train split of photos without labels).
 
 Photos come in every size and mode. A folder whose images share one size is read as arrays of
 that size (the small-image policies apply); otherwise, or when the teacher wants another size,
@@ -21,7 +22,7 @@ from onnxkd.data import photo
 from onnxkd.data.loaders.common import holdout_indices
 from onnxkd.data.loaders.path_table import PathTable
 from onnxkd.data.loaders.registry import SourceKind, existing, register_source
-from onnxkd.data.source import DataRef
+from onnxkd.data.source import UNLABELED, DataRef
 from onnxkd.data.workers import check_workers, default_workers, parallel_map
 from onnxkd.errors import DataError, MissingSplitError
 
@@ -48,6 +49,8 @@ def open_image_folder(ref: DataRef, folder: Path) -> ImageFolderSource:
     """The requested split of an image folder, decoded lazily by the returned source."""
     roots = {split: _split_root(folder, split) for split in SPLIT_FOLDERS}
     present = [root for root in roots.values() if root is not None] or [folder]
+    if present == [folder] and _is_unlabeled_folder(folder):
+        return _unlabeled(ref, folder)
     classes = _class_names(present)
     listed = {root: _without(ref, _list_images(folder, root, classes)) for root in present}
     # Both splits must decode alike, so every image of the folder decides mode and size.
@@ -81,6 +84,7 @@ class ImageFolderSource:
     """
 
     accepts_transform = True  # resolve_input_spec may give it a PhotoTransform
+    labeled = True  # False: every label is UNLABELED (no class folders, a list of paths)
 
     def __init__(
         self,
@@ -254,6 +258,29 @@ def _without(ref: DataRef, listed: tuple[PathTable, np.ndarray]) -> tuple[PathTa
     skip = set(ref.exclude)
     keep = [i for i, name in enumerate(table.names()) if name not in skip]
     return table.take(keep), labels[keep]
+
+
+def _is_unlabeled_folder(folder: Path) -> bool:
+    """Images lie in the folder itself and no subfolder holds any: photos without classes."""
+    return _has_images(folder) and not any(
+        _is_image(p, folder) for sub in _subfolders(folder) for p in sub.rglob("*")
+    )
+
+
+def _unlabeled(ref: DataRef, folder: Path) -> ImageFolderSource:
+    if ref.split != "train":
+        raise MissingSplitError(
+            f"{folder}: holds images without class folders (unlabeled), a train split only; "
+            "a test split needs labels"
+        )
+    names = sorted(p.name for p in folder.iterdir() if _is_image(p, folder))
+    table, labels = _without(
+        ref, (PathTable(folder, names), np.full(len(names), UNLABELED, dtype=np.int64))
+    )
+    info = {"split": "train", "method": "unlabeled"}
+    source = ImageFolderSource(ref, table, labels, None, info, [table])
+    source.labeled = False
+    return source
 
 
 def _probe_mode(path: Path) -> str:

@@ -50,6 +50,8 @@ def open_npz(ref: DataRef, path: Path) -> ArraySource:
         keys = list(archive.files)
         x_key, y_key = _resolve_keys(ref, keys, path)
         names = _label_names(archive, path)
+        if y_key is None:
+            return _unlabeled(ref, archive, path, x_key, keys)
         if "{split}" not in x_key:
             x, y = _read_pair(archive, path, x_key, y_key, names)
             source = holdout_split(ref, x, y, names)
@@ -70,15 +72,36 @@ def open_npz(ref: DataRef, path: Path) -> ArraySource:
         )
 
 
-def _resolve_keys(ref: DataRef, keys: list[str], path: Path) -> tuple[str, str]:
-    """The (samples, labels) key pair to use, `{split}` standing for a native split's name."""
+def _unlabeled(
+    ref: DataRef, archive: np.lib.npyio.NpzFile, path: Path, x_key: str, keys: list[str]
+) -> ArraySource:
+    """Samples without labels: all of them are the train split (nothing to hold out a test
+    split from: it would have no labels to score on either)."""
+    name = x_key.format(split="train")
+    if ref.split != "train" or name not in keys:
+        raise MissingSplitError(
+            f"{path}: unlabeled samples ({name!r} without labels) form a train split only; "
+            "a test split needs labels"
+        )
+    x, _ = _read_pair(archive, path, name, None, None)
+    info = {"split": "train", "method": "unlabeled", "keys": [name]}
+    return ArraySource(ref, x, None, None, info)
+
+
+def _resolve_keys(ref: DataRef, keys: list[str], path: Path) -> tuple[str, str | None]:
+    """The (samples, labels) key pair to use, `{split}` standing for a native split's name;
+    labels None for an archive of samples alone (unlabeled data)."""
     listed = ", ".join(keys) or "none"
     if ref.x_key is not None or ref.y_key is not None:
-        if ref.x_key is None or ref.y_key is None:
+        if ref.x_key is None:
             raise DataError(
-                f"{path}: x_key and y_key go together, got only one of them; pass both "
+                f"{path}: y_key names labels, x_key the samples they label; pass x_key too "
                 f"(keys in file: {listed})"
             )
+        if ref.y_key is None:  # samples without labels
+            if ref.x_key not in keys and ref.x_key.format(split="train") not in keys:
+                raise DataError(f"{path}: no array named {ref.x_key!r} (keys in file: {listed})")
+            return ref.x_key, None
         if ("{split}" in ref.x_key) != ("{split}" in ref.y_key):
             raise DataError(
                 f"{path}: x_key {ref.x_key!r} and y_key {ref.y_key!r} must both contain "
@@ -98,6 +121,10 @@ def _resolve_keys(ref: DataRef, keys: list[str], path: Path) -> tuple[str, str]:
     for x_key, y_key in POOLED_KEYS:
         if {x_key, y_key} <= set(keys):
             return x_key, y_key
+    # Samples and no labels anywhere: unlabeled data.
+    for x_key, y_key in (*NATIVE_KEYS, *POOLED_KEYS):
+        if y_key.format(split="train") not in keys and x_key.format(split="train") in keys:
+            return x_key, None
     raise DataError(
         f"{path}: no known sample and label arrays (keys in file: {listed}); expected "
         "x_train/y_train/x_test/y_test, x/y, X/y, images/labels, data/labels or "
@@ -109,11 +136,15 @@ def _read_pair(
     archive: np.lib.npyio.NpzFile,
     path: Path,
     x_key: str,
-    y_key: str,
+    y_key: str | None,
     names: tuple[str, ...] | None,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray | None]:
     x = _read_array(archive, path, x_key)
-    y = check_labels(_read_array(archive, path, y_key), f"{path}[{y_key}]", names)
+    y = (
+        None
+        if y_key is None
+        else check_labels(_read_array(archive, path, y_key), f"{path}[{y_key}]", names)
+    )
     if x.dtype.kind not in "fiub":
         raise DataError(f"{path}[{x_key}]: samples must be numbers, found dtype {x.dtype}")
     if x.ndim == 4 and x.shape[-1] > 4 and x.shape[1] in (1, 3, 4):
@@ -126,7 +157,7 @@ def _read_pair(
             f"{path}[{x_key}]: samples must be images (N, H, W[, C]) or vectors (N, D), "
             f"found shape {x.shape}"
         )
-    if len(x) != len(y):
+    if y is not None and len(x) != len(y):
         raise DataError(f"{path}: {x_key} holds {len(x)} samples but {y_key} {len(y)} labels")
     return x, y
 

@@ -6,7 +6,7 @@ paths (captured with forward hooks) to tensors, `teacher` maps ONNX output or fe
 `teacher_keys`, so the trainer knows which hooks to register and which cached arrays to load;
 a missing key is a `MissingOutputError` that lists the keys given.
 
-Registered names: ce, kd, kd_topk, dkd (class scores), fitnets, at, rkd (features). Every
+Registered names: ce, kd, kd_topk, dkd (class scores), fitnets, at, rkd, crd (features). Every
 module of this package is imported here, so adding a loss is one new file with a `@register`ed
 class (plus its golden-value case in tests/test_losses.py, which a test insists on).
 

@@ -43,6 +43,9 @@ class DistillLoss(nn.Module):
 
     name: ClassVar[str] = ""
     config_fields: ClassVar[Mapping[str, str]] = MappingProxyType({})
+    # Whether rows labeled UNLABELED (-1) are welcome: losses that read no label, or that
+    # fall back to the teacher's targets alone on such rows (KD with α = 1 there).
+    takes_unlabeled: ClassVar[bool] = False
     student_keys: tuple[str, ...] = ()
     teacher_keys: tuple[str, ...] = ()
 

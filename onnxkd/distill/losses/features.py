@@ -46,6 +46,8 @@ class FitNets(DistillLoss):
         >>> adapter = loss.materialize((1, 32, 8, 8), (1, 128, 8, 8))  # Conv2d(32, 128, 1)
     """
 
+    takes_unlabeled = True  # reads no label
+
     def __init__(self, student_key: str, teacher_key: str, weight: float = 1.0) -> None:
         super().__init__()
         self.student_key, self.teacher_key, self.weight = student_key, teacher_key, float(weight)
@@ -122,6 +124,8 @@ class AT(DistillLoss):
         (('layer2', 'layer3'), ('/stage2/Relu', '/stage3/Relu'))
     """
 
+    takes_unlabeled = True  # reads no label
+
     def __init__(
         self, pairs: Sequence[Sequence[str]], p: float = 2.0, weight: float = 1000.0
     ) -> None:
@@ -178,6 +182,8 @@ class RKD(DistillLoss):
         distance_weight: weight of the distance term (25, the paper's).
         angle_weight: weight of the angle term (50, the paper's).
     """
+
+    takes_unlabeled = True  # reads no label
 
     def __init__(
         self,

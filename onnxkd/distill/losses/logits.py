@@ -156,6 +156,7 @@ class KD(_Scheduled, DistillLoss):
     """
 
     config_fields = MappingProxyType(_SCHEDULE_FIELDS)
+    takes_unlabeled = True  # α = 1 on unlabeled rows
 
     def __init__(
         self,
@@ -192,8 +193,9 @@ class KD(_Scheduled, DistillLoss):
             s.shape == t.shape, self.name, f"student {tuple(s.shape)} != teacher {tuple(t.shape)}"
         )
         T = self.temperature
-        kl = kl_batchmean(F.log_softmax(t / T, dim=1), F.log_softmax(s / T, dim=1))
-        return (1 - self.alpha) * F.cross_entropy(s, labels) + self.alpha * T * T * kl
+        return _kd_mix(
+            s, labels, self.alpha, T, F.log_softmax(t / T, dim=1), F.log_softmax(s / T, dim=1)
+        )
 
 
 @register("kd_topk")
@@ -233,6 +235,7 @@ class KDTopK(_Scheduled, DistillLoss):
     """
 
     config_fields = MappingProxyType(_SCHEDULE_FIELDS)
+    takes_unlabeled = True  # α = 1 on unlabeled rows
 
     def __init__(
         self,
@@ -295,8 +298,22 @@ class KDTopK(_Scheduled, DistillLoss):
             student_rest = log_q.scatter(1, indices, float("-inf")).logsumexp(dim=1)
             teacher_bins = torch.cat([teacher_bins, teacher_rest[:, None]], dim=1)
             student_bins = torch.cat([student_bins, student_rest[:, None]], dim=1)
-        kl = kl_batchmean(F.log_softmax(teacher_bins, dim=1), student_bins)
-        return (1 - self.alpha) * F.cross_entropy(s, labels) + self.alpha * T * T * kl
+        return _kd_mix(s, labels, self.alpha, T, F.log_softmax(teacher_bins, dim=1), student_bins)
+
+
+def _kd_mix(
+    s: Tensor, labels: Tensor, alpha: float, T: float, teacher_log_p: Tensor, student_log_q: Tensor
+) -> Tensor:
+    """`(1 − α)·CE + α·T²·KL`, batch means; a row labeled UNLABELED (-1) takes α = 1 (the
+    teacher's targets alone), and the mean is then over the rows' own mixtures."""
+    unlabeled = labels < 0
+    if not bool(unlabeled.any()):
+        kl = kl_batchmean(teacher_log_p, student_log_q)
+        return (1 - alpha) * F.cross_entropy(s, labels) + alpha * T * T * kl
+    ce = F.cross_entropy(s, labels.clamp_min(0), reduction="none")
+    row_alpha = torch.where(unlabeled, torch.ones_like(ce), torch.full_like(ce, alpha))
+    kl = kl_rows(teacher_log_p, student_log_q)
+    return ((1 - row_alpha) * ce + row_alpha * T * T * kl).mean()
 
 
 # The authors' warm-up of DKD's distillation part: 20 of 240 epochs on CIFAR-100 (mdistiller's
