@@ -65,6 +65,12 @@ class CacheConfig:
     augment: str | None = None  # none for one view, crop for more
     pad: int | None = None  # None: an eighth of the image side
     seed: int = 0
+    # MixUp/CutMix views: the teacher sees each mixed image (see Augmentation's mix fields)
+    mix: str = "none"
+    mixup_alpha: float = 0.8
+    cutmix_alpha: float = 1.0
+    mix_prob: float = 1.0
+    mix_switch_prob: float = 0.5
     topk: int | None = None  # None: store every class
     dtype: str = "float16"
     teacher_output: str | None = None
@@ -192,7 +198,16 @@ class _Plan:
         )
         pad = 0 if cfg.augment in ("none", RESIZED_CROP) else pad
         self.augmentations = {
-            "train": Augmentation(cfg.augment, pad, cfg.seed),
+            "train": Augmentation(
+                cfg.augment,
+                pad,
+                cfg.seed,
+                mix=cfg.mix,
+                mixup_alpha=cfg.mixup_alpha,
+                cutmix_alpha=cfg.cutmix_alpha,
+                mix_prob=cfg.mix_prob,
+                switch_prob=cfg.mix_switch_prob,
+            ),
             "eval": Augmentation("none"),
         }
         if cfg.views > 1 and cfg.augment == "none":

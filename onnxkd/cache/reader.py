@@ -331,7 +331,17 @@ class CacheSection:
     def raw_view(self, source: Source, indices: np.ndarray, view: int) -> np.ndarray:
         """Rebuild the raw pixels the teacher saw for these samples and view."""
         params = self.aug_params(indices, view)
-        return read_view(source, self.augmentation, indices, view, params)[0]
+        # a mixed view's partner is rebuilt from its own stored row of the same view
+        partner = self.aug_params(params["partner"], view) if self.augmentation.mixes else None
+        return read_view(source, self.augmentation, indices, view, params, partner)[0]
+
+    def mixing(self, indices: np.ndarray, view: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """For a section of mixed views: each view's partner's label and λ, the share of the
+        sample's own label (the label term mixes as the pixels did); None otherwise."""
+        if not self.augmentation.mixes:
+            return None
+        params = self.aug_params(indices, view)
+        return self.labels(params["partner"]), params["lam"].astype(np.float32)
 
     def model_input(self, source: Source, indices: np.ndarray, view: int) -> np.ndarray:
         """Exactly the teacher's input for these samples and view."""

@@ -78,6 +78,9 @@ def summarize(path: Path, manifest: Manifest, seconds: float | None = None) -> s
             policy = f"{aug['policy']} (scale {aug['scale']}, ratio {ratio}, flip)"
         else:
             policy = aug["policy"]
+        if aug.get("mix", "none") != "none":
+            policy += f" + {aug['mix']} (mixup α {aug['mixup_alpha']}, cutmix α "
+            policy += f"{aug['cutmix_alpha']}, p {aug['mix_prob']})"
         skipped = f"; {split['excluded']} bad image(s) left out" if split.get("excluded") else ""
         lines.append(
             f"{name + ':':9} {section.n} samples ({section.data_ref.split}, {how}{skipped}) x "

@@ -236,7 +236,7 @@ def _prepare(
     """
     lo = job.start + chunk * job.batch_size
     indices = np.arange(lo, min(lo + job.batch_size, job.stop), dtype=np.int64)
-    if job.augmentation.cuts_boxes:
+    if job.augmentation.cuts_boxes or job.augmentation.mixes:
         raw, params, labels = read_view(job.source, job.augmentation, indices, view)
         values.check_labels(labels, num_classes, lo, job.where)
         return spec.apply(raw), params, labels

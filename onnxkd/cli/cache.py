@@ -73,6 +73,25 @@ from onnxkd.providers import EP_NAMES
     "natural images of one small size].",
 )
 @click.option("--pad", type=click.IntRange(0), help="Crop padding in pixels [default: side/8].")
+@click.option(
+    "--mix",
+    type=NameChoice("onnxkd.data.augment:MIXES", listed=True),
+    help="Mix each view with another sample's view, as the teacher then sees it: mixup "
+    "(blend by λ), cutmix (paste a box), or mixup-cutmix (one of them per view) [default: "
+    "none]; partner, λ and box are stored per view and the label term mixes by the same λ.",
+)
+@click.option(
+    "--mixup-alpha", type=Finite(0, min_open=True), help="MixUp's λ ~ Beta(α, α) [default: 0.8]."
+)
+@click.option(
+    "--cutmix-alpha", type=Finite(0, min_open=True), help="CutMix's Beta α [default: 1.0]."
+)
+@click.option("--mix-prob", type=Finite(0, 1), help="Share of views mixed [default: 1].")
+@click.option(
+    "--mix-switch-prob",
+    type=Finite(0, 1),
+    help="mixup-cutmix: share of mixed views that are CutMix [default: 0.5].",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Augmentation seed.")
 @click.option(
     "--topk",

@@ -21,6 +21,9 @@ from onnxkd.errors import DataError
 
 RESIZED_CROP = "random-resized-crop"
 POLICIES = ("none", "crop", "crop-flip", "strong", RESIZED_CROP)
+# MixUp (Zhang et al. 2018) and CutMix (Yun et al. 2019) on top of a policy, as timm's Mixup
+# does them: each view mixes its sample with a partner sample, both augmented by the policy.
+MIXES = ("none", "mixup", "cutmix", "mixup-cutmix")
 ATTEMPTS = 10  # torchvision's RandomResizedCrop tries 10 boxes before its central fallback
 
 PARAM_DTYPE = np.dtype(
@@ -40,6 +43,20 @@ PARAM_DTYPE = np.dtype(
 BOX_PARAM_DTYPE = np.dtype(
     [("top", "i4"), ("left", "i4"), ("height", "i4"), ("width", "i4"), ("flip", "u1")]
 )
+# Mixing, after the policy's fields: the partner sample (whose own view at the same view
+# number is mixed in), λ (the share of this sample's pixels and label), how (0 none, 1 mixup,
+# 2 cutmix) and the CutMix box (the partner's pixels) in the view's pixels.
+MIX_FIELDS = [
+    ("partner", "i8"),
+    ("lam", "f4"),
+    ("mix", "u1"),
+    ("by", "i2"),
+    ("bx", "i2"),
+    ("bh", "i2"),
+    ("bw", "i2"),
+]
+NO_MIX, MIXUP, CUTMIX = 0, 1, 2
+_MIX_STREAM = 60  # above the policies' streams (random-resized-crop uses 10..49)
 
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -90,6 +107,12 @@ class Augmentation:
     seed: int = 0
     scale: tuple[float, float] = (0.08, 1.0)  # random-resized-crop: area fraction range
     ratio: tuple[float, float] = (3 / 4, 4 / 3)  # random-resized-crop: aspect ratio range
+    # Mixing (timm's Mixup defaults, as DeiT trains with them): λ ~ Beta(α, α) per view.
+    mix: str = "none"
+    mixup_alpha: float = 0.8
+    cutmix_alpha: float = 1.0
+    mix_prob: float = 1.0  # the share of views that are mixed
+    switch_prob: float = 0.5  # mixup-cutmix: the share of mixed views that are CutMix
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -103,6 +126,27 @@ class Augmentation:
                 raise DataError(f"augmentation {name} must be (low, high), 0 < low <= high")
         if self.scale[1] > 1.0:
             raise DataError(f"augmentation scale is a fraction of the area, got {self.scale}")
+        if self.mix not in MIXES:
+            raise DataError(f"mixing {self.mix!r} is not one of {', '.join(MIXES)}")
+        if self.mixup_alpha <= 0 or self.cutmix_alpha <= 0:
+            raise DataError("the mixup and cutmix alphas (Beta distribution) must be > 0")
+        if not (0 <= self.mix_prob <= 1 and 0 <= self.switch_prob <= 1):
+            raise DataError("--mix-prob and --mix-switch-prob are probabilities in [0, 1]")
+        if self.mixes and self.cuts_boxes:
+            raise DataError(
+                f"mixing views of {RESIZED_CROP} is not supported yet; use it with crop, "
+                "crop-flip, strong or none"
+            )
+
+    @property
+    def mixes(self) -> bool:
+        """Whether each view mixes its sample with a partner (MixUp, CutMix)."""
+        return self.mix != "none"
+
+    @property
+    def base(self) -> Augmentation:
+        """The policy without mixing: what each of the two mixed samples gets."""
+        return Augmentation(self.policy, self.pad, self.seed, self.scale, self.ratio)
 
     @property
     def cuts_boxes(self) -> bool:
@@ -111,7 +155,8 @@ class Augmentation:
 
     @property
     def param_dtype(self) -> np.dtype:
-        return BOX_PARAM_DTYPE if self.cuts_boxes else PARAM_DTYPE
+        base = BOX_PARAM_DTYPE if self.cuts_boxes else PARAM_DTYPE
+        return np.dtype(base.descr + MIX_FIELDS) if self.mixes else base
 
     @classmethod
     def default_pad(cls, size: tuple[int, int]) -> int:
@@ -128,12 +173,23 @@ class Augmentation:
         view: int,
         size: tuple[int, int] = (0, 0),
         image_sizes: np.ndarray | None = None,
+        n: int | None = None,
     ) -> np.ndarray:
         """The parameters of view `view` for each sample index, as a `param_dtype` array.
 
         `image_sizes` (N, 2) holds each photo's (width, height): random-resized-crop needs it.
+        `n` is the number of samples to draw mixing partners from (with mixing).
         """
         indices = np.asarray(indices, dtype=np.int64)
+        if self.mixes:
+            if n is None:
+                raise DataError("mixed views need the number of samples to pick partners from")
+            base = self.base.params(indices, view, size, image_sizes)
+            out = np.zeros(len(indices), dtype=self.param_dtype)
+            for name in base.dtype.names:
+                out[name] = base[name]
+            self._mix_params(out, indices, view, size, n)
+            return out
         if self.cuts_boxes:
             if image_sizes is None:
                 raise DataError(f"augmentation {RESIZED_CROP} needs each photo's size")
@@ -211,6 +267,41 @@ class Augmentation:
         p["flip"] = u(2) < 0.5
         return p
 
+    def _mix_params(
+        self, p: np.ndarray, indices: np.ndarray, view: int, size: tuple[int, int], n: int
+    ) -> None:
+        """Partner, λ and CutMix box, as timm's Mixup draws them per sample (`_params_per_elem`
+        and `rand_bbox` with `correct_lam`), from replayable uniforms; λ ~ Beta(α, α) by its
+        inverse CDF."""
+        from scipy.special import betaincinv
+
+        def u(stream: int) -> np.ndarray:
+            return uniform(self.seed, indices, view, _MIX_STREAM + stream)
+
+        if n < 2:
+            raise DataError("mixed views need at least 2 samples to mix")
+        # any other sample, uniformly
+        p["partner"] = (indices + 1 + np.floor(u(0) * (n - 1)).astype(np.int64)) % n
+        mixed = u(1) < self.mix_prob
+        cutmix = {"mixup": False, "cutmix": True}.get(self.mix)
+        use_cutmix = u(2) < self.switch_prob if cutmix is None else np.full(len(p), cutmix)
+        lam_mixup = betaincinv(self.mixup_alpha, self.mixup_alpha, u(3))
+        lam_cut = betaincinv(self.cutmix_alpha, self.cutmix_alpha, u(4))
+        h, w = size
+        cut_h = (h * np.sqrt(1 - lam_cut)).astype(np.int64)
+        cut_w = (w * np.sqrt(1 - lam_cut)).astype(np.int64)
+        cy, cx = _randint(u(5), 0, max(h - 1, 0)), _randint(u(6), 0, max(w - 1, 0))
+        y0, y1 = np.clip(cy - cut_h // 2, 0, h), np.clip(cy + cut_h // 2, 0, h)
+        x0, x1 = np.clip(cx - cut_w // 2, 0, w), np.clip(cx + cut_w // 2, 0, w)
+        # λ is the share of this sample's pixels the clipped box leaves
+        lam_box = 1.0 - (y1 - y0) * (x1 - x0) / max(h * w, 1)
+        is_cut = mixed & use_cutmix
+        p["mix"] = np.where(mixed, np.where(use_cutmix, CUTMIX, MIXUP), NO_MIX)
+        p["lam"] = np.where(mixed, np.where(use_cutmix, lam_box, lam_mixup), 1.0)
+        p["by"], p["bx"] = np.where(is_cut, y0, 0), np.where(is_cut, x0, 0)
+        p["bh"], p["bw"] = np.where(is_cut, y1 - y0, 0), np.where(is_cut, x1 - x0, 0)
+        p["partner"] = np.where(mixed, p["partner"], indices)
+
     def view(
         self, raw: np.ndarray, indices: np.ndarray, view: int
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -269,4 +360,30 @@ class Augmentation:
         d = {"policy": self.policy, "pad": self.pad, "seed": self.seed}
         if self.cuts_boxes:  # only here: the other policies keep the keys of older caches
             d.update(scale=list(self.scale), ratio=list(self.ratio))
+        if self.mixes:  # likewise
+            d.update(
+                mix=self.mix,
+                mixup_alpha=self.mixup_alpha,
+                cutmix_alpha=self.cutmix_alpha,
+                mix_prob=self.mix_prob,
+                switch_prob=self.switch_prob,
+            )
         return d
+
+
+def mix_pixels(own: np.ndarray, partner: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Each view's pixels from its sample's and its partner's augmented images (N, H, W, C):
+    MixUp blends them by λ, CutMix pastes the partner's box; float32 in the raw value range."""
+    out = own.astype(np.float32)
+    other = partner.astype(np.float32)
+    lam = p["lam"].astype(np.float32)[:, None, None, None]
+    mixup = (p["mix"] == MIXUP)[:, None, None, None]
+    out = np.where(mixup, lam * out + (1 - lam) * other, out)
+    ys = np.arange(out.shape[1])[None, :]
+    xs = np.arange(out.shape[2])[None, :]
+    in_rows = (ys >= p["by"][:, None]) & (ys < (p["by"] + p["bh"])[:, None])
+    in_cols = (xs >= p["bx"][:, None]) & (xs < (p["bx"] + p["bw"])[:, None])
+    box = (in_rows[:, :, None] & in_cols[:, None, :])[..., None] & (p["mix"] == CUTMIX)[
+        :, None, None, None
+    ]
+    return np.where(box, other, out)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxkd.data.augment import Augmentation
+from onnxkd.data.augment import Augmentation, mix_pixels
 from onnxkd.data.source import Source
 from onnxkd.errors import DataError
 
@@ -21,13 +21,18 @@ def read_view(
     indices: np.ndarray,
     view: int,
     params: np.ndarray | None = None,
+    partner_params: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(raw samples of the view, its parameters, labels) for these sample indices.
 
     With `params` (as the cache stored them) the view is rebuilt from them; without, they are
-    drawn for (index, view, seed).
+    drawn for (index, view, seed). A mixed view (MixUp, CutMix) blends each sample's view with
+    its partner's view of the same number: `partner_params` are the partner's stored
+    parameters (the same array, at the partners' rows), drawn when not given.
     """
     indices = np.asarray(indices, dtype=np.int64)
+    if augmentation.mixes:
+        return _mixed_view(source, augmentation, indices, view, params, partner_params)
     if augmentation.cuts_boxes:
         read_boxes = getattr(source, "read_boxes", None)
         if read_boxes is None:
@@ -45,3 +50,24 @@ def read_view(
     else:
         raw = augmentation.apply(raw, params)
     return raw, params, labels
+
+
+def _mixed_view(
+    source: Source,
+    augmentation: Augmentation,
+    indices: np.ndarray,
+    view: int,
+    params: np.ndarray | None,
+    partner_params: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    raw, labels = source.read(indices)
+    size = raw.shape[1:3] if raw.ndim == 4 else (0, 0)
+    if params is None:
+        params = augmentation.params(indices, view, size=size, n=len(source))
+    partners = params["partner"]
+    if partner_params is None:
+        partner_params = augmentation.params(partners, view, size=size, n=len(source))
+    base = augmentation.base
+    own = base.apply(raw, params)
+    other = base.apply(source.read(partners)[0], partner_params)
+    return mix_pixels(own, other, params), params, labels

@@ -23,6 +23,9 @@ from onnxkd.data.views import read_view
 # Not a cached array: the batch's sample numbers, for losses that keep a memory per sample
 # (CRD), given with the teacher's arrays.
 SAMPLE_INDEX = "sample_index"
+# Given with the teacher's arrays for mixed views (MixUp, CutMix): the partner's label and λ,
+# so the label term mixes as the pixels did (see `onnxkd.distill.losses.base.label_loss`).
+MIX_LABEL, MIX_LAMBDA = "mix_label", "mix_lambda"
 
 
 def cached_keys(keys: tuple[str, ...]) -> tuple[str, ...]:
@@ -166,6 +169,9 @@ class CachedBatches(_Batches):
         teacher = {name: values[inverse] for name, values in arrays.items()}
         if SAMPLE_INDEX in self.teacher_keys:
             teacher[SAMPLE_INDEX] = indices
+        mixing = None if self.clean else self.section.mixing(sorted_idx, view)
+        if mixing is not None:
+            teacher[MIX_LABEL], teacher[MIX_LAMBDA] = (m[inverse] for m in mixing)
         labels = self.section.labels(sorted_idx)[inverse]
         return Batch(x=x, labels=labels, teacher=teacher, indices=indices)
 
@@ -219,15 +225,26 @@ class JoinedBatches(_Batches):
         labels = np.concatenate(
             [b.labels if p == 0 else np.full(len(b.labels), UNLABELED) for _, b, p in loaded]
         )[order]
+        keys = dict.fromkeys(k for _, b, _ in loaded for k in b.teacher)
         teacher = {
-            key: np.concatenate(
-                [b.teacher[key].astype(_wide(b.teacher[key])) for _, b, _ in loaded]
-            )[order]
-            for key in loaded[0][1].teacher
+            key: np.concatenate([_teacher_part(b, key, p) for _, b, p in loaded])[order]
+            for key in keys
         }
         if SAMPLE_INDEX in teacher:  # the joined numbers, not each cache's own
             teacher[SAMPLE_INDEX] = indices
         return Batch(x=x, labels=labels, teacher=teacher, indices=indices)
+
+
+def _teacher_part(batch: Batch, key: str, part: int) -> np.ndarray:
+    """One part's rows of a teacher array for the joined batch; a part of unmixed views
+    mixes with itself (λ 1), and the unlabeled parts' partner labels are hidden too."""
+    n = len(batch.labels)
+    if key == MIX_LAMBDA and key not in batch.teacher:
+        return np.ones(n, np.float32)
+    if key == MIX_LABEL and (key not in batch.teacher or part > 0):
+        return np.full(n, UNLABELED, np.int64)
+    values = batch.teacher[key]
+    return values.astype(_wide(values))
 
 
 def _wide(values: np.ndarray) -> np.dtype:

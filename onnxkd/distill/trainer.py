@@ -213,6 +213,7 @@ def _distill(
     module = DistillModule(student, build_objective(cfg, num_samples=samples))
     if extra_caches:
         unlabeled.check_objective(module.objective)
+    _check_mixed_views(module.objective, train_section, cfg.online)
     teacher_keys = _check_teacher_arrays(module.objective, cache, cache_path, cfg.online)
     if dist.is_main:  # before the student moves to the device: it is timed on the CPU
         announce(cfg, student, cache, device, split, log)
@@ -469,6 +470,28 @@ def _train_epoch(
         count += len(labels)
         bar.set_postfix(loss=f"{total / count:.4f}")
     return total / max(count, 1)
+
+
+def _check_mixed_views(objective: CompositeLoss, section, online: bool) -> None:
+    """Mixed views (MixUp, CutMix) have two labels mixed by λ: refused where they would not
+    be honoured (a loss with one target class; online KD, which draws fresh views)."""
+    if not section.augmentation.mixes:
+        return
+    if online:
+        raise DistillConfigError(
+            "--online draws fresh views, and this cache's views are mixed (MixUp/CutMix) with "
+            "labels mixed to match: train from the cache (drop --online)"
+        )
+    single = [
+        label
+        for label, term in zip(objective.term_names, objective.terms, strict=True)
+        if not getattr(term, "takes_mixed_labels", True)
+    ]
+    if single:
+        raise DistillConfigError(
+            f"loss {', '.join(single)} decouples at one label per sample, and this cache's "
+            "views are mixed (MixUp/CutMix, two labels each): use --loss kd"
+        )
 
 
 def _check_teacher_arrays(

@@ -8,6 +8,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from onnxkd.errors import OnnxkdError
@@ -231,6 +232,28 @@ class CompositeLoss(DistillLoss):
 
 def _union(groups: Iterable[Iterable[str]]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(k for keys in groups for k in keys))
+
+
+# The partner's label and λ of mixed views (MixUp, CutMix), handed in with the teacher's
+# arrays (the names of onnxkd.distill.data.MIX_LABEL and MIX_LAMBDA).
+MIX_LABEL, MIX_LAMBDA = "mix_label", "mix_lambda"
+
+
+def label_loss(
+    logits: Tensor, labels: Tensor, teacher: Mapping[str, Tensor], label_smoothing: float = 0.0
+) -> Tensor:
+    """Per-row cross-entropy with the labels, (B,); for a mixed view `λ·CE(y) + (1 − λ)·CE(y')`
+    with its partner's label y' and the λ its pixels were mixed by. Unlabeled rows (-1) give
+    the CE of class 0: a caller weighs them 0."""
+    ce = F.cross_entropy(
+        logits, labels.clamp_min(0), reduction="none", label_smoothing=label_smoothing
+    )
+    if MIX_LAMBDA not in teacher:
+        return ce
+    lam = teacher[MIX_LAMBDA].to(device=logits.device, dtype=logits.dtype)
+    partner = teacher[MIX_LABEL].to(logits.device).long().clamp_min(0)
+    other = F.cross_entropy(logits, partner, reduction="none", label_smoothing=label_smoothing)
+    return lam * ce + (1 - lam) * other
 
 
 def kl_batchmean(teacher_log_p: Tensor, student_log_q: Tensor) -> Tensor:

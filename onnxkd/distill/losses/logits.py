@@ -11,12 +11,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from onnxkd.distill.losses.base import (
+    MIX_LAMBDA,
     DistillLoss,
     LossConfigError,
     check,
     check_arg,
     kl_batchmean,
     kl_rows,
+    label_loss,
     register,
 )
 from onnxkd.distill.schedule import Schedule, ScheduleError
@@ -58,6 +60,8 @@ class CrossEntropy(DistillLoss):
         self, student: Mapping[str, Tensor], teacher: Mapping[str, Tensor], labels: Tensor
     ) -> Tensor:
         s = self._student(student, self.student_key)
+        if MIX_LAMBDA in teacher:  # mixed views: both labels, by λ
+            return label_loss(s, labels, teacher, self.label_smoothing).mean()
         return F.cross_entropy(s, labels, label_smoothing=self.label_smoothing)
 
 
@@ -194,7 +198,13 @@ class KD(_Scheduled, DistillLoss):
         )
         T = self.temperature
         return _kd_mix(
-            s, labels, self.alpha, T, F.log_softmax(t / T, dim=1), F.log_softmax(s / T, dim=1)
+            s,
+            labels,
+            teacher,
+            self.alpha,
+            T,
+            F.log_softmax(t / T, dim=1),
+            F.log_softmax(s / T, dim=1),
         )
 
 
@@ -298,19 +308,28 @@ class KDTopK(_Scheduled, DistillLoss):
             student_rest = log_q.scatter(1, indices, float("-inf")).logsumexp(dim=1)
             teacher_bins = torch.cat([teacher_bins, teacher_rest[:, None]], dim=1)
             student_bins = torch.cat([student_bins, student_rest[:, None]], dim=1)
-        return _kd_mix(s, labels, self.alpha, T, F.log_softmax(teacher_bins, dim=1), student_bins)
+        return _kd_mix(
+            s, labels, teacher, self.alpha, T, F.log_softmax(teacher_bins, dim=1), student_bins
+        )
 
 
 def _kd_mix(
-    s: Tensor, labels: Tensor, alpha: float, T: float, teacher_log_p: Tensor, student_log_q: Tensor
+    s: Tensor,
+    labels: Tensor,
+    teacher: Mapping[str, Tensor],
+    alpha: float,
+    T: float,
+    teacher_log_p: Tensor,
+    student_log_q: Tensor,
 ) -> Tensor:
     """`(1 − α)·CE + α·T²·KL`, batch means; a row labeled UNLABELED (-1) takes α = 1 (the
-    teacher's targets alone), and the mean is then over the rows' own mixtures."""
+    teacher's targets alone), and the mean is then over the rows' own mixtures. The CE of a
+    mixed view mixes its two labels by its λ (`label_loss`)."""
     unlabeled = labels < 0
-    if not bool(unlabeled.any()):
+    if not bool(unlabeled.any()) and MIX_LAMBDA not in teacher:
         kl = kl_batchmean(teacher_log_p, student_log_q)
         return (1 - alpha) * F.cross_entropy(s, labels) + alpha * T * T * kl
-    ce = F.cross_entropy(s, labels.clamp_min(0), reduction="none")
+    ce = label_loss(s, labels, teacher)
     row_alpha = torch.where(unlabeled, torch.ones_like(ce), torch.full_like(ce, alpha))
     kl = kl_rows(teacher_log_p, student_log_q)
     return ((1 - row_alpha) * ce + row_alpha * T * T * kl).mean()
@@ -352,6 +371,7 @@ class DKD(DistillLoss):
 
     # Its α weighs TCKD and is not KD's α, so --alpha (and its schedule) does not reach it;
     # the warm-up ramps the whole distillation part (TCKD and NCKD), as the authors' code does.
+    takes_mixed_labels = False  # one target class per sample
     config_fields = MappingProxyType(
         {
             "beta": "dkd_beta",
@@ -428,6 +448,12 @@ class DKD(DistillLoss):
         t = self._teacher(teacher, self.teacher_key, like=s)
         check(
             s.shape == t.shape, self.name, f"student {tuple(s.shape)} != teacher {tuple(t.shape)}"
+        )
+        check(
+            MIX_LAMBDA not in teacher,
+            self.name,
+            "decouples at one label per sample and mixed views (MixUp, CutMix) have two; use "
+            "kd on a mixed-view cache",
         )
         T = self.temperature
         tckd, nckd = decoupled_kl(s, t, labels, T)
