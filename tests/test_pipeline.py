@@ -45,7 +45,7 @@ def write_recipe(tmp_path: Path, text: str = SMALL) -> Path:
 @pytest.mark.parametrize(
     "change, message",
     [
-        (("epochs = 2", "epochz = 2"), "in [distill]; valid: alpha, alpha_warmup_epochs"),
+        (("epochs = 2", "epochz = 2"), "in [distill]; valid: alpha, alpha_end, alpha_schedule"),
         (("[bench]", "[benchmark]"), "unknown key(s) ['benchmark'] in tiny.toml; valid:"),
         (('data = "digits"', 'dataset = "digits"'), "unknown key(s) ['dataset'] in [data]"),
         (("views = 2", "views = 2\nout = 'x'"), "unknown key(s) ['out'] in [cache]"),
@@ -146,3 +146,25 @@ def test_loss_args_table_reaches_the_distill_config(tmp_path):
     path = write_recipe(tmp_path, SMALL.replace("epochs = 2", "epochs = 2\nloss_args = 2"))
     with pytest.raises(RecipeError, match=r"loss_args must be a table: \[distill.loss_args\]"):
         load_recipe(path)
+
+
+def test_schedules_and_mixed_views_are_recipe_settings(tmp_path):
+    """A recipe's [distill] takes the α/T schedule settings and its [cache] the mixing ones,
+    by the CLI's names; a bad combination is refused when the recipe is read."""
+    from onnxkd.cache.settings import cache_config
+    from onnxkd.distill.config import DistillConfig
+    from onnxkd.settings import from_settings
+
+    schedule = 'alpha_end = 0.5\nalpha_schedule = "cosine"\n'
+    text = SMALL.replace("threads = 1\n", f"threads = 1\n{schedule}", 1)
+    text = text.replace('augment = "crop"\n', 'augment = "crop"\nmix = "cutmix"\n', 1)
+    recipe = load_recipe(write_recipe(tmp_path, text))
+    cfg = from_settings(DistillConfig, recipe.distill)
+    assert (cfg.alpha_end, cfg.alpha_schedule) == (0.5, "cosine")
+    cache = cache_config(teacher="t.onnx", **recipe.data, **recipe.cache)
+    assert cache.mix == "cutmix"
+    bad = SMALL.replace("threads = 1\n", 'threads = 1\nalpha_schedule = "cosine"\n', 1)
+    from onnxkd.errors import OnnxkdError
+
+    with pytest.raises(OnnxkdError, match="needs an end value"):
+        from_settings(DistillConfig, load_recipe(write_recipe(tmp_path, bad)).distill)

@@ -220,11 +220,15 @@ class KDTopK(_Scheduled, DistillLoss):
     The teacher's bins at temperature T: top-k class i gets `exp(v_i / T)` and the rest bin
     gets `(C − k)·(r / (C − k))^(1/T)`, then all are renormalised. This is exact at T = 1
     (the rest bin's mass is then the residual r itself). For T ≠ 1 it assumes the residual is
-    spread evenly over the C − k other classes — the same assumption the cache reader makes
-    when it rebuilds full log-probs from top-k storage — so the teacher's bins equal the
-    tempered softmax of those rebuilt logits collapsed to k + 1 bins, exactly. Treating the
-    rest as one class instead (mass r^(1/T)) would make this loss disagree with `kd` on the
-    reader's rebuilt logits at every T ≠ 1.
+    spread evenly over the C − k other classes, so the teacher's bins equal the tempered
+    softmax of the reader's rebuilt log-probs collapsed to k + 1 bins, exactly, where that
+    rebuild makes the same assumption: caches that keep no label value, and rows whose label
+    is among the top k. Where a cache keeps the label's value and the label lies outside the
+    top k, the reader rebuilds the label exactly and spreads the rest over C − k − 1 classes,
+    while this loss still folds the label into the rest bin (`CacheSection.topk` adds its
+    mass back), so the two differ there by how the rest bin is tempered. Treating the rest as
+    one class instead (mass r^(1/T)) would make this loss disagree with `kd` on the rebuilt
+    log-probs at every T ≠ 1.
 
     Relation to `kd` on the rebuilt logits: collapsing can only lose information, so this loss
     is never above it; they are equal when k = C − 1 or when the student's tempered scores are
