@@ -166,5 +166,5 @@ def test_bad_mix_settings_are_refused():
         Augmentation("crop", mix="mixdown")
     with pytest.raises(DataError, match="must be > 0"):
         Augmentation("crop", mix="mixup", mixup_alpha=0)
-    with pytest.raises(DataError, match="not supported yet"):
-        Augmentation("random-resized-crop", mix="cutmix")
+    with pytest.raises(DataError, match="number of samples"):
+        Augmentation("crop", mix="cutmix").params(np.arange(3), 0, (8, 8))

@@ -132,11 +132,6 @@ class Augmentation:
             raise DataError("the mixup and cutmix alphas (Beta distribution) must be > 0")
         if not (0 <= self.mix_prob <= 1 and 0 <= self.switch_prob <= 1):
             raise DataError("--mix-prob and --mix-switch-prob are probabilities in [0, 1]")
-        if self.mixes and self.cuts_boxes:
-            raise DataError(
-                f"mixing views of {RESIZED_CROP} is not supported yet; use it with crop, "
-                "crop-flip, strong or none"
-            )
 
     @property
     def mixes(self) -> bool:

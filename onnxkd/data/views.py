@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxkd.data.augment import Augmentation, mix_pixels
+from onnxkd.data.augment import BOX_PARAM_DTYPE, Augmentation, mix_pixels
 from onnxkd.data.source import Source
 from onnxkd.errors import DataError
 
@@ -34,12 +34,7 @@ def read_view(
     if augmentation.mixes:
         return _mixed_view(source, augmentation, indices, view, params, partner_params)
     if augmentation.cuts_boxes:
-        read_boxes = getattr(source, "read_boxes", None)
-        if read_boxes is None:
-            raise DataError(
-                f"{source.ref.data}: random-resized-crop views need a photo folder (images "
-                "decoded at their own size); use --augment crop for arrays"
-            )
+        read_boxes = _box_reader(source)
         if params is None:
             params = augmentation.params(indices, view, image_sizes=source.image_sizes(indices))
         raw, labels = read_boxes(indices, params)
@@ -60,14 +55,39 @@ def _mixed_view(
     params: np.ndarray | None,
     partner_params: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = len(source)
+    if augmentation.cuts_boxes:  # both views are boxes cut from their photos
+        read_boxes = _box_reader(source)
+        size = tuple(source.sample_shape[:2])  # the photo transform's output
+
+        def draw(which: np.ndarray) -> np.ndarray:
+            sizes = source.image_sizes(which)
+            return augmentation.params(which, view, size=size, image_sizes=sizes, n=n)
+
+        params = draw(indices) if params is None else params
+        partners = params["partner"]
+        partner_params = draw(partners) if partner_params is None else partner_params
+        own, labels = read_boxes(indices, params[list(BOX_PARAM_DTYPE.names)])
+        other = read_boxes(partners, partner_params[list(BOX_PARAM_DTYPE.names)])[0]
+        return mix_pixels(own, other, params), params, labels
     raw, labels = source.read(indices)
     size = raw.shape[1:3] if raw.ndim == 4 else (0, 0)
     if params is None:
-        params = augmentation.params(indices, view, size=size, n=len(source))
+        params = augmentation.params(indices, view, size=size, n=n)
     partners = params["partner"]
     if partner_params is None:
-        partner_params = augmentation.params(partners, view, size=size, n=len(source))
+        partner_params = augmentation.params(partners, view, size=size, n=n)
     base = augmentation.base
     own = base.apply(raw, params)
     other = base.apply(source.read(partners)[0], partner_params)
     return mix_pixels(own, other, params), params, labels
+
+
+def _box_reader(source: Source):
+    read_boxes = getattr(source, "read_boxes", None)
+    if read_boxes is None:
+        raise DataError(
+            f"{source.ref.data}: random-resized-crop views need a photo folder (images "
+            "decoded at their own size); use --augment crop for arrays"
+        )
+    return read_boxes
