@@ -22,6 +22,7 @@ Methods (same student, optimizer and lr schedule unless the method says otherwis
   kd_mix          KD on MixUp/CutMix views (timm's defaults: mixup α 0.8, cutmix α 1, one of
                   them per view): the teacher's targets are for exactly the mixed image
   dkd_b2          DKD with β 2 instead of 8 (the paper lowers β for weaker teachers)
+  dkd_lr02        DKD at lr 0.02 instead of its default 0.01
   kd_90           KD over 3x the epochs, one cached view per epoch (the patient teacher)
   kd_1000         KD on the first 100 training images of each class (1,000) alone
   kd_1000_unlabeled  the same 1,000 plus the other 3,660 training images without their labels
@@ -81,6 +82,8 @@ METHODS = {
     # DKD's β for a weaker teacher (the paper lowers it; 2 is its ImageNet ResNet-50 ->
     # MobileNet setting): this teacher is wrong on ~30% of its strong views
     "dkd_b2": Method("kd", {"loss": "dkd", "dkd_beta": 2.0}),
+    # DKD at twice its default lr: its default (0.01) comes from a 240-epoch schedule
+    "dkd_lr02": Method("kd", {"loss": "dkd", "lr": 0.02}),
     "kd_90": Method("kd", {"loss": "kd"}, epochs_x=3),
     "kd_1000": Method("kd", {"loss": "kd"}, data="labeled-1000"),
     "kd_1000_unlabeled": Method("kd", {"loss": "kd"}, data="labeled-1000", unlabeled=True),
