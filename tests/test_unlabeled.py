@@ -190,3 +190,24 @@ def test_unusable_unlabeled_settings_are_refused_in_one_line(caches, tmp_path, s
     )
     with pytest.raises(OnnxkdError, match=message):
         distill(cfg, log=lambda s: None)
+
+
+def test_a_resumed_semi_supervised_run_keeps_its_unlabeled_caches(caches, tmp_path):
+    common = {
+        "student": "small_cnn",
+        "cache": caches["labeled"],
+        "batch_size": 64,
+        "threads": 1,
+        "out": tmp_path / "run",
+        "workdir": caches["tmp"] / "ws",
+        "export": False,
+    }
+    distill(DistillConfig(**common, unlabeled=(caches["more"],), epochs=1), log=lambda s: None)
+    record = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert record["unlabeled_keys"] == [CacheReader(caches["more"]).key]
+    resumed = distill(DistillConfig(**common, epochs=2, resume=True), log=lambda s: None)
+    assert [r["epoch"] for r in resumed.history] == [0, 1]
+    record["unlabeled_keys"] = ["0" * 64]
+    (tmp_path / "run" / "config.json").write_text(json.dumps(record))
+    with pytest.raises(OnnxkdError, match="--unlabeled caches are not the ones"):
+        distill(DistillConfig(**common, epochs=3, resume=True), log=lambda s: None)

@@ -138,11 +138,22 @@ def header(cfg: DistillConfig, cache: CacheReader, device: torch.device, split: 
         chosen = "the best epoch chosen on the test split (--val-fraction 0)"
     else:
         chosen = f"{len(split.val)} held back to choose the best epoch on"
-    return (
+    line = (
         f"distill: {cfg.student}{' QAT' if cfg.qat else ''} on {device}; {_epochs(cfg.epochs)}, "
         f"batch {cfg.batch_size}, loss {cfg.loss}; cache {cache.path.name}: {data} of "
         f"{len(split.train)} samples, {chosen}"
     )
+    for name, start, end, shape in (
+        ("α", cfg.alpha, cfg.alpha_end, cfg.alpha_schedule),
+        ("T", cfg.temperature, cfg.temperature_end, cfg.temperature_schedule),
+    ):
+        if end is not None:
+            line += f"; {name} {start:g} -> {end:g} ({shape})"
+    if cfg.unlabeled:
+        line += f"; plus every sample of {len(cfg.unlabeled)} unlabeled cache(s), without labels"
+    if cache.section("train").augmentation.mixes:
+        line += "; mixed views (MixUp/CutMix), the label term mixed by each view's λ"
+    return line
 
 
 def _epochs(n: int) -> str:

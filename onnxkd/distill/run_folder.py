@@ -59,6 +59,7 @@ class RunRecord:
     # The split the best epoch is chosen on: {"split": "train", "fraction", "seed", "count"}
     # for samples held back from the train section, {"split": "eval"} for the test split.
     validation: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    unlabeled_keys: tuple[str, ...] = ()  # the --unlabeled caches' keys, in order
 
     @classmethod
     def from_dict(cls, d: Mapping, where: str = CONFIG) -> RunRecord:
@@ -75,6 +76,7 @@ class RunRecord:
                 device=str(d.get("device", "cpu")),
                 student_parameters=int(d.get("student_parameters", 0)),
                 validation=MappingProxyType(dict(d.get("validation") or {"split": "eval"})),
+                unlabeled_keys=tuple(d.get("unlabeled_keys", ())),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise DistillConfigError(f"{where} is malformed ({type(e).__name__}: {e})") from e
@@ -89,6 +91,7 @@ class RunRecord:
             "device": self.device,
             "student_parameters": self.student_parameters,
             "validation": dict(self.validation),
+            **({"unlabeled_keys": list(self.unlabeled_keys)} if self.unlabeled_keys else {}),
         }
 
 

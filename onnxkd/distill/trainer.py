@@ -178,6 +178,8 @@ def _distill(
         resume.check_cache(record, cache.key, run_dir)
     unlabeled.check_labeled(cache, cache_path)
     extra_caches = unlabeled.open_caches(cfg, cache)
+    if record is not None:
+        unlabeled.check_resumed(record, extra_caches, run_dir)
     if "eval" not in cache.sections:
         raise CacheError(
             f"cache {cache_path} has no eval section to test on; recache without --no-eval"
@@ -268,6 +270,7 @@ def _distill(
                 device=str(device),
                 student_parameters=sum(p.numel() for p in student.parameters()),
                 validation=split.record(),
+                unlabeled_keys=tuple(c.key for c in extra_caches),
             )
         )
         ws.record(training=run_dir)

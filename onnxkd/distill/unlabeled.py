@@ -15,6 +15,7 @@ from onnxkd.cache.reader import CacheReader
 from onnxkd.distill.config import DistillConfig, DistillConfigError
 from onnxkd.distill.data import CachedBatches, cached_keys
 from onnxkd.distill.losses import CompositeLoss
+from onnxkd.errors import CacheError
 
 
 def check_labeled(cache: CacheReader, cache_path: Path) -> None:
@@ -49,6 +50,16 @@ def open_caches(cfg: DistillConfig, cache: CacheReader) -> list[CacheReader]:
             )
         readers.append(other)
     return readers
+
+
+def check_resumed(record, readers: list[CacheReader], run_dir: Path) -> None:
+    """A resumed run continues on the --unlabeled caches it started with."""
+    keys = tuple(r.key for r in readers)
+    if keys != tuple(record.unlabeled_keys):
+        raise CacheError(
+            f"the --unlabeled caches are not the ones {run_dir} trained on (their keys differ "
+            "from config.json's); start a new run with --overwrite or a new -o"
+        )
 
 
 def check_objective(objective: CompositeLoss) -> None:
