@@ -485,11 +485,7 @@ def _check_mixed_views(objective: CompositeLoss, section, online: bool) -> None:
             "--online draws fresh views, and this cache's views are mixed (MixUp/CutMix) with "
             "labels mixed to match: train from the cache (drop --online)"
         )
-    single = [
-        label
-        for label, term in zip(objective.term_names, objective.terms, strict=True)
-        if not getattr(term, "takes_mixed_labels", True)
-    ]
+    single = objective.lacking("takes_mixed_labels", default=True)
     if single:
         raise DistillConfigError(
             f"loss {', '.join(single)} decouples at one label per sample, and this cache's "

@@ -64,11 +64,7 @@ def check_resumed(record, readers: list[CacheReader], run_dir: Path) -> None:
 
 def check_objective(objective: CompositeLoss) -> None:
     """Refuse losses that need a label on every sample (cross-entropy, DKD)."""
-    needing = [
-        label
-        for label, term in zip(objective.term_names, objective.terms, strict=True)
-        if not getattr(term, "takes_unlabeled", False)
-    ]
+    needing = objective.lacking("takes_unlabeled")
     if needing:
         raise DistillConfigError(
             f"--unlabeled samples have no labels, and loss {', '.join(needing)} needs one on "

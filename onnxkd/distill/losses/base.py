@@ -212,6 +212,15 @@ class CompositeLoss(DistillLoss):
             if hasattr(term, "set_progress"):
                 term.set_progress(epochs_done, epochs)
 
+    def lacking(self, capability: str, default: bool = False) -> list[str]:
+        """The labels of the terms whose class flag `capability` (e.g. "takes_unlabeled")
+        is false, the flag taken as `default` where a term does not set it."""
+        return [
+            label
+            for label, term in zip(self.term_names, self.terms, strict=True)
+            if not getattr(term, capability, default)
+        ]
+
     def schedule_state(self) -> dict[str, float]:
         """Each term's scheduled values; a term after the first prefixes its label."""
         state: dict[str, float] = {}
