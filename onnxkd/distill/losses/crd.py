@@ -29,7 +29,7 @@ EPS = 1e-7  # RepDistiller's, inside the NCE logarithms
 
 @register("crd")
 class CRD(DistillLoss):
-    """CRD with memory banks and the NCE objective of RepDistiller.
+    """Contrastive representation distillation (Tian et al., ICLR 2020): memory banks, NCE.
 
     Each side's feature ((B, C, H, W) maps are averaged over H, W first) goes through a
     learned linear head to `feat_dim` and is L2-normalised: e_s, e_t. Two memory banks of
