@@ -258,9 +258,11 @@ def test_file_lists_give_paths_labels_and_splits(photos, tmp_path):
     bad.write_text(f"{files[0]},3\nmissing/photo.jpg,4\n")
     with pytest.raises(DataError, match="1 file\\(s\\) that do not exist: .*missing/photo.jpg"):
         open_source(DataRef(str(bad)))
-    bad.write_text(f"{files[0]}\n")
-    with pytest.raises(DataError, match="row 1 has 1 column"):
+    bad.write_text(f"{files[0]},3,train,extra\n")
+    with pytest.raises(DataError, match="row 1 has 4 column"):
         open_source(DataRef(str(bad)))
+    bad.write_text(f"{files[0]}\n")  # a path alone: an unlabeled image (tests/test_unlabeled.py)
+    assert not open_source(DataRef(str(bad))).labeled
 
 
 def _teacher_without_spec(tmp_path: Path) -> Path:
