@@ -12,6 +12,8 @@ stopped midway reports what finished (`--collect` re-reads the finished runs):
     distill_methods.py --suite cifar --threads 1 --methods dkd,kd --seeds 0 &
     distill_methods.py --suite cifar --threads 1 --methods scratch_strong --seeds 0 &
     distill_methods.py --suite cifar --collect
+Run every worker from the same checkout: a cache's key holds the data's path, so a worker in
+another checkout refuses the caches the first one built ("differs in: data").
 
 Methods (same student, optimizer and lr schedule unless the method says otherwise):
   scratch_strong  cross-entropy on K views of the strong augmentation (no teacher)
