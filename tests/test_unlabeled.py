@@ -211,3 +211,24 @@ def test_a_resumed_semi_supervised_run_keeps_its_unlabeled_caches(caches, tmp_pa
     (tmp_path / "run" / "config.json").write_text(json.dumps(record))
     with pytest.raises(OnnxkdError, match="--unlabeled caches are not the ones"):
         distill(DistillConfig(**common, epochs=3, resume=True), log=lambda s: None)
+
+
+def test_the_cli_takes_unlabeled_caches_and_refuses_an_unlabeled_main_cache(cli, caches):
+    common = ("--student", "small_cnn", "--threads", "1", "--epochs", "1", "--no-export")
+    where = ("--workdir", str(caches["tmp"] / "cli-ws"))
+    refused = cli("distill", "--cache", str(caches["more"]), *common, *where)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "holds no labels: pass it as --unlabeled" in refused.stderr
+    done = cli(
+        "distill",
+        "--cache",
+        str(caches["labeled"]),
+        "--unlabeled",
+        str(caches["more"]),
+        *common,
+        *where,
+        "--batch-size",
+        "64",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "plus every sample of 1 unlabeled cache(s), without labels" in done.stdout + done.stderr
