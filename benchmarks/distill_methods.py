@@ -205,6 +205,8 @@ def train_run(args, suite: dict, caches: dict, method: str, seed: int, run: Path
         workdir=args.work / "ws",
         out=run,
         resume=RunFolder(run).last_checkpoint.exists(),
+        # a run killed before its first epoch left a record and nothing to resume: start over
+        overwrite=run.exists() and not RunFolder(run).last_checkpoint.exists(),
         bf16=not args.fp32,
         channels_last=not args.fp32,
         **spec.settings,
