@@ -122,7 +122,8 @@ def w(tmp_path_factory):
     _digits_npz(root / "as255.npz", scale=255 / 16)
     _digits_npz(root / "as01.npz", scale=1 / 16)
     (root / "trunc.npz").write_bytes((root / "nan.npz").read_bytes()[:3000])
-    np.savez(root / "nolabels.npz", x=np.zeros((10, 8, 8), np.float32))
+    # labels without samples (samples without labels are unlabeled data, tests/test_unlabeled.py)
+    np.savez(root / "nosamples.npz", y=np.zeros(10, np.int64))
     mnist = Path(shutil.copytree(ROOT / "data" / "mnist", root / "mnist_cut"))
     test_images = mnist / "t10k-images-idx3-ubyte.gz"
     test_images.write_bytes(test_images.read_bytes()[:50000])
@@ -209,7 +210,10 @@ CACHE_CASES = [
     ),
     Case("cache-teacher:truncated-npz", on_data("trunc_npz"), r"trunc.npz", absent=("c",)),
     Case(
-        "cache-teacher:npz-without-labels", on_data("nolabels_npz"), r"nolabels.npz", absent=("c",)
+        "cache-teacher:npz-without-samples",
+        on_data("nosamples_npz"),
+        r"nosamples.npz: no known sample and label arrays",
+        absent=("c",),
     ),
     Case(
         "cache-teacher:nan-sample",
@@ -320,7 +324,7 @@ CACHE_CASES.append(
     Case(
         "cache-teacher:far-below-recorded-accuracy",
         lambda w: ["cache-teacher", w["recorded_onnx"], "--data", w["swapped_npz"], "-o", "c"],
-        r"scores 56.2% on 256 labelled train samples, far below the 99.0% its metadata records",
+        r"scores 56.2% on 256 labeled train samples, far below the 99.0% its metadata records",
         absent=("c",),
     )
 )
