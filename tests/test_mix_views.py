@@ -168,3 +168,22 @@ def test_bad_mix_settings_are_refused():
         Augmentation("crop", mix="mixup", mixup_alpha=0)
     with pytest.raises(DataError, match="number of samples"):
         Augmentation("crop", mix="cutmix").params(np.arange(3), 0, (8, 8))
+
+
+def test_cache_teacher_mixes_views_from_the_cli_and_refuses_a_bad_mix(cli, mixed, tmp_path):
+    tmp, _ = mixed
+    args = ("cache-teacher", str(TEACHER), "--data", str(tmp / "data.npz"), "--views", "2")
+    bad = cli(*args, "--mix", "mixdown", "-o", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "mixdown" in bad.stderr
+    assert not (tmp_path / "bad").exists()
+    done = cli(*args, "--augment", "crop-flip", "--mix", "cutmix", "-o", str(tmp_path / "c"))
+    assert done.returncode == 0, done.stderr
+    assert "augment crop-flip + cutmix (mixup α 0.8, cutmix α 1.0, p 1.0)" in done.stdout
+    section = CacheReader(tmp_path / "c").section("train")
+    assert set(section.aug_params(np.arange(200), 1)["mix"]) == {CUTMIX}
+
+
+def test_the_policy_alone_cannot_be_applied_to_mixed_views():
+    aug = Augmentation("crop", pad=2, mix="mixup")
+    with pytest.raises(DataError, match="read with their partners"):
+        aug.view(np.zeros((2, 8, 8, 1), np.uint8), np.arange(2), 0)

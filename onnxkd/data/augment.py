@@ -138,6 +138,12 @@ class Augmentation:
         """Whether each view mixes its sample with a partner (MixUp, CutMix)."""
         return self.mix != "none"
 
+    def _refuse_mixing(self) -> None:
+        # A mixed view needs its partner's pixels, which only the source can give: applying
+        # the policy alone would silently leave the mixing out.
+        if self.mixes:
+            raise DataError("mixed views are read with their partners (onnxkd.data.views)")
+
     @property
     def base(self) -> Augmentation:
         """The policy without mixing: what each of the two mixed samples gets."""
@@ -301,6 +307,7 @@ class Augmentation:
         self, raw: np.ndarray, indices: np.ndarray, view: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """Augmented raw samples for `view` and the parameters used."""
+        self._refuse_mixing()
         if self.cuts_boxes:
             raise DataError(f"augmentation {RESIZED_CROP} is cut from photos as they decode")
         if self.is_identity:
@@ -315,6 +322,7 @@ class Augmentation:
 
     def apply(self, raw: np.ndarray, p: np.ndarray) -> np.ndarray:
         """Apply stored parameters to a batch of raw images (N, H, W, C), vectorized."""
+        self._refuse_mixing()
         if self.cuts_boxes:
             raise DataError(f"augmentation {RESIZED_CROP} is cut from photos as they decode")
         if self.is_identity:
