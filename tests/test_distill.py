@@ -247,6 +247,11 @@ BAD = [
     (("--student", "small_cnn", "--data", "data/mnist"), "fingerprints differ"),
     (("--student", "small_cnn", "--loss", "kd_topk"), "needs a top-k cache"),
     (("--student", "small_cnn", "--alpha-end", "0.5"), "needs a linear or cosine schedule"),
+    (("--student", "small_cnn", "--crd", "embedding"), "must be STUDENT:TEACHER"),
+    (
+        ("--student", "small_cnn", "--crd", "embedding:nope", "--epochs", "1"),
+        "no teacher feature 'nope'",
+    ),
     (
         ("--student", "small_cnn", "--loss", "dkd", "--alpha-schedule", "linear"),
         "--alpha-schedule: a linear schedule needs an end value",
