@@ -12,7 +12,8 @@ DEFAULT_WORKDIR = Path("onnxkd-out")
 STATE = "state.json"
 # "training" is the run last started (recorded before its first epoch, so `distill --resume`
 # finds a killed run); "run" is the last one that finished.
-KINDS = ("teacher", "cache", "training", "run", "student", "quantized")
+# "pruning" is the prune run last started (`prune --resume` continues it).
+KINDS = ("teacher", "cache", "training", "run", "student", "quantized", "pruning")
 
 # What to run to produce each kind, for the error when it is missing.
 PRODUCERS = {
@@ -22,6 +23,7 @@ PRODUCERS = {
     "run": "onnxkd distill --student …",
     "student": "onnxkd distill --student …",
     "quantized": "onnxkd quantize",
+    "pruning": "onnxkd prune --target …",
 }
 
 

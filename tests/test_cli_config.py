@@ -17,6 +17,7 @@ from onnxkd.cli import main
 from onnxkd.cli.options import parse_value
 from onnxkd.distill.config import DistillConfig
 from onnxkd.ondevice.config import ArtifactsConfig, TrainConfig
+from onnxkd.prune.config import PruneConfig
 from onnxkd.quantize.config import QuantizeConfig
 from onnxkd.settings import SettingsError
 
@@ -26,6 +27,7 @@ STAGES = {
     ("cache-teacher",): set(CACHE_SETTINGS),
     ("distill",): {f.name for f in fields(DistillConfig)},
     ("quantize",): {f.name for f in fields(QuantizeConfig)},
+    ("prune",): {f.name for f in fields(PruneConfig)},
     ("bench",): {f.name for f in fields(BenchConfig)},
     ("ondevice", "artifacts"): {f.name for f in fields(ArtifactsConfig)},
     ("ondevice", "train"): {f.name for f in fields(TrainConfig)},

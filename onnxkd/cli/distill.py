@@ -190,6 +190,17 @@ from onnxkd.distill.schedule import SHAPES
     help="With --qat: the float run to start from [default: the workspace's latest run].",
 )
 @click.option(
+    "--architecture",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A pruned student's architecture.json (written by `onnxkd prune`): train that "
+    "network, with --student its base.",
+)
+@click.option(
+    "--init-weights",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Start from these weights (a state dict of the student, e.g. a run's best.pt).",
+)
+@click.option(
     "-o",
     "--out",
     type=click.Path(file_okay=False, path_type=Path),

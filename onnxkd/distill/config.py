@@ -96,6 +96,10 @@ class DistillConfig:
     export: bool = True
     qat: bool = False
     init: Path | None = None  # with qat: the float run to start from; None: the latest run
+    # A pruned student (`onnxkd prune`): the architecture.json its channels follow, and the
+    # weights a new run starts from (a state dict of that architecture).
+    architecture: Path | None = None
+    init_weights: Path | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -200,7 +204,7 @@ class DistillConfig:
                 f"unknown distill settings {sorted(extra)}; valid: {sorted(known)}"
             )
         kw = {k: v for k, v in d.items() if k in known}
-        for key in ("cache", "workdir", "out", "init"):
+        for key in ("cache", "workdir", "out", "init", "architecture", "init_weights"):
             if kw.get(key) is not None:
                 kw[key] = Path(kw[key])
         for key in ("hints", "attention"):

@@ -136,7 +136,15 @@ def resolve_init(cfg: DistillConfig, ws: Workspace) -> DistillConfig:
             f"{student}; drop --student"
         )
     cache = cfg.cache or Path(record["cache"])
-    return replace(cfg, init=init.resolve(), student=student, cache=cache)
+    # A pruned float run's student is its pruned architecture, not the registry's.
+    architecture = cfg.architecture or record["config"].get("architecture")
+    return replace(
+        cfg,
+        init=init.resolve(),
+        student=student,
+        cache=cache,
+        architecture=Path(architecture) if architecture else None,
+    )
 
 
 def export_qat(

@@ -37,6 +37,7 @@ from onnxkd.errors import CacheError
 from onnxkd.interrupt import checkpoints
 from onnxkd.metadata import CACHE_KEY
 from onnxkd.students.for_spec import create_student_for_spec
+from onnxkd.students.pruned import read_architecture
 from onnxkd.workspace import Workspace
 
 
@@ -205,7 +206,7 @@ def _distill(
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     # Takes the cache's input as the teacher does (NHWC, NHW, flat), so its export does too.
-    student = create_student_for_spec(cfg.student, spec, cache.num_classes)
+    student = _build_student(cfg, spec, cache.num_classes)
     # --channels-last re-lays NCHW batches; other layouts reach the network already permuted.
     channels_last = cfg.channels_last and spec.layout == "NCHW"
     if cfg.qat:  # on resume the run's own checkpoint fills the weights, not the float run
@@ -351,6 +352,28 @@ def _distill(
         ws.record(run=run_dir)
     dist.close()
     return RunResult(run_dir, state.history, report)
+
+
+def _build_student(cfg: DistillConfig, spec, num_classes: int) -> nn.Module:
+    """The registry student, or the pruned architecture it was cut down to; a run given
+    starting weights loads them (a resumed run's checkpoint then replaces them)."""
+    if cfg.architecture is None:
+        student = create_student_for_spec(cfg.student, spec, num_classes)
+    else:
+        architecture = read_architecture(cfg.architecture)
+        if architecture.base != cfg.student:
+            raise DistillConfigError(
+                f"{cfg.architecture} prunes {architecture.base}, not --student {cfg.student}"
+            )
+        student = architecture.build(spec, num_classes)
+    if cfg.init_weights is not None:
+        try:
+            checkpoint.load_weights(cfg.init_weights, student)
+        except RuntimeError as e:
+            raise DistillConfigError(
+                f"{cfg.init_weights} does not fit student {cfg.student} ({str(e).splitlines()[0]})"
+            ) from e
+    return student
 
 
 def _quiet(message: str) -> None:
