@@ -168,3 +168,24 @@ def test_schedules_and_mixed_views_are_recipe_settings(tmp_path):
 
     with pytest.raises(OnnxkdError, match="needs an end value"):
         from_settings(DistillConfig, load_recipe(write_recipe(tmp_path, bad)).distill)
+
+
+def test_a_prune_stage_feeds_quantize_and_is_benched_beside_the_student(tmp_path):
+    text = SMALL.replace('student = "small_cnn_s"', 'student = "resnet8"').replace(
+        "[quantize]", '[prune]\ntarget = "params=0.5"\nepochs = 1\nthreads = 1\n[quantize]'
+    )
+    recipe = write_recipe(tmp_path, text)
+    work = tmp_path / "onnxkd-out"
+    state = run_pipeline(recipe, work, **QUIET)
+    assert [s.name for s in state.stages] == ["cache", "distill", "prune", "quantize", "bench"]
+    pruned = json.loads((state.pruned_run / "prune.json").read_text())
+    assert pruned["finished"] and pruned["init"] == str(state.run.resolve())
+    assert pruned["steps"][-1]["params"] <= 0.5 * pruned["unpruned"]["params"]
+    quantized = json.loads(Path(state.quantized).with_suffix(".json").read_text())
+    assert Path(quantized["model"]).resolve() == (state.pruned_run / "student.onnx").resolve()
+    report = (work / "pipelines" / "tiny" / "report" / "report.md").read_text()
+    assert "| pruned |" in report and "| student |" in report
+    again = run_pipeline(recipe, work, **QUIET)
+    assert all(s.skipped for s in again.stages)
+    with pytest.raises(RecipeError, match=r"\[prune\]"):
+        load_recipe(write_recipe(tmp_path, text.replace("params=0.5", "params=5")))

@@ -6,6 +6,7 @@
     [cache]     views = 10, augment = "crop"    # cache-teacher options (+ layout, size, …)
     [distill]   student = "resnet8", epochs = 10
     [distill.loss_args]  beta = 2.0            # the loss's own arguments, by name
+    [prune]     target = "params=0.5"          # optional: prune the student, KD fine-tuned
     [qat]       epochs = 3                      # optional: QAT with KD after distill
     [quantize]  max_drop = 1.0                  # optional table; present = run PTQ
     [bench]     eps = ["cpu"], batches = [1, 32]
@@ -33,6 +34,7 @@ TOP_LEVEL = (
     "data",
     "cache",
     "distill",
+    "prune",
     "qat",
     "quantize",
     "bench",
@@ -41,6 +43,7 @@ TOP_LEVEL = (
 MANAGED = {
     "cache": {"teacher", "out", "workdir", "shard", "overwrite"},
     "distill": {"cache", "data", "workdir", "out", "resume", "export", "qat", "init"},
+    "prune": {"init", "workdir", "out", "resume", "overwrite"},
     "qat": {"cache", "data", "workdir", "out", "resume", "export", "qat", "init", "student"},
     "quantize": {"model", "out", "workdir", "cache", "data", "overwrite"},
     "bench": {"models", "labels", "workdir", "out", "cache", "data", "overwrite"},
@@ -62,6 +65,7 @@ class Recipe:
     data: dict
     cache: dict
     distill: dict
+    prune: dict | None
     qat: dict | None
     quantize: dict | None
     bench: dict | None
@@ -74,6 +78,7 @@ class Recipe:
             "data": self.data,
             "cache": self.cache,
             "distill": self.distill,
+            "prune": self.prune,
             "qat": self.qat,
             "quantize": self.quantize,
             "bench": self.bench,
@@ -85,6 +90,7 @@ def load_recipe(path: Path) -> Recipe:
     from onnxkd.bench.config import BenchConfig
     from onnxkd.cache.settings import CACHE_KEYS, DATA_KEYS, SPEC_KEYS
     from onnxkd.distill.config import DistillConfig
+    from onnxkd.prune.config import PruneConfig
     from onnxkd.quantize.config import QuantizeConfig
     from onnxkd.settings import setting_names
 
@@ -113,6 +119,7 @@ def load_recipe(path: Path) -> Recipe:
     valid = {
         "cache": sorted({*CACHE_KEYS, *SPEC_KEYS} - MANAGED["cache"]),
         "distill": setting_names(DistillConfig, exclude=MANAGED["distill"]),
+        "prune": setting_names(PruneConfig, exclude=MANAGED["prune"]),
         "qat": setting_names(DistillConfig, exclude=MANAGED["qat"]),
         "quantize": setting_names(QuantizeConfig, exclude=MANAGED["quantize"]),
         "bench": setting_names(BenchConfig, exclude=MANAGED["bench"]),
@@ -142,6 +149,7 @@ def load_recipe(path: Path) -> Recipe:
         data=data,
         cache=parsed["cache"] or {},
         distill=parsed["distill"],
+        prune=parsed["prune"],
         qat=parsed["qat"],
         quantize=parsed["quantize"],
         bench=parsed["bench"],
@@ -157,10 +165,11 @@ def _check_values(name: str, teacher: Path, data: dict, tables: dict) -> None:
     from onnxkd.data.source import DataRef
     from onnxkd.data.spec import SpecOptions
     from onnxkd.distill.config import DistillConfig
+    from onnxkd.prune.config import PruneConfig
     from onnxkd.quantize.config import QuantizeConfig
 
     check_types(DataRef, data, f"{name} [data]")
-    typed = {"distill": DistillConfig, "qat": DistillConfig}
+    typed = {"distill": DistillConfig, "prune": PruneConfig, "qat": DistillConfig}
     typed |= {"quantize": QuantizeConfig, "bench": BenchConfig}
     cache = tables["cache"] or {}
     check_types(SpecOptions, cache, f"{name} [cache]")

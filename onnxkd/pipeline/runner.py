@@ -43,6 +43,7 @@ class PipelineState:
     stages: list[StageRecord] = field(default_factory=list)
     cache: Path | None = None
     run: Path | None = None
+    pruned_run: Path | None = None
     qat_run: Path | None = None
     quantized: Path | None = None
     bench: Path | None = None
@@ -65,7 +66,7 @@ def run_pipeline(
     state.root.mkdir(parents=True, exist_ok=True)
     times_file = state.root / "stage_seconds.json"
     times = read_json(times_file) if times_file.exists() else {}
-    for stage in (_cache, _distill, _qat, _quantize, _bench):
+    for stage in (_cache, _distill, _prune, _qat, _quantize, _bench):
         started = time.perf_counter()
         record = stage(state, log)
         if record is None:
@@ -137,11 +138,40 @@ def _distill(state: PipelineState, log) -> StageRecord:
     return StageRecord("distill", str(out / "student.onnx"), skipped, 0.0)
 
 
+def _prune(state: PipelineState, log) -> StageRecord | None:
+    from onnxkd.prune.config import PruneConfig
+    from onnxkd.prune.runner import RECORD, prune
+
+    if state.recipe.prune is None:
+        return None
+    out = state.root / "runs" / f"prune-{key_of(state.run.name, state.recipe.prune)}"
+    skipped = (out / "export.json").exists()
+    if not skipped:
+        cfg = from_settings(
+            PruneConfig,
+            state.recipe.prune,
+            init=state.run,
+            workdir=state.root,
+            out=out,
+            # an interrupted prune of this very stage (the folder is named by its inputs)
+            resume=(out / RECORD).exists(),
+        )
+        prune(cfg, log=log)
+    state.pruned_run = out
+    return StageRecord("prune", str(out / "student.onnx"), skipped, 0.0)
+
+
+def shipped_run(state: PipelineState) -> Path:
+    """The float run that later stages take: the pruned one where the recipe prunes."""
+    return state.pruned_run or state.run
+
+
 def _qat(state: PipelineState, log) -> StageRecord | None:
     if state.recipe.qat is None:
         return None
-    out = state.root / "runs" / f"qat-{key_of(state.run.name, state.recipe.qat)}"
-    skipped = _distill_into(state, out, state.recipe.qat, log, qat=True, init=state.run)
+    init = shipped_run(state)
+    out = state.root / "runs" / f"qat-{key_of(init.name, state.recipe.qat)}"
+    skipped = _distill_into(state, out, state.recipe.qat, log, qat=True, init=init)
     state.qat_run = out
     return StageRecord("qat", str(out / "student.int8.onnx"), skipped, 0.0)
 
@@ -153,7 +183,7 @@ def _quantize(state: PipelineState, log) -> StageRecord | None:
 
     if state.recipe.quantize is None:
         return None
-    student = state.run / "student.onnx"
+    student = shipped_run(state) / "student.onnx"
     key = key_of(sha256_file(student), state.recipe.quantize)
     out = state.root / "quantized" / f"student-{key}.int8.onnx"
     report = out.with_suffix(".json")
@@ -178,6 +208,8 @@ def _quantize(state: PipelineState, log) -> StageRecord | None:
 def bench_models(state: PipelineState) -> dict[str, Path]:
     """The models the bench stage compares, by the label the report uses."""
     models = {"teacher": state.recipe.teacher, "student": state.run / "student.onnx"}
+    if state.pruned_run:
+        models["pruned"] = state.pruned_run / "student.onnx"
     if state.quantized:
         models["int8 (PTQ)"] = state.quantized
     if state.qat_run:
