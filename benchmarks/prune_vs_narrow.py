@@ -200,7 +200,7 @@ def _write(args, rows, ratio, started) -> None:
                 "summary": _summary(rows),
                 "rows": rows,
                 "minutes": round((time.perf_counter() - started) / 60, 1),
-                "host": host_info(),
+                "host": host_info(args.threads),
             },
             indent=2,
         )
