@@ -13,6 +13,7 @@ kill continues where the work stopped, never repeating a finished step.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Callable
@@ -81,7 +82,13 @@ def prune(cfg: PruneConfig, log: Callable[[str], None] = print) -> PruneResult:
         torch.set_num_threads(cfg.threads)
     student = base_arch.build(spec, classes)
     checkpoint.load_weights(init.best_weights, student)
-    start = measure(student, spec, threads)
+    # A resumed run keeps the unpruned sizes it recorded: a re-timed latency would move the
+    # goals of steps already pruned.
+    start = (
+        Size(**read_json(out / RECORD)["unpruned"])
+        if cfg.resume
+        else measure(student, spec, threads)
+    )
     goals = _goals(target, start, cfg.steps)
     if not cfg.resume:
         out.mkdir(parents=True, exist_ok=True)
@@ -240,7 +247,7 @@ def _finish(out: Path, steps: list[dict], log: Callable[[str], None]) -> dict:
     history, offset = [], 0
     for step in steps:
         rows = RunFolder(Path(step["run"])).metrics_path.read_text().splitlines()
-        for row in map(_json, rows):
+        for row in map(json.loads, rows):
             history.append({**row, "epoch": offset + row["epoch"], "prune_step": step["step"]})
         offset += len(rows)
     write_metrics(top.metrics_path, history)
@@ -254,9 +261,3 @@ def _finish(out: Path, steps: list[dict], log: Callable[[str], None]) -> dict:
         f"{100 * final['test_accuracy']:.2f}% -> {out / 'student.onnx'}"
     )
     return top.export_report().to_dict()
-
-
-def _json(line: str) -> dict:
-    import json
-
-    return json.loads(line)
