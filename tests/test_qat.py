@@ -24,6 +24,7 @@ from onnxkd.distill import bn_fold, fake_quant, qat
 from onnxkd.distill.config import DistillConfig, DistillConfigError
 from onnxkd.distill.qdq import count_int8_ops, integer_clip, optimized_op_types
 from onnxkd.distill.trainer import distill
+from onnxkd.quantize.config import host_lacks_vnni
 from onnxkd.students import create_student, student_names
 
 FLOAT_EPOCHS = 3
@@ -88,11 +89,7 @@ def logits_step(path: Path) -> float:
 
 
 def _host_has_vnni() -> bool:
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return True  # not Linux x86: hold the strict bound
-    return "vnni" in cpuinfo or "avx2" not in cpuinfo
+    return not host_lacks_vnni()
 
 
 def test_qat_exports_an_int8_model_that_matches_torch(workspace, tmp_path):

@@ -143,6 +143,42 @@ def test_arm_target_quantizes_activations_signed(workspace, tmp_path):
     assert result.report["activation_type"] == "QInt8"
 
 
+def test_reduce_range_stores_7_bit_weights(workspace, tmp_path):
+    model = copy_student(workspace, tmp_path)
+    cfg = QuantizeConfig(model=model, workdir=workspace / "onnxkd-out", reduce_range="yes")
+    result = quantize(cfg, **QUIET)
+    proto = onnx.load(str(result.model))
+    weights = [
+        numpy_helper.to_array(t)
+        for t in proto.graph.initializer
+        if t.data_type == onnx.TensorProto.INT8 and len(t.dims) > 1
+    ]
+    # Every stored weight fits 7 bits, so u8 x s8 pair sums stay inside int16 without VNNI.
+    assert weights and max(int(abs(w.astype(int)).max()) for w in weights) <= 64
+    assert result.report["weight_bits"] == 7
+    assert abs(result.report["drop_points"]) <= 2.0
+
+
+@pytest.mark.parametrize(
+    "machine, flags, target, reduced",
+    [
+        ("x86_64", {"avx2", "fma"}, "auto", True),  # AVX2 only: products saturate
+        ("x86_64", {"avx512f", "avx512_vnni"}, "auto", False),
+        ("x86_64", {"avx2", "avx_vnni"}, "x86", False),
+        ("x86_64", None, "auto", True),  # flags unknown: the safe choice
+        ("aarch64", {"asimd"}, "auto", False),  # ARM's S8S8 kernels do not saturate
+    ],
+)
+def test_reduce_range_auto_follows_the_host(monkeypatch, machine, flags, target, reduced):
+    import onnxkd.bench.host
+    import onnxkd.quantize.config
+
+    monkeypatch.setattr(onnxkd.quantize.config.platform, "machine", lambda: machine)
+    monkeypatch.setattr(onnxkd.bench.host, "cpu_flags", lambda: flags)
+    assert QuantizeConfig(target=target).resolved_reduce_range is reduced
+    assert QuantizeConfig(target=target, reduce_range="no").resolved_reduce_range is False
+
+
 def test_accuracy_aware_mode_keeps_the_outlier_channel_float(workspace, tmp_path):
     model = copy_student(workspace, tmp_path)
     producer = "/stage1/stage1.0/conv1/conv1.0/Conv"

@@ -66,6 +66,12 @@ def host_info(threads: int | None, packages: Sequence[str] = ()) -> dict:
     return info
 
 
+def cpu_flags() -> set[str] | None:
+    """This CPU's ISA flags as Linux lists them in /proc/cpuinfo; None where it cannot be read."""
+    _, flags = _cpuinfo()
+    return flags or None
+
+
 def _cpuinfo() -> tuple[str | None, set[str]]:
     try:
         text = Path("/proc/cpuinfo").read_text()

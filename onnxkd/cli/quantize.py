@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from onnxkd.cli.options import Finite, NameChoice, log, workdir_option, workers_option
-from onnxkd.quantize.config import TARGET_CHOICES
+from onnxkd.quantize.config import REDUCE_RANGE_CHOICES, TARGET_CHOICES
 
 
 @click.command("quantize")
@@ -39,6 +39,14 @@ from onnxkd.quantize.config import TARGET_CHOICES
     default="auto",
     show_default=True,
     help="x86: uint8 activations, int8 weights (U8S8); arm: int8 both (S8S8); auto: this host.",
+)
+@click.option(
+    "--reduce-range",
+    type=click.Choice(REDUCE_RANGE_CHOICES),
+    default="auto",
+    show_default=True,
+    help="7-bit weights, for x86 CPUs without VNNI (AVX2, AVX-512F), whose U8S8 int8 products "
+    "saturate at full range; auto: when this host is one.",
 )
 @click.option(
     "--calibration",

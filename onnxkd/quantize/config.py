@@ -14,12 +14,27 @@ from onnxkd.workspace import DEFAULT_WORKDIR
 # activations with signed weights (U8S8); ARM's for signed activations (S8S8).
 TARGETS = {"x86": ("QUInt8", "QInt8"), "arm": ("QInt8", "QInt8")}
 TARGET_CHOICES = ("auto", *TARGETS)
+# x86 without VNNI (AVX2, AVX-512F) runs U8S8 products through pairwise int16 sums that
+# saturate (255 * 127 * 2 > 32767), so a full-range INT8 model there disagrees with its float
+# model. 7-bit weights (onnxruntime's reduce_range) keep every sum in range: 255 * 64 * 2 < 32767.
+REDUCE_RANGE_CHOICES = ("auto", "yes", "no")
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni")
 
 
 def host_target() -> str:
     """The preset for the machine we run on: `x86` for x86-64, `arm` for everything else."""
     machine = platform.machine().lower()
     return "x86" if machine in ("x86_64", "amd64", "i386", "i686", "x86") else "arm"
+
+
+def host_lacks_vnni() -> bool:
+    """Whether this is an x86 host whose int8 dot products saturate (no VNNI, or flags unknown)."""
+    from onnxkd.bench.host import cpu_flags
+
+    if host_target() != "x86":
+        return False
+    flags = cpu_flags()
+    return flags is None or not any(f in flags for f in VNNI_FLAGS)
 
 
 @dataclass(frozen=True)
@@ -42,6 +57,7 @@ class QuantizeConfig:
     percentile: float = 99.999
     calib_memory_mb: int = 1024  # activations held at once by entropy/percentile calibration
     per_channel: bool = True
+    reduce_range: str = "auto"  # 7-bit weights; auto: where this host is x86 without VNNI
     simplify: bool = True
     max_drop: float | None = None  # accuracy points; None: quantize everything once
     max_excluded: int = 16  # accuracy-aware mode gives up after excluding this many nodes
@@ -53,6 +69,10 @@ class QuantizeConfig:
     def __post_init__(self) -> None:
         checks = [
             (self.target in TARGET_CHOICES, f"--target must be one of {TARGET_CHOICES}"),
+            (
+                self.reduce_range in REDUCE_RANGE_CHOICES,
+                f"--reduce-range must be one of {REDUCE_RANGE_CHOICES}",
+            ),
             (
                 self.calibration in CALIBRATIONS,
                 f"--calibration must be one of {tuple(CALIBRATIONS.names())}",
@@ -75,10 +95,18 @@ class QuantizeConfig:
     def resolved_target(self) -> str:
         return host_target() if self.target == "auto" else self.target
 
+    @property
+    def resolved_reduce_range(self) -> bool:
+        """7-bit weights: asked for, or `auto` on an x86 host without VNNI quantizing for x86."""
+        if self.reduce_range != "auto":
+            return self.reduce_range == "yes"
+        return self.resolved_target == "x86" and host_lacks_vnni()
+
     def to_dict(self) -> dict:
         d = asdict(self)
         for key, value in d.items():
             if isinstance(value, Path):
                 d[key] = str(value)
         d["resolved_target"] = self.resolved_target
+        d["resolved_reduce_range"] = self.resolved_reduce_range
         return d

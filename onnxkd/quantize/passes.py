@@ -95,6 +95,7 @@ def quantize_qdq(
     weight_type: str,
     per_channel: bool,
     nodes_to_exclude: list[str] = (),
+    reduce_range: bool = False,
 ) -> PassResult:
     """`quantize_static` in QDQ format from ranges already calibrated into `calibration_cache`."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
@@ -109,6 +110,7 @@ def quantize_qdq(
         activation_type=getattr(QuantType, activation_type),
         weight_type=getattr(QuantType, weight_type),
         per_channel=per_channel,
+        reduce_range=reduce_range,  # 7-bit weights (see quantize.config.REDUCE_RANGE_CHOICES)
         nodes_to_exclude=list(nodes_to_exclude),
         # Bias as int32 and the graph's inputs and outputs in float: what the QDQ fusions expect.
         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},

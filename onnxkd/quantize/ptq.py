@@ -89,6 +89,9 @@ def quantize(cfg: QuantizeConfig, log: Callable[[str], None] = print) -> Quantiz
     steps.append(passes.name_nodes(prepared))
     for step in steps:
         log(f"  {step.name}: {step.note}")
+    if cfg.resolved_reduce_range:
+        why = "asked for" if cfg.reduce_range == "yes" else "this x86 host has no VNNI"
+        log(f"  weights: 7-bit ({why}; full-range U8S8 products saturate without VNNI)")
 
     calib_file, calib_facts = _calibrate(cfg, data, prepared, work, log)
     act_type, weight_type = TARGETS[cfg.resolved_target]
@@ -103,6 +106,7 @@ def quantize(cfg: QuantizeConfig, log: Callable[[str], None] = print) -> Quantiz
             weight_type,
             cfg.per_channel,
             excluded,
+            reduce_range=cfg.resolved_reduce_range,
         )
 
     full = work / "int8-full.onnx"
@@ -146,6 +150,7 @@ def quantize(cfg: QuantizeConfig, log: Callable[[str], None] = print) -> Quantiz
             "config": cfg.to_dict(),
             "activation_type": act_type,
             "weight_type": weight_type,
+            "weight_bits": 7 if cfg.resolved_reduce_range else 8,
             "data": data.origin,
             "calibration": calib_facts,
             "passes": [vars(s) for s in steps],

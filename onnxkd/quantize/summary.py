@@ -21,6 +21,8 @@ def summarize(result: QuantizeResult) -> str:
         ("batch-1 p50", f"{p50['float']:.3f} ms", f"{p50['int8']:.3f} ms"),
     ]
     lines = [f"{a:12} {b:>12} {c:>12}" for a, b, c in rows]
+    if r.get("weight_bits") == 7:
+        lines.append("weights: 7-bit (--reduce-range: for x86 without VNNI)")
     if r["excluded_nodes"]:
         lines.append(f"kept float: {', '.join(r['excluded_nodes'])}")
     lines += [f"int8:   {result.model}", f"report: {result.report_path}"]
