@@ -13,7 +13,8 @@ STATE = "state.json"
 # "training" is the run last started (recorded before its first epoch, so `distill --resume`
 # finds a killed run); "run" is the last one that finished.
 # "pruning" is the prune run last started (`prune --resume` continues it).
-KINDS = ("teacher", "cache", "training", "run", "student", "quantized", "pruning")
+# "sweep" is the sweep last started (`sweep --resume` continues it).
+KINDS = ("teacher", "cache", "training", "run", "student", "quantized", "pruning", "sweep")
 
 # What to run to produce each kind, for the error when it is missing.
 PRODUCERS = {
@@ -24,6 +25,7 @@ PRODUCERS = {
     "student": "onnxkd distill --student …",
     "quantized": "onnxkd quantize",
     "pruning": "onnxkd prune --target …",
+    "sweep": "onnxkd sweep --grid …",
 }
 
 

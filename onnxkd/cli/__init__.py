@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from onnxkd import __version__
-from onnxkd.cli import bench, cache, distill, ondevice, prune, quantize, run, students
+from onnxkd.cli import bench, cache, distill, ondevice, prune, quantize, run, students, sweep
 from onnxkd.cli.options import OnnxkdGroup, config_defaults
 
 __all__ = ["main"]
@@ -33,6 +33,6 @@ def main(ctx: click.Context, config: Path | None) -> None:
     ctx.default_map = config_defaults(ctx, config)
 
 
-for _module in (cache, distill, students, prune, quantize, bench, run, ondevice):
+for _module in (cache, distill, students, prune, sweep, quantize, bench, run, ondevice):
     for _command in _module.COMMANDS:
         main.add_command(_command)

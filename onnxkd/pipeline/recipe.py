@@ -7,6 +7,8 @@
     [distill]   student = "resnet8", epochs = 10
     [distill.loss_args]  beta = 2.0            # the loss's own arguments, by name
     [prune]     target = "params=0.5"          # optional: prune the student, KD fine-tuned
+    [sweep]     seeds = [0, 1], budget_ms = 1.0 # optional: many students, the budget's pick
+    [sweep.grid]  student = ["resnet8", "small_cnn"], prune = ["none", "params=0.5"]
     [qat]       epochs = 3                      # optional: QAT with KD after distill
     [quantize]  max_drop = 1.0                  # optional table; present = run PTQ
     [bench]     eps = ["cpu"], batches = [1, 32]
@@ -35,6 +37,7 @@ TOP_LEVEL = (
     "cache",
     "distill",
     "prune",
+    "sweep",
     "qat",
     "quantize",
     "bench",
@@ -44,6 +47,7 @@ MANAGED = {
     "cache": {"teacher", "out", "workdir", "shard", "overwrite"},
     "distill": {"cache", "data", "workdir", "out", "resume", "export", "qat", "init"},
     "prune": {"init", "workdir", "out", "resume", "overwrite"},
+    "sweep": {"cache", "workdir", "out", "resume", "overwrite"},
     "qat": {"cache", "data", "workdir", "out", "resume", "export", "qat", "init", "student"},
     "quantize": {"model", "out", "workdir", "cache", "data", "overwrite"},
     "bench": {"models", "labels", "workdir", "out", "cache", "data", "overwrite"},
@@ -66,6 +70,7 @@ class Recipe:
     cache: dict
     distill: dict
     prune: dict | None
+    sweep: dict | None
     qat: dict | None
     quantize: dict | None
     bench: dict | None
@@ -79,6 +84,7 @@ class Recipe:
             "cache": self.cache,
             "distill": self.distill,
             "prune": self.prune,
+            "sweep": self.sweep,
             "qat": self.qat,
             "quantize": self.quantize,
             "bench": self.bench,
@@ -93,6 +99,7 @@ def load_recipe(path: Path) -> Recipe:
     from onnxkd.prune.config import PruneConfig
     from onnxkd.quantize.config import QuantizeConfig
     from onnxkd.settings import setting_names
+    from onnxkd.sweep.config import SweepConfig
 
     path = Path(path)
     if not path.is_file():
@@ -120,6 +127,7 @@ def load_recipe(path: Path) -> Recipe:
         "cache": sorted({*CACHE_KEYS, *SPEC_KEYS} - MANAGED["cache"]),
         "distill": setting_names(DistillConfig, exclude=MANAGED["distill"]),
         "prune": setting_names(PruneConfig, exclude=MANAGED["prune"]),
+        "sweep": setting_names(SweepConfig, exclude=MANAGED["sweep"]),
         "qat": setting_names(DistillConfig, exclude=MANAGED["qat"]),
         "quantize": setting_names(QuantizeConfig, exclude=MANAGED["quantize"]),
         "bench": setting_names(BenchConfig, exclude=MANAGED["bench"]),
@@ -150,10 +158,20 @@ def load_recipe(path: Path) -> Recipe:
         cache=parsed["cache"] or {},
         distill=parsed["distill"],
         prune=parsed["prune"],
+        sweep=parsed["sweep"],
         qat=parsed["qat"],
         quantize=parsed["quantize"],
         bench=parsed["bench"],
     )
+
+
+def sweep_config(distill: dict, sweep: dict, **decided):
+    """A recipe's [sweep] as settings: its trials start from [distill] (under its own `base`)."""
+    from onnxkd.sweep.config import SweepConfig
+
+    table = dict(sweep)
+    table["base"] = {**distill, **table.get("base", {})}
+    return from_settings(SweepConfig, table, **decided)
 
 
 def _check_values(name: str, teacher: Path, data: dict, tables: dict) -> None:
@@ -167,8 +185,14 @@ def _check_values(name: str, teacher: Path, data: dict, tables: dict) -> None:
     from onnxkd.distill.config import DistillConfig
     from onnxkd.prune.config import PruneConfig
     from onnxkd.quantize.config import QuantizeConfig
+    from onnxkd.sweep.config import SweepConfig
 
     check_types(DataRef, data, f"{name} [data]")
+    if tables["sweep"] is not None and tables["prune"] is not None:
+        raise RecipeError(
+            f"{name}: [sweep] and [prune] together; a sweep prunes per trial (its grid's "
+            "`prune` values), so give one or the other"
+        )
     typed = {"distill": DistillConfig, "prune": PruneConfig, "qat": DistillConfig}
     typed |= {"quantize": QuantizeConfig, "bench": BenchConfig}
     cache = tables["cache"] or {}
@@ -182,6 +206,9 @@ def _check_values(name: str, teacher: Path, data: dict, tables: dict) -> None:
     for table, cls in typed.items():
         if tables[table] is not None:
             builds[table] = lambda cls=cls, table=table: from_settings(cls, tables[table])
+    if tables["sweep"] is not None:
+        check_types(SweepConfig, tables["sweep"], f"{name} [sweep]")
+        builds["sweep"] = lambda: sweep_config(tables["distill"], tables["sweep"])
     for table, build in builds.items():
         try:
             build()

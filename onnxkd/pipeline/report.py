@@ -29,6 +29,7 @@ def write_report(state) -> Path:
     for src, name in (
         (run.curves_path, "curves.png"),
         (state.bench / "pareto.png" if state.bench else None, "pareto.png"),
+        (state.sweep / "pareto.png" if state.sweep else None, "sweep.png"),
     ):
         if src is not None and src.exists():
             shutil.copy(src, out / name)
@@ -104,6 +105,11 @@ def _markdown(
         lines.append(
             f"| {s.name} | `{Path(s.output).relative_to(state.root.parent.parent)}` | {when} |"
         )
+    if state.sweep is not None:
+        # The whole frontier, not only the model that shipped: what the budget traded away.
+        lines += ["", "## Sweep: every trial", "", (state.sweep / "leaderboard.md").read_text()]
+        if "sweep.png" in images:
+            lines += ["![sweep: accuracy against latency](sweep.png)"]
     if "curves.png" in images:
         lines += ["", "## Training", "", "![training curves](curves.png)"]
     if "pareto.png" in images:

@@ -1,4 +1,5 @@
-"""`onnxkd run`: cache -> distill -> [qat] -> [quantize] -> bench -> report, from one recipe.
+"""`onnxkd run`: cache -> distill or sweep -> [prune] -> [qat] -> [quantize] -> bench -> report,
+from one recipe.
 
 Every stage's output lives in a folder named by a hash of its inputs (the upstream artifact's
 content key and the stage's options), and a stage counts as done only when its last file is
@@ -22,6 +23,7 @@ from onnxkd.errors import CacheError
 from onnxkd.files import read_json, sha256_file, write_json_atomic
 from onnxkd.pipeline.recipe import Recipe, load_recipe
 from onnxkd.settings import from_settings
+from onnxkd.sweep.config import SweepConfigError
 from onnxkd.workspace import DEFAULT_WORKDIR
 
 
@@ -43,6 +45,7 @@ class PipelineState:
     stages: list[StageRecord] = field(default_factory=list)
     cache: Path | None = None
     run: Path | None = None
+    sweep: Path | None = None
     pruned_run: Path | None = None
     qat_run: Path | None = None
     quantized: Path | None = None
@@ -66,7 +69,7 @@ def run_pipeline(
     state.root.mkdir(parents=True, exist_ok=True)
     times_file = state.root / "stage_seconds.json"
     times = read_json(times_file) if times_file.exists() else {}
-    for stage in (_cache, _distill, _prune, _qat, _quantize, _bench):
+    for stage in (_cache, _sweep, _distill, _prune, _qat, _quantize, _bench):
         started = time.perf_counter()
         record = stage(state, log)
         if record is None:
@@ -130,7 +133,44 @@ def _distill_into(state: PipelineState, out: Path, options: dict, log, **extra):
     return done
 
 
-def _distill(state: PipelineState, log) -> StageRecord:
+def _sweep(state: PipelineState, log) -> StageRecord | None:
+    """With [sweep]: every trial from the cache; the budget's choice is the run shipped on."""
+    from onnxkd.pipeline.recipe import sweep_config
+    from onnxkd.sweep.runner import CONFIG, RESULTS, sweep
+
+    recipe = state.recipe
+    if recipe.sweep is None:
+        return None
+    cache_key = CacheReader(state.cache, check_arrays=False).key
+    out = state.root / "sweeps" / f"sweep-{key_of(cache_key, recipe.distill, recipe.sweep)}"
+    done = (out / RESULTS).exists() and not read_json(out / RESULTS)["failures"]
+    if not done:
+        cfg = sweep_config(
+            recipe.distill,
+            recipe.sweep,
+            cache=state.cache,
+            workdir=state.root,
+            out=out,
+            resume=(out / CONFIG).exists(),  # an interrupted sweep of this very stage
+        )
+        result = sweep(cfg, log=log)
+        if result.failures:
+            raise SweepConfigError(
+                f"[sweep]: {len(result.failures)} run(s) did not finish "
+                f"({'; '.join(result.failures)}); rerun to retry them"
+            )
+    choice = read_json(out / RESULTS)["choice"]
+    if choice["chosen"] is None:
+        raise SweepConfigError(f"[sweep]: {choice['why']}")
+    state.sweep = out
+    state.run = Path(choice["shipped"]["run"])
+    log(f"[{recipe.name}] sweep chose {choice['why']}")
+    return StageRecord("sweep", str(out / RESULTS), done, 0.0)
+
+
+def _distill(state: PipelineState, log) -> StageRecord | None:
+    if state.sweep is not None:
+        return None  # the sweep's choice is the run
     cache_key = CacheReader(state.cache, check_arrays=False).key
     out = state.root / "runs" / f"distill-{key_of(cache_key, state.recipe.distill)}"
     skipped = _distill_into(state, out, state.recipe.distill, log)
