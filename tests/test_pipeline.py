@@ -189,3 +189,49 @@ def test_a_prune_stage_feeds_quantize_and_is_benched_beside_the_student(tmp_path
     assert all(s.skipped for s in again.stages)
     with pytest.raises(RecipeError, match=r"\[prune\]"):
         load_recipe(write_recipe(tmp_path, text.replace("params=0.5", "params=5")))
+
+
+SWEEP = """[sweep]
+seeds = [0]
+quantize = false
+budget_mb = 0.1
+threads = 1
+[sweep.grid]
+student = ["small_cnn_s", "resnet8"]
+[quantize]"""
+
+
+def test_a_sweep_stage_ships_its_choice_and_the_report_shows_every_trial(tmp_path):
+    recipe = write_recipe(tmp_path, SMALL.replace("[quantize]", SWEEP))
+    work = tmp_path / "onnxkd-out"
+    state = run_pipeline(recipe, work, **QUIET)
+    assert [s.name for s in state.stages] == ["cache", "sweep", "quantize", "bench"]
+    results = json.loads((state.sweep / "sweep.json").read_text())
+    chosen = results["choice"]["chosen"]
+    # resnet8 is 0.32 MB in FP32: only small_cnn_s (0.07 MB) fits 0.1 MB, so it ships.
+    assert chosen["name"] == "small_cnn_s" and chosen["mb"] <= 0.1
+    assert state.run == Path(results["choice"]["shipped"]["run"])
+    quantized = json.loads(Path(state.quantized).with_suffix(".json").read_text())
+    assert Path(quantized["model"]).resolve() == (state.run / "student.onnx").resolve()
+    report = (work / "pipelines" / "tiny" / "report" / "report.md").read_text()
+    assert "## Sweep: every trial" in report and "![sweep" in report
+    assert "| small_cnn_s |" in report and "| resnet8 |" in report  # the whole frontier
+    assert "**Chosen:** small_cnn_s (FP32)" in report
+    again = run_pipeline(recipe, work, **QUIET)
+    assert all(s.skipped for s in again.stages)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("[quantize]", '[prune]\ntarget = "params=0.5"\n[quantize]'), "[sweep] and [prune]"),
+        (("seeds = [0]", "seeds = [0]\nstudents = 2"), "unknown key(s) ['students'] in [sweep]"),
+        (('"resnet8"', '"resnet9"'), "unknown student 'resnet9'"),
+        (("budget_mb = 0.1", "budget_mb = -1"), "budget_mb must be > 0"),
+    ],
+)
+def test_bad_sweep_tables_are_refused_before_any_stage(tmp_path, change, message):
+    text = SMALL.replace("[quantize]", SWEEP).replace(*change)
+    with pytest.raises(RecipeError) as error:
+        load_recipe(write_recipe(tmp_path, text))
+    assert message in str(error.value)

@@ -17,7 +17,9 @@ SHIPPED = sorted((ROOT / "pipelines").glob("*.toml"))
 # images make one image 0.12 points, and a short schedule amplifies small differences: the
 # same code's 6-epoch bf16 student reached 47.28% on a Xeon with AMX and 42.32% on an EPYC
 # with AVX-512 BF16 (both recorded in pipelines/cifar10-subset.md).
-TOLERANCE = {"cifar10-subset": 6.0}
+# digits-sweep ships the best model on 144 validation images among candidates 0.7 points
+# apart there, so another CPU's rounding can make it ship a neighbour (96.4-98.3% on test).
+TOLERANCE = {"cifar10-subset": 6.0, "digits-sweep": 2.0}
 DEFAULT_TOLERANCE = 1.0
 ROW = re.compile(r"^\| (?P<model>[^|]+?) \| (?P<acc>[0-9.]+)% \|", re.M)
 

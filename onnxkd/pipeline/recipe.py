@@ -166,11 +166,13 @@ def load_recipe(path: Path) -> Recipe:
 
 
 def sweep_config(distill: dict, sweep: dict, **decided):
-    """A recipe's [sweep] as settings: its trials start from [distill] (under its own `base`)."""
-    from onnxkd.sweep.config import SweepConfig
+    """A recipe's [sweep] as settings: its trials start from [distill] (under its own `base`).
+    [distill]'s `seed` and `threads` give way to the sweep's `seeds` and `threads`."""
+    from onnxkd.sweep.config import DECIDED, SweepConfig
 
     table = dict(sweep)
-    table["base"] = {**distill, **table.get("base", {})}
+    shared = {k: v for k, v in distill.items() if k not in DECIDED}
+    table["base"] = {**shared, **table.get("base", {})}
     return from_settings(SweepConfig, table, **decided)
 
 

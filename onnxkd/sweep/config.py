@@ -141,8 +141,11 @@ class SweepConfig:
 
     def expand(self) -> list[Trial]:
         """The trials: each listed one under every combination of the grid, duplicates once."""
-        from onnxkd.distill.config import DistillConfig
+        from onnxkd.distill.config import DEFAULT_STUDENT, DistillConfig
+        from onnxkd.distill.losses import LOSSES
         from onnxkd.prune.config import PruneTarget
+        from onnxkd.students import STUDENTS
+        from onnxkd.students.pruned import check_prunable
         from onnxkd.settings import check_types, from_settings, setting_names
 
         listed = [dict(t) for t in self.trials] or [{}]
@@ -164,8 +167,13 @@ class SweepConfig:
                     )
                 target = merged.pop(PRUNE, None)
                 target = None if target in (None, "", NO_PRUNE) else str(target)
+                # Names and targets refused now, not when their trial's turn comes hours later.
+                student = str(merged.get("student") or DEFAULT_STUDENT)
+                STUDENTS.get(student)
+                LOSSES.get(str(merged.get("loss", "kd")))
                 if target is not None:
-                    PruneTarget.parse(target)  # a bad target is refused before any run
+                    PruneTarget.parse(target)
+                    check_prunable(student)
                 check_types(DistillConfig, merged, f"trial {merged}")
                 from_settings(DistillConfig, merged)  # ranges (α in [0, 1], …) checked too
                 trial = Trial(merged, target)

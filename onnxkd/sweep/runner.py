@@ -84,6 +84,7 @@ def sweep(cfg: SweepConfig, log: Callable[[str], None] = print) -> SweepResult:
     else:
         cache_path = cfg.cache or ws.latest("cache")
         out = cfg.out or ws.root / "sweeps" / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = Path(out).resolve()  # sweep.json's paths hold wherever it is read from
     cache = CacheReader(cache_path)
     trials = cfg.expand()
     if not cfg.resume:
