@@ -144,9 +144,9 @@ class SweepConfig:
         from onnxkd.distill.config import DEFAULT_STUDENT, DistillConfig
         from onnxkd.distill.losses import LOSSES
         from onnxkd.prune.config import PruneTarget
+        from onnxkd.settings import check_types, from_settings, setting_names
         from onnxkd.students import STUDENTS
         from onnxkd.students.pruned import check_prunable
-        from onnxkd.settings import check_types, from_settings, setting_names
 
         listed = [dict(t) for t in self.trials] or [{}]
         keys = list(self.grid)
