@@ -20,6 +20,7 @@ from onnxkd.ondevice.config import ArtifactsConfig, TrainConfig
 from onnxkd.prune.config import PruneConfig
 from onnxkd.quantize.config import QuantizeConfig
 from onnxkd.settings import SettingsError
+from onnxkd.sweep.config import SweepConfig
 
 # Options that are not settings of the stage: where a tool lives, not what it does.
 NOT_SETTINGS = {("ondevice", "artifacts"): {"env"}, ("ondevice", "train"): {"env"}}
@@ -28,6 +29,7 @@ STAGES = {
     ("distill",): {f.name for f in fields(DistillConfig)},
     ("quantize",): {f.name for f in fields(QuantizeConfig)},
     ("prune",): {f.name for f in fields(PruneConfig)},
+    ("sweep",): {f.name for f in fields(SweepConfig)},
     ("bench",): {f.name for f in fields(BenchConfig)},
     ("ondevice", "artifacts"): {f.name for f in fields(ArtifactsConfig)},
     ("ondevice", "train"): {f.name for f in fields(TrainConfig)},

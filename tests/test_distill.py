@@ -225,6 +225,28 @@ def test_other_objectives_train(workspace, tmp_path, extra):
     assert np.isfinite(row["train_loss"]) and row["val_accuracy"] > 0.3
 
 
+def test_bf16_on_a_cpu_without_bf16_arithmetic_trains_in_float32(workspace, tmp_path, monkeypatch):
+    import onnxkd.distill.trainer
+
+    monkeypatch.setattr(onnxkd.distill.trainer, "lacks_native_bf16", lambda: True)
+    root = fresh(workspace, tmp_path)
+    cfg = DistillConfig(
+        student="small_cnn_s",
+        workdir=root / "onnxkd-out",
+        epochs=1,
+        threads=1,
+        export=False,
+        out=root / "run",
+        bf16=True,
+        device="cpu",
+    )
+    messages = []
+    distill(cfg, log=messages.append)
+    assert any("no bf16 arithmetic" in m and "float32" in m for m in messages)
+    # The run's record says what it trained in.
+    assert json.loads((root / "run" / "config.json").read_text())["config"]["bf16"] is False
+
+
 BAD = [
     (("--student", "mobilenetv2_w05"), "unknown student 'mobilenetv2_w05'; did you mean"),
     (("--student", "small_cnn", "--cache", "nowhere"), "does not exist"),

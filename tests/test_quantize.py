@@ -170,11 +170,11 @@ def test_reduce_range_stores_7_bit_weights(workspace, tmp_path):
     ],
 )
 def test_reduce_range_auto_follows_the_host(monkeypatch, machine, flags, target, reduced):
-    import onnxkd.bench.host
+    import onnxkd.cpu
     import onnxkd.quantize.config
 
     monkeypatch.setattr(onnxkd.quantize.config.platform, "machine", lambda: machine)
-    monkeypatch.setattr(onnxkd.bench.host, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(onnxkd.cpu, "cpu_flags", lambda: flags)
     assert QuantizeConfig(target=target).resolved_reduce_range is reduced
     assert QuantizeConfig(target=target, reduce_range="no").resolved_reduce_range is False
 

@@ -276,3 +276,36 @@ def test_killed_sweep_resumes_with_its_worker_processes(workspace, tmp_path):
     # A run that had finished was not trained again.
     assert {p: p.stat().st_mtime_ns for p in finished} == done_before
     assert all(len(json.loads(p.read_text())) > 0 for p in out.glob("runs/*/export.json"))
+
+
+def test_a_config_file_sweep_table_fills_the_grid_and_the_trials(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    import onnxkd.sweep.runner
+    from onnxkd.cli import main
+
+    seen = {}
+
+    def fake_sweep(cfg, log):
+        seen["cfg"] = cfg
+        raise OnnxkdError("stopped here")
+
+    monkeypatch.setattr(onnxkd.sweep.runner, "sweep", fake_sweep)
+    config = tmp_path / "sweep.toml"
+    config.write_text(
+        "[sweep]\nseeds = [0, 1]\nbudget_ms = 0.5\n"
+        '[sweep.grid]\nstudent = ["resnet8", "small_cnn"]\nalpha = [0.5, 0.9]\n'
+        '[[sweep.trials]]\nloss = "kd"\n[[sweep.trials]]\nloss = "dkd"\n'
+    )
+    result = CliRunner().invoke(main, ["--config", str(config), "sweep", "--set", "epochs=3"])
+    assert "stopped here" in result.output
+    cfg = seen["cfg"]
+    assert cfg.seeds == (0, 1) and cfg.budget_ms == 0.5 and cfg.base == {"epochs": 3}
+    assert cfg.grid == {"student": ("resnet8", "small_cnn"), "alpha": (0.5, 0.9)}
+    assert [t["loss"] for t in cfg.trials] == ["kd", "dkd"]
+    assert len(cfg.expand()) == 8
+    # The same from flags.
+    flags = ["sweep", "--grid", "student=resnet8,small_cnn", "--grid", "alpha=0.5,0.9"]
+    flags += ["--trial", "loss=kd", "--trial", "loss=dkd", "--seeds", "0,1"]
+    CliRunner().invoke(main, flags)
+    assert seen["cfg"].grid == cfg.grid and seen["cfg"].trials == cfg.trials

@@ -6,7 +6,8 @@ import os
 import platform
 from collections.abc import Sequence
 from importlib import metadata
-from pathlib import Path
+
+from onnxkd.cpu import cpuinfo
 
 # The flags that decide which kernels onnxruntime and PyTorch pick (INT8 dot products, bf16).
 ISA_FLAGS = (
@@ -45,7 +46,7 @@ def host_info(threads: int | None, packages: Sequence[str] = ()) -> dict:
 
     from onnxkd import __version__
 
-    cpu, flags = _cpuinfo()
+    cpu, flags = cpuinfo()
     info = {
         "cpu": cpu or platform.processor() or platform.machine(),
         "machine": platform.machine(),
@@ -64,25 +65,3 @@ def host_info(threads: int | None, packages: Sequence[str] = ()) -> dict:
         except metadata.PackageNotFoundError:
             info[name] = "not installed"
     return info
-
-
-def cpu_flags() -> set[str] | None:
-    """This CPU's ISA flags as Linux lists them in /proc/cpuinfo; None where it cannot be read."""
-    _, flags = _cpuinfo()
-    return flags or None
-
-
-def _cpuinfo() -> tuple[str | None, set[str]]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None, set()
-    cpu, flags = None, set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "model name" and cpu is None:
-            cpu = value.strip()
-        elif key in ("flags", "Features") and not flags:
-            flags = set(value.split())
-    return cpu, flags

@@ -16,6 +16,7 @@ from torch import nn
 from onnxkd import __version__
 from onnxkd.cache.manifest import SCORES
 from onnxkd.cache.reader import CacheReader
+from onnxkd.cpu import lacks_native_bf16
 from onnxkd.distill import checkpoint, distributed, finite, qat, resume, unlabeled, validation
 from onnxkd.distill.config import (
     DEFAULT_EPOCHS,
@@ -202,6 +203,12 @@ def _distill(
         if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
         else "cpu"
     )
+    if cfg.bf16 and device.type == "cpu" and lacks_native_bf16():
+        # Without bf16 arithmetic torch's CPU autocast runs emulated kernels, many times slower
+        # than float32 (a 6-epoch CIFAR recipe took most of an hour on an AVX2-only EPYC):
+        # bf16 is a speed setting, so the run trains in float32 and says so.
+        say("--bf16: this CPU has no bf16 arithmetic (avx512_bf16/amx_bf16); training in float32")
+        cfg = replace(cfg, bf16=False)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)

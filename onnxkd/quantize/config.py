@@ -18,7 +18,6 @@ TARGET_CHOICES = ("auto", *TARGETS)
 # saturate (255 * 127 * 2 > 32767), so a full-range INT8 model there disagrees with its float
 # model. 7-bit weights (onnxruntime's reduce_range) keep every sum in range: 255 * 64 * 2 < 32767.
 REDUCE_RANGE_CHOICES = ("auto", "yes", "no")
-VNNI_FLAGS = ("avx512_vnni", "avx_vnni")
 
 
 def host_target() -> str:
@@ -29,12 +28,12 @@ def host_target() -> str:
 
 def host_lacks_vnni() -> bool:
     """Whether this is an x86 host whose int8 dot products saturate (no VNNI, or flags unknown)."""
-    from onnxkd.bench.host import cpu_flags
+    from onnxkd import cpu
 
     if host_target() != "x86":
         return False
-    flags = cpu_flags()
-    return flags is None or not any(f in flags for f in VNNI_FLAGS)
+    flags = cpu.cpu_flags()
+    return flags is None or not any(f in flags for f in cpu.VNNI_FLAGS)
 
 
 @dataclass(frozen=True)
