@@ -204,9 +204,9 @@ def _distill(
         else "cpu"
     )
     if cfg.bf16 and device.type == "cpu" and lacks_native_bf16():
-        # Without bf16 arithmetic torch's CPU autocast runs emulated kernels, many times slower
-        # than float32 (a 6-epoch CIFAR recipe took most of an hour on an AVX2-only EPYC):
-        # bf16 is a speed setting, so the run trains in float32 and says so.
+        # Without bf16 arithmetic torch's CPU autocast runs emulated kernels: a MobileNetV2 w0.5
+        # step at batch 128 took 26.3 s against float32's 2.6 s with oneDNN held to AVX2
+        # (ONEDNN_MAX_CPU_ISA=AVX2). bf16 is a speed setting: train in float32 and say so.
         say("--bf16: this CPU has no bf16 arithmetic (avx512_bf16/amx_bf16); training in float32")
         cfg = replace(cfg, bf16=False)
     if cfg.threads:
