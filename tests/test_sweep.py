@@ -198,6 +198,8 @@ def test_sweep_from_the_workspace_with_no_paths(cli, workspace, tmp_path):
     # Rerunning into the used folder needs a word; --resume finds nothing left to do.
     refused = cli("sweep", "-o", str(out), cwd=root)
     assert refused.returncode == 1 and "pass --resume" in refused.stderr
+    changed = cli("sweep", "--resume", "--grid", "alpha=0.5", cwd=root)
+    assert changed.returncode == 1 and "drop --trial, --grid and --set" in changed.stderr
     resumed = cli("sweep", "--resume", cwd=root)
     assert resumed.returncode == 0, resumed.stderr
     assert "[1/" not in resumed.stderr  # no job ran again, and no model was timed again

@@ -21,6 +21,8 @@ from onnxkd.errors import OnnxkdError
 
 RESUME_HINTS = {
     "distill": "`onnxkd distill --resume` continues the run from its last finished epoch",
+    "prune": "`onnxkd prune --resume` continues the step it was in",
+    "sweep": "`onnxkd sweep --resume` keeps the finished runs and continues the others",
 }
 
 

@@ -67,6 +67,11 @@ def sweep(cfg: SweepConfig, log: Callable[[str], None] = print) -> SweepResult:
     started = time.perf_counter()
     ws = Workspace(cfg.workdir)
     if cfg.resume:
+        if cfg.trials or cfg.grid or cfg.base:
+            raise SweepConfigError(
+                "--resume continues the recorded sweep with its own trials; drop --trial, "
+                "--grid and --set, or start a new sweep (-o NEW_FOLDER)"
+            )
         out = cfg.out or ws.latest("sweep")
         if not (out / CONFIG).exists():
             raise SweepConfigError(f"{out} has no {CONFIG}: no sweep to resume there")
