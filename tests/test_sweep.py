@@ -164,16 +164,21 @@ def test_the_choice_uses_validation_and_never_the_test_split():
 
 def test_sweep_from_the_workspace_with_no_paths(cli, workspace, tmp_path):
     root = fresh(workspace, tmp_path)
-    args = ["sweep", "--grid", "student=small_cnn_s,resnet8", "--grid", "prune=none,params=0.5"]
-    args += ["--set", "epochs=4", "--prune-epochs", "2", "--seeds", "0,1", "--budget-mb", "0.05"]
+    # A list of trials: small_cnn_s as it is, resnet8 and resnet8 pruned to half (one distill
+    # run per seed shared by the two resnet8 trials).
+    args = ["sweep", "--trial", "student=small_cnn_s", "--trial", "student=resnet8"]
+    args += ["--trial", "student=resnet8 prune=params=0.5", "--set", "epochs=4"]
+    args += ["--prune-epochs", "2", "--seeds", "0,1", "--budget-mb", "0.05"]
     result = cli(*args, "--threads", "1", cwd=root, timeout=600)
     assert result.returncode == 0, result.stderr
     out = Path(state_of(root)["sweep"])
     assert out.parent == (root / "onnxkd-out" / "sweeps").resolve()
     report = json.loads((out / "sweep.json").read_text())
-    # 4 trials x 2 seeds, each evaluated in FP32 and INT8, all timed.
-    assert len(report["entries"]) == 8 and not report["failures"]
-    assert len(report["candidates"]) == 8
+    # 3 trials x 2 seeds, each evaluated in FP32 and INT8, all timed.
+    assert len(report["entries"]) == 6 and not report["failures"]
+    assert len(report["candidates"]) == 6
+    assert len(list(out.glob("runs/distill-*"))) == 4  # 2 students x 2 seeds
+    assert len(list(out.glob("runs/prune-*"))) == 2
     assert all(c["seeds"] == 2 and c["latency_ms"] > 0 for c in report["candidates"])
     for entry in report["entries"]:
         models = entry["eval"]["models"]
