@@ -42,3 +42,23 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def claim_folder(
+    out: Path, marker: str, kind: str, overwrite: bool, error: type[Exception], log
+) -> None:
+    """Make `out` ours: new or empty, or with `overwrite` a folder of this `kind` (it holds
+    `marker`), which is removed. Anything else a user made there is refused, never deleted."""
+    import shutil
+
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not (out / marker).exists():
+        raise error(f"{out} is not empty and holds no {kind}; pass a new or empty folder with -o")
+    if not overwrite:
+        raise error(
+            f"{out} already holds a {kind}; pass --resume to continue it, --overwrite to "
+            "replace it, or a new folder with -o"
+        )
+    shutil.rmtree(out)
+    log(f"--overwrite: removed the previous {kind} in {out}")

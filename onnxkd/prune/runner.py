@@ -28,7 +28,7 @@ from onnxkd.distill.config import DistillConfig
 from onnxkd.distill.history import plot_curves, write_metrics
 from onnxkd.distill.run_folder import RunFolder, RunFolderError
 from onnxkd.distill.trainer import distill
-from onnxkd.files import read_json, write_json_atomic
+from onnxkd.files import claim_folder, read_json, write_json_atomic
 from onnxkd.prune.config import FINETUNE_LR_SCALE, PruneConfig, PruneConfigError, PruneTarget
 from onnxkd.prune.search import Size, measure, prune_to
 from onnxkd.students.pruned import (
@@ -65,7 +65,7 @@ def prune(cfg: PruneConfig, log: Callable[[str], None] = print) -> PruneResult:
     init = _finished_run(cfg.init or ws.latest("run"))
     out = cfg.out or ws.root / "runs" / f"pruned-{init.path.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not cfg.resume:
-        _claim(out, cfg.overwrite, log)
+        claim_folder(out, RECORD, "prune run", cfg.overwrite, RunFolderError, log)
     record = init.record()
     base_cfg = record.config
     base_arch = (
@@ -155,23 +155,6 @@ def _finished_run(path: Path) -> RunFolder:
     if run.record().config.qat:
         raise PruneConfigError(f"{path} is a QAT run: prune its float run, then run --qat")
     return run
-
-
-def _claim(out: Path, overwrite: bool, log: Callable[[str], None]) -> None:
-    """A new or empty folder, or with --overwrite a prune run's, which is removed."""
-    if not out.exists() or not any(out.iterdir()):
-        return
-    if not (out / RECORD).exists():
-        raise RunFolderError(
-            f"{out} is not empty and holds no prune run; pass a new or empty folder with -o"
-        )
-    if not overwrite:
-        raise RunFolderError(
-            f"{out} already holds a prune run; pass --resume to continue it, --overwrite to "
-            "replace it, or a new folder with -o"
-        )
-    shutil.rmtree(out)
-    log(f"--overwrite: removed the previous prune run in {out}")
 
 
 def _goals(target: PruneTarget, start: Size, steps: int) -> list[float]:

@@ -17,7 +17,6 @@ continues with `--resume`: finished runs are kept, unfinished ones resume from t
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -25,7 +24,7 @@ from pathlib import Path
 
 from onnxkd.cache.reader import CacheReader
 from onnxkd.distill.run_folder import RunFolder
-from onnxkd.files import read_json, write_json_atomic
+from onnxkd.files import claim_folder, read_json, write_json_atomic
 from onnxkd.sweep import leaderboard
 from onnxkd.sweep.config import SweepConfig, SweepConfigError, Trial, key_of
 from onnxkd.sweep.evaluate import EVAL
@@ -93,7 +92,7 @@ def sweep(cfg: SweepConfig, log: Callable[[str], None] = print) -> SweepResult:
     cache = CacheReader(cache_path)
     trials = cfg.expand()
     if not cfg.resume:
-        _claim(out, cfg.overwrite, log)
+        claim_folder(out, CONFIG, "sweep", cfg.overwrite, SweepConfigError, log)
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(
             out / CONFIG,
@@ -313,20 +312,3 @@ def _record_choice(ws: Workspace, shipped: dict, precision: str) -> None:
     ws.record(run=Path(shipped["run"]), student=Path(shipped["student"]))
     if precision == "int8":
         ws.record(quantized=Path(shipped["model"]))
-
-
-def _claim(out: Path, overwrite: bool, log) -> None:
-    """A new or empty folder, or with --overwrite a sweep's, which is removed."""
-    if not out.exists() or not any(out.iterdir()):
-        return
-    if not (out / CONFIG).exists():
-        raise SweepConfigError(
-            f"{out} is not empty and holds no sweep; pass a new or empty folder with -o"
-        )
-    if not overwrite:
-        raise SweepConfigError(
-            f"{out} already holds a sweep; pass --resume to continue it, --overwrite to "
-            "replace it, or a new folder with -o"
-        )
-    shutil.rmtree(out)
-    log(f"--overwrite: removed the previous sweep in {out}")
