@@ -243,6 +243,8 @@ def _label(c: dict) -> str:
 def _pct(c: dict | None, split: str) -> str:
     if not c:
         return "-"
+    if c["seeds"] < 2:  # one seed has no spread to show
+        return f"{100 * c[f'{split}_mean']:.2f}%"
     return f"{100 * c[f'{split}_mean']:.2f} ± {100 * c[f'{split}_std']:.2f}%"
 
 
