@@ -232,6 +232,7 @@ def test_a_budget_nothing_meets_is_one_line_after_the_leaderboard(cli, workspace
         (["--seeds", "0,x"], "comma-separated list of int"),
         (["--jobs", "0"], "--jobs"),
         (["--cache", "nowhere"], "nowhere"),
+        (["--ep", "tensorrt"], "execution provider 'tensorrt'"),
     ],
 )
 def test_bad_inputs_get_one_line(cli, workspace, tmp_path, args, message):

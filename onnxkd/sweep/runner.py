@@ -25,6 +25,7 @@ from pathlib import Path
 from onnxkd.cache.reader import CacheReader
 from onnxkd.distill.run_folder import RunFolder
 from onnxkd.files import claim_folder, read_json, write_json_atomic
+from onnxkd.providers import resolve_provider
 from onnxkd.sweep import leaderboard
 from onnxkd.sweep.config import SweepConfig, SweepConfigError, Trial, key_of
 from onnxkd.sweep.evaluate import EVAL
@@ -89,6 +90,7 @@ def sweep(cfg: SweepConfig, log: Callable[[str], None] = print) -> SweepResult:
         cache_path = cfg.cache or ws.latest("cache")
         out = cfg.out or ws.root / "sweeps" / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
     out = Path(out).resolve()  # sweep.json's paths hold wherever it is read from
+    resolve_provider(cfg.ep)  # a provider this build lacks, refused before hours of training
     cache = CacheReader(cache_path)
     trials = cfg.expand()
     if not cfg.resume:
