@@ -189,6 +189,17 @@ def _summary(rows: list[dict]) -> dict:
 
 
 def _write(args, rows, ratio, started) -> None:
+    """The results file, with the rows of other seeds that another process running the same
+    settings (`--seeds` split between processes) has written there kept."""
+    ours = {r["seed"] for r in rows}
+    if OUT.exists():
+        old = json.loads(OUT.read_text())
+        flags = f"--wide-epochs {args.wide_epochs} --prune-epochs {args.prune_epochs} "
+        same = old.get("settings", _settings(args)) == _settings(args) and flags in old["command"]
+        rows = sorted(
+            rows + [r for r in old["rows"] if same and r["seed"] not in ours],
+            key=lambda r: r["seed"],
+        )
     OUT.write_text(
         json.dumps(
             {
@@ -196,15 +207,20 @@ def _write(args, rows, ratio, started) -> None:
                 "command": "benchmarks/prune_vs_narrow.py "
                 f"--seeds {args.seeds} --wide-epochs {args.wide_epochs} "
                 f"--prune-epochs {args.prune_epochs} --threads {args.threads}",
+                "settings": _settings(args),
                 "params_ratio": ratio,
                 "summary": _summary(rows),
                 "rows": rows,
-                "minutes": round((time.perf_counter() - started) / 60, 1),
+                "minutes_this_process": round((time.perf_counter() - started) / 60, 1),
                 "host": host_info(args.threads),
             },
             indent=2,
         )
     )
+
+
+def _settings(args) -> dict:
+    return {"wide_epochs": args.wide_epochs, "prune_epochs": args.prune_epochs}
 
 
 if __name__ == "__main__":
