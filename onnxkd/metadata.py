@@ -24,6 +24,10 @@ ONDEVICE = "onnxkd.ondevice"  # on-device training: the settings of the last run
 # A teacher's measured top-1 accuracy (a fraction), if its maker recorded one: cache-teacher
 # refuses data on which the teacher scores far below it (the wrong preprocessing, most often).
 TEACHER_ACCURACY = "onnxkd.teacher_accuracy"
+# A temperature fitted to the student's logits (`distill --fit-temperature`), as JSON: the value,
+# the split it was fitted on and that split's NLL before and after. The graph is unchanged (the
+# argmax does not move); bench and quantize report calibration with and without it.
+TEMPERATURE = "onnxkd.temperature"
 
 
 def read_metadata(model: Path | str | onnx.ModelProto) -> dict[str, str]:

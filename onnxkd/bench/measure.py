@@ -59,24 +59,31 @@ def node_placement(path: Path, ep: ExecutionProvider, feeds: dict, threads: int 
 
 @dataclass(frozen=True)
 class Score:
-    """Top-1 accuracy over the validation samples, and how many of them gave NaN or Inf."""
+    """Top-1 accuracy over the validation samples, how many of them gave NaN or Inf, and the
+    scores and labels themselves (for calibration and per-class figures)."""
 
     accuracy: float
     samples: int
     non_finite: int
+    scores: np.ndarray | None = None
+    labels: np.ndarray | None = None
 
 
 def accuracy(session, batches, output: str | None = None) -> Score:
     """Top-1 accuracy of `session` over (input, label) batches, counting non-finite outputs:
     argmax over NaN picks an arbitrary class, so such an accuracy describes a broken model."""
     name = session.get_inputs()[0].name
-    hits = count = non_finite = 0
+    all_scores, all_labels = [], []
     for x, labels in batches:
-        scores = as_scores(session.run([output] if output else None, {name: x})[0], len(x))
-        non_finite += count_non_finite(scores)
-        hits += int((scores.argmax(axis=1) == labels).sum())
-        count += len(labels)
-    return Score(hits / max(count, 1), count, non_finite)
+        all_scores.append(
+            as_scores(session.run([output] if output else None, {name: x})[0], len(x))
+        )
+        all_labels.append(np.asarray(labels))
+    if not all_scores:
+        return Score(0.0, 0, 0)
+    scores, labels = np.concatenate(all_scores), np.concatenate(all_labels)
+    hits = int((scores.argmax(axis=1) == labels).sum())
+    return Score(hits / len(labels), len(labels), count_non_finite(scores), scores, labels)
 
 
 def as_scores(out, samples: int) -> np.ndarray:

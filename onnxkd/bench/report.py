@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from onnxkd.bench import quality_report
 from onnxkd.files import write_json_atomic
 
 # What a finished run leaves in its folder. bench.json is written last: when it is there, the
 # rest of the result is too.
-RESULT_FILES = ("bench.json", "bench.md", "pareto.png")
+RESULT_FILES = ("bench.json", "bench.md", "pareto.png", *quality_report.PLOTS)
 MEMORY_NOTE = (
     "own peak MB: the resident memory a fresh process adds by loading this model alone and "
     "running it at this batch (its peak less its size just before the session was created)"
@@ -108,6 +109,7 @@ def markdown(document: dict) -> str:
                 f"{', '.join(m['unsupported_ops']) or 'none'}; ORT format: `{m['ort_model']}`."
             )
             lines += [f"  - {note}" for note in m.get("notes", [])]
+    lines += quality_report.markdown_lines(document)
     return "\n".join(lines) + "\n"
 
 
@@ -218,6 +220,7 @@ def write_all(document: dict, out: Path) -> dict[str, Path]:
         paths["plot"] = plot
     else:
         (out / "pareto.png").unlink(missing_ok=True)
+    paths.update(quality_report.write_plots(document, out))
     write_json_atomic(paths["json"], json.loads(json.dumps(document, default=str)))
     return paths
 

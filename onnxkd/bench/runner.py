@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxkd.bench import measure, report
+from onnxkd.bench import measure, quality, report
 from onnxkd.bench.config import BenchConfig, BenchError
 from onnxkd.bench.host import host_info
 from onnxkd.bench.memory import own_peak_mb
@@ -69,8 +69,12 @@ def bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> BenchResult:
         attach_data(models, cfg.workdir, cfg.cache, cfg.data, log, cfg.workers)
     static = {m.label: _static_facts(m) for m in models}
     rows: list[dict] = []
+    qualities: dict[str, dict] = {}
     for ep_name in eps:
-        rows += _bench_ep(cfg, ep_name, models, static, log)
+        ep_rows, ep_quality = _bench_ep(cfg, ep_name, models, static, log)
+        rows += ep_rows
+        if ep_quality:
+            qualities[ep_name] = ep_quality
     if len(eps) == 1 and rows and all(r["status"] == "error" for r in rows):
         raise ProviderError(f"nothing could be timed on {eps[0]}: {rows[0]['error']}")
     noisy = [f"{r['model']}/{r['ep']}/b{r['batch']}" for r in rows if r.get("cv", 0) > cfg.cv_warn]
@@ -87,6 +91,8 @@ def bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> BenchResult:
             m.label: {"path": str(m.path), **static[m.label], "data": _origin(m)} for m in models
         },
         "rows": rows,
+        "quality": {ep: quality.for_json(q) for ep, q in qualities.items()},
+        "shipped": quality.shipped_model([m.label for m in models]),
         "seconds": round(time.perf_counter() - started, 1),
     }
     with writing(BenchError, f"bench results to {out}"):
@@ -118,15 +124,19 @@ def _origin(model: BenchModel) -> str | None:
     return model.data.origin if model.data else None
 
 
-def _bench_ep(cfg, ep_name: str, models: list[BenchModel], static: dict, log) -> list[dict]:
+def _bench_ep(
+    cfg, ep_name: str, models: list[BenchModel], static: dict, log
+) -> tuple[list[dict], dict]:
+    """The rows of one EP, and the quality figures of each model it scored."""
     base = [{"model": m.label, "ep": ep_name, **static[m.label]} for m in models]
     try:
         ep = resolve_provider(ep_name)
     except ProviderError as e:
         if ep_name in MOBILE_EPS:
-            return [_mobile_row(cfg, ep_name, m, b, log) for m, b in zip(models, base, strict=True)]
+            rows = [_mobile_row(cfg, ep_name, m, b, log) for m, b in zip(models, base, strict=True)]
+            return rows, {}
         log(f"{ep_name}: {e}")
-        return [{**b, "status": "error", "error": str(e)} for b in base]
+        return [{**b, "status": "error", "error": str(e)} for b in base], {}
     sessions, rows = {}, {}
     for model, b in zip(models, base, strict=True):
         try:
@@ -154,6 +164,7 @@ def _bench_ep(cfg, ep_name: str, models: list[BenchModel], static: dict, log) ->
             elif row["status"] == "ok":
                 row.update(status="error", error=failed.get((model.label, batch), "not timed"))
             result.append(row)
+    qualities = {}
     for model in models:
         score = None
         if cfg.accuracy and model.data is not None and model.label in sessions:
@@ -162,8 +173,12 @@ def _bench_ep(cfg, ep_name: str, models: list[BenchModel], static: dict, log) ->
                 if row["model"] == model.label and row["ep"] == ep_name:
                     row["accuracy"] = round(score.accuracy, 5)
                     row["non_finite_outputs"] = score.non_finite
+            if score.samples and not score.non_finite and score.scores.dtype.kind == "f":
+                names = model.data.spec.label_names
+                qualities[model.label] = quality.model_quality(score, model.path, names)
         _warn_non_finite(model.label, ep_name, score, model.label in broken, log)
-    return result
+    quality.compare(qualities, [m.label for m in models])
+    return result, qualities
 
 
 def _prepare_feeds(cfg, models, sessions, log) -> tuple[dict, dict, set]:
