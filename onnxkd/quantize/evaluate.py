@@ -16,19 +16,67 @@ def session(path: Path, threads: int | None = None):
     return ort_session(path, "cpu", threads, error=QuantizeError)
 
 
-def predictions(sessions: dict, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict:
-    """Top-1 class of every validation sample for each session, plus the labels, in one pass
-    over the data."""
-    preds: dict[str, list[np.ndarray]] = {name: [] for name in sessions}
+def scores(sessions: dict, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict:
+    """Every validation sample's scores for each session, plus the labels, in one pass over
+    the data."""
+    out: dict[str, list[np.ndarray]] = {name: [] for name in sessions}
     labels = []
     for x, y in batches:
         for name, s in sessions.items():
-            out = s.run(None, {s.get_inputs()[0].name: x})[0]
-            preds[name].append(np.asarray(out).reshape(len(x), -1).argmax(axis=1))
+            result = s.run(None, {s.get_inputs()[0].name: x})[0]
+            out[name].append(np.asarray(result).reshape(len(x), -1))
         labels.append(np.asarray(y))
-    result = {name: np.concatenate(p) for name, p in preds.items()}
+    result = {name: np.concatenate(p) for name, p in out.items()}
     result["labels"] = np.concatenate(labels)
     return result
+
+
+def predictions(sessions: dict, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict:
+    """Top-1 class of every validation sample for each session, plus the labels."""
+    return top1(scores(sessions, batches))
+
+
+def top1(scored: dict) -> dict:
+    """`scores`' result with each model's scores replaced by its top-1 classes."""
+    return {k: v if k == "labels" else v.argmax(axis=1) for k, v in scored.items()}
+
+
+def quality_report(scored: dict, names: list[str] | None, temperature: dict | None) -> dict:
+    """Calibration of the float and INT8 models and its drift, per-class accuracy, and the
+    classes INT8 lost most (flagged when one lost far more than the average)."""
+    from onnxkd.metrics import calibration as cal
+    from onnxkd.metrics import per_class
+    from onnxkd.teacher.model import numeric_kind
+
+    labels = scored["labels"]
+    report: dict = {}
+    for name in ("float", "int8"):
+        kind = numeric_kind(scored[name])
+        figures = cal.calibration(cal.as_probabilities(scored[name], kind), labels)
+        report[name] = {"score_kind": kind, "calibration": figures.to_dict()}
+        if temperature:
+            scaled = cal.as_probabilities(scored[name], kind, temperature["temperature"])
+            report[name]["temperature_scaled"] = cal.calibration(scaled, labels).to_dict()
+    report["calibration_drift"] = cal.drift(
+        cal.Calibration.from_dict(report["float"]["calibration"]),
+        cal.Calibration.from_dict(report["int8"]["calibration"]),
+    )
+    classes = scored["float"].shape[1]
+    class_names = per_class.class_names(names, classes)
+    predicted = top1(scored)
+    for name in ("float", "int8"):
+        counts = per_class.confusion_matrix(labels, predicted[name], classes)
+        report[name]["per_class_accuracy"] = [
+            None if np.isnan(a) else round(float(a), 5)
+            for a in per_class.per_class_accuracy(counts)
+        ]
+    losses = per_class.class_losses(labels, predicted["float"], predicted["int8"], class_names)
+    report["class_names"] = class_names
+    report["worst_classes"] = [c.to_dict() for c in losses[:5]]
+    report["flagged_classes"] = [c.to_dict() for c in losses if c.flagged]
+    if temperature:
+        report["temperature"] = temperature
+    return report
 
 
 def accuracy_report(preds: dict, reference: str = "float") -> dict:

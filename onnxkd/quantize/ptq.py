@@ -27,7 +27,7 @@ from onnxkd.cache.for_model import ModelData, resolve_model_data
 from onnxkd.distill.run_folder import RunFolder
 from onnxkd.errors import QuantizeError
 from onnxkd.files import sha256_file, write_json_atomic
-from onnxkd.metadata import QUANTIZED, read_metadata, write_metadata
+from onnxkd.metadata import QUANTIZED, TEMPERATURE, read_metadata, write_metadata
 from onnxkd.quantize import calibration, evaluate, passes, sensitivity
 from onnxkd.quantize.config import TARGETS, QuantizeConfig
 from onnxkd.workspace import Workspace
@@ -113,10 +113,11 @@ def quantize(cfg: QuantizeConfig, log: Callable[[str], None] = print) -> Quantiz
     steps.append(quantize_to(full, []))
     log(f"  quantize: {steps[-1].note}")
     eval_batches = list(_eval_batches(cfg, data))
-    preds = evaluate.predictions(
+    scored = evaluate.scores(
         {"float": evaluate.session(src, cfg.threads), "int8": evaluate.session(full, cfg.threads)},
         eval_batches,
     )
+    preds = evaluate.top1(scored)
     accuracy = evaluate.accuracy_report(preds)
     drop = 100 * (accuracy["float_accuracy"] - accuracy["int8_accuracy"])
     log(
@@ -128,10 +129,14 @@ def quantize(cfg: QuantizeConfig, log: Callable[[str], None] = print) -> Quantiz
         final, excluded, aware = _accuracy_aware(
             cfg, data, src, prepared, work, eval_batches, preds, quantize_to, log
         )
-        preds["int8"] = evaluate.predictions(
+        scored["int8"] = evaluate.scores(
             {"int8": evaluate.session(final, cfg.threads)}, eval_batches
         )["int8"]
+        preds = evaluate.top1(scored)
         accuracy = evaluate.accuracy_report(preds)
+    quality = evaluate.quality_report(
+        scored, data.spec.label_names, json.loads(metadata.get(TEMPERATURE, "null"))
+    )
     models = {"float": src, "int8": final}
     if excluded:
         models["int8_all_nodes"] = full
@@ -156,6 +161,7 @@ def quantize(cfg: QuantizeConfig, log: Callable[[str], None] = print) -> Quantiz
             "passes": [vars(s) for s in steps],
             **accuracy,
             "drop_points": round(100 * (accuracy["float_accuracy"] - accuracy["int8_accuracy"]), 3),
+            "quality": quality,
             "excluded_nodes": excluded,
             "accuracy_aware": aware,
             "float_bytes": src.stat().st_size,

@@ -20,7 +20,24 @@ def summarize(result: QuantizeResult) -> str:
         ("size", f"{r['float_bytes'] / 1e6:.3f} MB", f"{r['int8_bytes'] / 1e6:.3f} MB"),
         ("batch-1 p50", f"{p50['float']:.3f} ms", f"{p50['int8']:.3f} ms"),
     ]
-    lines = [f"{a:12} {b:>12} {c:>12}" for a, b, c in rows]
+    quality = r.get("quality")
+    if quality:
+        f, q = quality["float"]["calibration"], quality["int8"]["calibration"]
+        rows += [
+            (
+                "ECE (15 bins)",
+                f"{100 * f['ece_equal_width']:.2f}%",
+                f"{100 * q['ece_equal_width']:.2f}%",
+            ),
+            ("NLL", f"{f['nll']:.4f}", f"{q['nll']:.4f}"),
+            ("Brier", f"{f['brier']:.4f}", f"{q['brier']:.4f}"),
+        ]
+    lines = [f"{a:13} {b:>12} {c:>12}" for a, b, c in rows]
+    for c in (quality or {}).get("flagged_classes", []):
+        lines.append(
+            f"warning: class {c['name']} lost {c['lost_points']:.1f} points under INT8, "
+            f"{c['excess_points']:.1f} more than the average class ({c['samples']} samples)"
+        )
     if r.get("weight_bits") == 7:
         lines.append("weights: 7-bit (--reduce-range: for x86 without VNNI)")
     if r["excluded_nodes"]:
