@@ -161,7 +161,8 @@ from onnxkd.distill.schedule import SHAPES
     "--resume",
     is_flag=True,
     help="Continue the workspace's latest run (or --out) after its last finished epoch; "
-    "--epochs, --device, --threads, --workers, --data, --channels-last, --bf16 and --export "
+    "--epochs, --device, --threads, --workers, --data, --channels-last, --bf16, --export and "
+    "--fit-temperature "
     "may change, "
     "other settings must be the run's.",
 )
@@ -175,6 +176,13 @@ from onnxkd.distill.schedule import SHAPES
     default=True,
     show_default=True,
     help="Export the best epoch to ONNX and check it against torch.",
+)
+@click.option(
+    "--fit-temperature",
+    is_flag=True,
+    help="Fit one temperature to the student's logits on the validation split and store it "
+    "in student.onnx's metadata: bench and quantize then report calibration with and without "
+    "it (the graph, and so every prediction, is unchanged).",
 )
 @click.option(
     "--qat",

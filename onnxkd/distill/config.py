@@ -94,6 +94,9 @@ class DistillConfig:
     resume: bool = False
     overwrite: bool = False  # replace the run in `out` (only a run folder or an empty one)
     export: bool = True
+    # Fit one temperature to the exported student's logits on the validation split and store
+    # it in the model's metadata (onnxkd.distill.temperature).
+    fit_temperature: bool = False
     qat: bool = False
     init: Path | None = None  # with qat: the float run to start from; None: the latest run
     # A pruned student (`onnxkd prune`): the architecture.json its channels follow, and the
@@ -134,6 +137,11 @@ class DistillConfig:
                 f"--val-fraction must be in [0, 1), got {self.val_fraction}",
             ),
             (self.device in ("auto", "cpu", "cuda"), "--device must be auto, cpu or cuda"),
+            (
+                not (self.fit_temperature and self.val_fraction == 0),
+                "--fit-temperature fits on the samples held back by --val-fraction; with 0 the "
+                "only split is the test split, whose figures it would flatter",
+            ),
             (
                 not (self.resume and self.overwrite),
                 "--resume continues the run in its folder and --overwrite replaces it; pass one",

@@ -17,7 +17,16 @@ from onnxkd import __version__
 from onnxkd.cache.manifest import SCORES
 from onnxkd.cache.reader import CacheReader
 from onnxkd.cpu import lacks_native_bf16
-from onnxkd.distill import checkpoint, distributed, finite, qat, resume, unlabeled, validation
+from onnxkd.distill import (
+    checkpoint,
+    distributed,
+    finite,
+    qat,
+    resume,
+    temperature,
+    unlabeled,
+    validation,
+)
 from onnxkd.distill.config import (
     DEFAULT_EPOCHS,
     DEFAULT_QAT_EPOCHS,
@@ -347,7 +356,9 @@ def _distill(
             dist.barrier()
     report = None
     if dist.is_main and cfg.export:
-        report = _export_best(run_dir, student, cfg, cache, test_batches, state, split)
+        fit_batches = (clean_select or select_batches) if cfg.fit_temperature else None
+        fit = (fit_batches, device, channels_last)
+        report = _export_best(run_dir, student, cfg, cache, test_batches, state, split, fit)
         # A QAT model is the workspace's quantized model, never its float student.
         ws.record(run=run_dir, **{"quantized" if cfg.qat else "student": Path(report["onnx"])})
         log(
@@ -355,6 +366,14 @@ def _distill(
             f"under onnxruntime (torch {100 * report['torch_accuracy']:.2f}%), max |diff| "
             f"{report['max_abs_diff']:.2e}"
         )
+        if "temperature" in report:
+            t = report["temperature"]
+            log(
+                f"temperature {t['temperature']:.3f} fitted on {t['fitted_on']}: NLL "
+                f"{t['nll_before']:.4f} -> {t['nll_after']:.4f}, ECE {t['ece_before']:.4f} -> "
+                f"{t['ece_after']:.4f} (stored in the model's metadata; bench and quantize "
+                "report calibration with and without it)"
+            )
     elif dist.is_main:
         ws.record(run=run_dir)
     dist.close()
@@ -557,17 +576,23 @@ def _export_best(
     test_batches: CachedBatches,
     state: checkpoint.State,
     split: validation.Split,
+    fit: tuple,
 ) -> dict:
-    """Export the chosen epoch and measure it, once, on the test split."""
+    """Export the chosen epoch and measure it, once, on the test split; with
+    --fit-temperature, fit a temperature on the validation split (`fit`: its batches, the
+    device, channels-last) and record it in the model."""
     run = RunFolder(run_dir)
     checkpoint.load_weights(run.best_weights, student)
     finite.check_weights(
         student, f"in {run.best_weights}", "refusing to export it; start over with --overwrite"
     )
+    metadata = {CACHE_KEY: cache.key}
+    fitted = None
+    if fit[0] is not None:
+        fitted = temperature.fit_on(student, *fit)
+        metadata.update(temperature.metadata_entry(fitted))
     export = qat.export_qat if cfg.qat else export_student
-    path = export(
-        student, cache.input_spec, run.student_path(cfg.qat), cfg.student, {CACHE_KEY: cache.key}
-    )
+    path = export(student, cache.input_spec, run.student_path(cfg.qat), cfg.student, metadata)
     batches = ((b.x, b.labels) for b in test_batches.epoch(0, 256, shuffle=False))
     # For QAT this compares onnxruntime's int8 kernels with torch's fake quantization.
     check = check_export(student, path, batches)
@@ -582,6 +607,7 @@ def _export_best(
             "epochs": len(state.history),
             "val_samples": None if split.val is None else len(split.val),
             "int8_ops": count_int8_ops(path) if cfg.qat else None,
+            **({"temperature": fitted} if fitted else {}),
         }
     )
     run.write_export_report(report)
