@@ -52,8 +52,32 @@ def test_four_command_session_from_a_clean_folder(cli, tmp_path):
     assert by_model["quantized", 1]["size_bytes"] < by_model["student", 1]["size_bytes"]
     assert document["host"]["isa_flags"] and document["host"]["onnxruntime"]
     out = tmp_path / "onnxkd-out" / "bench" / "cpu"
-    assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| teacher | cpu | 1 |" in (out / "bench.md").read_text()
+    for picture in ("pareto.png", "reliability.png", "confusion.png", "memory.png"):
+        assert (out / picture).read_bytes()[:4] == b"\x89PNG"
+    markdown = (out / "bench.md").read_text()
+    assert "| teacher | cpu | 1 |" in markdown
+    # Beyond top-1: calibration and its drift, per-class accuracy, memory, energy.
+    qualities = document["quality"]["cpu"]
+    assert document["shipped"] == "quantized"
+    for role in ("teacher", "student", "quantized"):
+        cal = qualities[role]["calibration"]
+        assert 0 <= cal["ece_equal_width"] <= 1 and 0 <= cal["ece_equal_mass"] <= 1
+        assert cal["nll"] > 0 and 0 <= cal["brier"] <= 2
+        assert len(qualities[role]["per_class_accuracy"]) == 10
+    assert qualities["quantized"]["against"]["reference"] == "student"
+    assert "ece_equal_width" in qualities["quantized"]["against"]["calibration_drift"]
+    assert qualities["student"]["against"]["reference"] == "teacher"
+    for heading in ("## Calibration", "## Per-class accuracy", "## Memory while running"):
+        assert heading in markdown
+    memory = document["graph_memory"]
+    assert [m["batch"] for m in memory["quantized"]] == [1, 8]
+    assert memory["quantized"][0]["weights_mb_by_dtype"]["int8"] > 0
+    assert memory["student"][1]["peak_activations_mb"] > memory["student"][0]["peak_activations_mb"]
+    assert {m["dominated_by"] for r in memory.values() for m in r} <= {"weights", "activations"}
+    energy = document["energy"]["cpu"]
+    if not energy["available"]:  # this host or CI has no counters: the reason, no figure
+        assert energy["reason"].startswith("not available here")
+        assert f"- cpu: {energy['reason']}" in markdown
 
 
 def sleeping_model(path):
@@ -107,6 +131,65 @@ def test_reported_p50_of_a_model_that_sleeps_a_known_time(tmp_path, monkeypatch)
     # time.sleep never returns early; the overhead of a Python op call is well under 2 ms.
     assert SLEEP_SECONDS <= row["p50_ms"] / 1e3 < SLEEP_SECONDS + 0.002
     assert row["throughput"] == pytest.approx(1 / (row["p50_ms"] / 1e3), rel=1e-3)
+
+
+def test_energy_per_inference_from_a_counter_of_known_power(tmp_path, monkeypatch):
+    # A counter that draws a constant 7 W: the report must give 7 W running and idle, and
+    # joules per inference equal to that power over the samples run per second.
+    from onnxkd.bench import energy as energy_module
+
+    counter = energy_module.EnergyCounter(
+        "rapl", "fake-package", lambda: 7.0 * time.perf_counter(), None, "the whole fake package"
+    )
+    monkeypatch.setattr(energy_module, "energy_counters", lambda ep: ([counter], None))
+    cfg = BenchConfig(
+        models=(MODELS / "digits_cnn.onnx",),
+        batches=(2, 4),
+        runs=5,
+        rounds=1,
+        warmup=1,
+        min_seconds=0,
+        energy_seconds=0.3,
+        out=tmp_path / "out",
+        accuracy=False,
+    )
+    bench(cfg, **QUIET)
+    document = json.loads((tmp_path / "out" / "bench.json").read_text())
+    found = document["energy"]["cpu"]
+    assert found["available"]
+    measured = found["models"]["digits_cnn"]
+    assert measured["batch"] == 2  # the smallest batch
+    # (the counter and bench's clock are read a few µs apart)
+    assert measured["watts"] == pytest.approx(7.0, rel=1e-3)
+    assert measured["idle_watts"] == pytest.approx(7.0, rel=1e-3)
+    samples_per_second = measured["runs"] * measured["batch"] / measured["seconds"]
+    assert measured["joules_per_inference"] == pytest.approx(7.0 / samples_per_second, rel=1e-3)
+    assert (
+        abs(measured["joules_per_inference_above_idle"]) < 0.01 * measured["joules_per_inference"]
+    )
+    assert "the whole fake package" in measured["limits"]
+    markdown = (tmp_path / "out" / "bench.md").read_text()
+    assert "| digits_cnn | 2 |" in markdown and "Limits: the whole fake package" in markdown
+
+
+def test_no_energy_figure_when_skipped(tmp_path):
+    cfg = BenchConfig(
+        models=(MODELS / "digits_cnn.onnx",),
+        batches=(1,),
+        runs=2,
+        rounds=1,
+        warmup=0,
+        min_seconds=0,
+        energy_seconds=0,
+        out=tmp_path / "out",
+        accuracy=False,
+    )
+    bench(cfg, **QUIET)
+    document = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert document["energy"]["cpu"] == {
+        "available": False,
+        "reason": "not measured: --energy-seconds 0",
+    }
 
 
 def test_an_unavailable_ep_alone_is_an_error_naming_the_package(cli, tmp_path):

@@ -67,6 +67,29 @@ def test_a_skip_connection_keeps_its_input_alive(tmp_path):
     assert memory.peak_after_node == "b"
 
 
+def test_a_weight_dequantized_in_the_graph_is_no_activation(tmp_path):
+    # QDQ: W_float = DequantizeLinear(W_int8) is computed from weights alone (onnxruntime fuses
+    # it into the MatMul): the peak is x + y, 4*b*(16+64) bytes, not W_float's 4096 more.
+    path = _save(
+        tmp_path,
+        [
+            helper.make_node("DequantizeLinear", ["Wq", "scale", "zero"], ["Wf"], name="dq"),
+            helper.make_node("MatMul", ["x", "Wf"], ["y"], name="mm"),
+        ],
+        [_value("x", ["batch", 16])],
+        [_value("y", ["batch", 64])],
+        [
+            numpy_helper.from_array(np.zeros((16, 64), np.int8), "Wq"),
+            numpy_helper.from_array(np.array(0.1, np.float32), "scale"),
+            numpy_helper.from_array(np.array(0, np.int8), "zero"),
+        ],
+    )
+    memory = graph_memory(path, 2)
+    assert memory.peak_activation_bytes == 4 * 2 * (16 + 64)
+    assert memory.peak_after_node == "mm"
+    assert memory.weights_by_dtype == {"int8": 16 * 64 + 1, "float32": 4}
+
+
 def test_weights_are_summed_per_dtype_with_constants(tmp_path):
     w16 = numpy_helper.from_array(np.zeros((8, 8), np.float16), "W16")
     w8 = numpy_helper.from_array(np.zeros((10,), np.int8), "W8")

@@ -4,7 +4,8 @@ and the peak of its activations at a batch size, beside the resident memory benc
 The activation peak walks the graph in its stored (topological) order with shapes inferred at
 that batch: a tensor is live from the node that makes it to the last node that reads it, and
 the peak is the largest sum of live tensors while one node runs (its inputs and its outputs
-at once). It is an estimate of what an allocator that frees each tensor after its last use
+at once). Tensors computed from weights alone are left out (onnxruntime folds or fuses them).
+It is an estimate of what an allocator that frees each tensor after its last use
 must hold, not onnxruntime's own plan: onnxruntime fuses nodes (fewer intermediates), may
 reuse buffers in place and keeps an arena that rounds up. Tensors whose shape cannot be
 inferred are left out and counted, so a partial figure never passes for a whole one.
@@ -66,6 +67,12 @@ def graph_memory(path: Path, batch: int) -> GraphMemory:
         notes.append(how)
     sizes = _tensor_bytes(inferred.graph)
     peak, at, unknown = _activation_peak(inferred.graph, sizes)
+    if {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in model.graph.node}:
+        notes.append(
+            "QDQ graphs: activations are counted as the float tensors between QuantizeLinear "
+            "and DequantizeLinear; onnxruntime's fused INT8 kernels hold most as 8-bit, so the "
+            "figure is an upper estimate for them"
+        )
     if any(a.type == onnx.AttributeProto.GRAPH for n in model.graph.node for a in n.attribute):
         notes.append("nodes with subgraphs (If, Loop, Scan): their inner tensors are not counted")
     return GraphMemory(batch, sum(weights.values()), weights, peak, at, unknown, notes)
@@ -132,7 +139,12 @@ def _activation_peak(graph: onnx.GraphProto, sizes: dict[str, int]) -> tuple[int
     """The largest sum of live activations while one node runs, that node, and how many
     activations had no known size."""
     weights = {t.name for t in graph.initializer}
-    weights |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    # Tensors computed from weights alone are no activations: onnxruntime folds them into
+    # initializers when the session starts, or (DequantizeLinear of an INT8 weight) fuses them
+    # into the kernel that reads them, such as QLinearConv.
+    for node in graph.node:
+        if all(name in weights for name in node.input if name):
+            weights.update(o for o in node.output if o)
     outputs = {v.name for v in graph.output}
     last_use = {}
     for i, node in enumerate(graph.node):
@@ -146,7 +158,7 @@ def _activation_peak(graph: onnx.GraphProto, sizes: dict[str, int]) -> tuple[int
     current = sum(sizes.get(name, 0) for name in live)
     peak, at = current, None
     for i, node in enumerate(graph.node):
-        if node.op_type == "Constant":
+        if all(o in weights for o in node.output if o):
             continue
         made = [o for o in node.output if o and o not in live]
         unknown |= {o for o in made if o not in sizes}

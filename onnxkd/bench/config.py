@@ -32,6 +32,8 @@ class BenchConfig:
     min_seconds: float = 0.5  # …and at least this long per round
     warmup: int = 10
     rounds: int = 3  # interleaved rounds: A B C A B C …
+    # Per model where energy counters exist: this long idle, then this long running; 0: skip.
+    energy_seconds: float = 2.0
     threads: int | None = None  # onnxruntime intra-op threads; None: onnxruntime's default
     workers: int | None = None  # photo decoding threads for the accuracy pass; None: per core
     workdir: Path = DEFAULT_WORKDIR
@@ -56,6 +58,10 @@ class BenchConfig:
             (self.rounds >= 1, f"--rounds must be >= 1, got {self.rounds}"),
             (self.warmup >= 0, f"--warmup must be >= 0, got {self.warmup}"),
             (self.min_seconds >= 0, f"--min-seconds must be >= 0, got {self.min_seconds}"),
+            (
+                self.energy_seconds >= 0,
+                f"--energy-seconds must be >= 0, got {self.energy_seconds}",
+            ),
         ]
         for ok, message in checks:
             if not ok:

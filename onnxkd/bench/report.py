@@ -5,12 +5,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from onnxkd.bench import quality_report
+from onnxkd.bench import quality_report, resources_report
 from onnxkd.files import write_json_atomic
 
 # What a finished run leaves in its folder. bench.json is written last: when it is there, the
 # rest of the result is too.
-RESULT_FILES = ("bench.json", "bench.md", "pareto.png", *quality_report.PLOTS)
+RESULT_FILES = (
+    "bench.json",
+    "bench.md",
+    "pareto.png",
+    *quality_report.PLOTS,
+    resources_report.PLOT,
+)
 MEMORY_NOTE = (
     "own peak MB: the resident memory a fresh process adds by loading this model alone and "
     "running it at this batch (its peak less its size just before the session was created)"
@@ -109,6 +115,8 @@ def markdown(document: dict) -> str:
                 f"{', '.join(m['unsupported_ops']) or 'none'}; ORT format: `{m['ort_model']}`."
             )
             lines += [f"  - {note}" for note in m.get("notes", [])]
+    lines += resources_report.memory_lines(document)
+    lines += resources_report.energy_lines(document)
     lines += quality_report.markdown_lines(document)
     return "\n".join(lines) + "\n"
 
@@ -221,6 +229,11 @@ def write_all(document: dict, out: Path) -> dict[str, Path]:
     else:
         (out / "pareto.png").unlink(missing_ok=True)
     paths.update(quality_report.write_plots(document, out))
+    memory = resources_report.memory_plot(document, out / resources_report.PLOT)
+    if memory:
+        paths["memory_plot"] = memory
+    else:
+        (out / resources_report.PLOT).unlink(missing_ok=True)
     write_json_atomic(paths["json"], json.loads(json.dumps(document, default=str)))
     return paths
 

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxkd.bench import measure, quality, report
+from onnxkd.bench import energy, measure, quality, report
+from onnxkd.bench.activations import graph_memory
 from onnxkd.bench.config import BenchConfig, BenchError
 from onnxkd.bench.host import host_info
 from onnxkd.bench.memory import own_peak_mb
@@ -70,8 +71,9 @@ def bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> BenchResult:
     static = {m.label: _static_facts(m) for m in models}
     rows: list[dict] = []
     qualities: dict[str, dict] = {}
+    energies: dict[str, dict] = {}
     for ep_name in eps:
-        ep_rows, ep_quality = _bench_ep(cfg, ep_name, models, static, log)
+        ep_rows, ep_quality, energies[ep_name] = _bench_ep(cfg, ep_name, models, static, log)
         rows += ep_rows
         if ep_quality:
             qualities[ep_name] = ep_quality
@@ -92,6 +94,8 @@ def bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> BenchResult:
         },
         "rows": rows,
         "quality": {ep: quality.for_json(q) for ep, q in qualities.items()},
+        "graph_memory": _graph_memories(models, cfg.batches, log),
+        "energy": energies,
         "shipped": quality.shipped_model([m.label for m in models]),
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -126,17 +130,18 @@ def _origin(model: BenchModel) -> str | None:
 
 def _bench_ep(
     cfg, ep_name: str, models: list[BenchModel], static: dict, log
-) -> tuple[list[dict], dict]:
-    """The rows of one EP, and the quality figures of each model it scored."""
+) -> tuple[list[dict], dict, dict]:
+    """The rows of one EP, the quality figures of each model it scored, and their energy."""
     base = [{"model": m.label, "ep": ep_name, **static[m.label]} for m in models]
     try:
         ep = resolve_provider(ep_name)
     except ProviderError as e:
         if ep_name in MOBILE_EPS:
             rows = [_mobile_row(cfg, ep_name, m, b, log) for m, b in zip(models, base, strict=True)]
-            return rows, {}
+            return rows, {}, energy.unavailable(f"not available here: {ep_name} is not timed")
         log(f"{ep_name}: {e}")
-        return [{**b, "status": "error", "error": str(e)} for b in base], {}
+        rows = [{**b, "status": "error", "error": str(e)} for b in base]
+        return rows, {}, energy.unavailable(f"not available here: {ep_name} did not run")
     sessions, rows = {}, {}
     for model, b in zip(models, base, strict=True):
         try:
@@ -164,6 +169,7 @@ def _bench_ep(
             elif row["status"] == "ok":
                 row.update(status="error", error=failed.get((model.label, batch), "not timed"))
             result.append(row)
+    energies = _energies(cfg, ep_name, sessions, feeds, log)
     qualities = {}
     for model in models:
         score = None
@@ -178,7 +184,39 @@ def _bench_ep(
                 qualities[model.label] = quality.model_quality(score, model.path, names)
         _warn_non_finite(model.label, ep_name, score, model.label in broken, log)
     quality.compare(qualities, [m.label for m in models])
-    return result, qualities
+    return result, qualities, energies
+
+
+def _energies(cfg, ep_name: str, sessions: dict, feeds: dict, log) -> dict:
+    """Joules per inference of each timed model at its smallest batch where the host has
+    counters for this EP, else why not (never an estimate)."""
+    if cfg.energy_seconds == 0:
+        return energy.unavailable("not measured: --energy-seconds 0")
+    counters, reason = energy.energy_counters(ep_name)
+    if not counters:
+        return energy.unavailable(reason or "not available here: no energy counter to read")
+    measured = {}
+    for label, session in sessions.items():
+        if not feeds.get(label):
+            continue
+        batch = min(feeds[label])
+        feed = feeds[label][batch]
+        log(f"{label} on {ep_name}: energy over {2 * cfg.energy_seconds:g} s (idle, then running)")
+        measured[label] = energy.measure_energy(
+            counters, lambda s=session, f=feed: s.run(None, f), batch, cfg.energy_seconds
+        )
+    return {"available": any(m.get("available") for m in measured.values()), "models": measured}
+
+
+def _graph_memories(models: list[BenchModel], batches, log) -> dict[str, list[dict]]:
+    """Per model and batch, its weights by dtype and activation peak read from its graph."""
+    memories = {}
+    for model in models:
+        try:
+            memories[model.label] = [graph_memory(model.path, b).to_dict() for b in batches]
+        except Exception as e:  # a figure missing for one model must not stop the benchmark
+            log(f"{model.label}: its graph's memory could not be read ({_one_line(e)})")
+    return memories
 
 
 def _prepare_feeds(cfg, models, sessions, log) -> tuple[dict, dict, set]:

@@ -37,6 +37,14 @@ from onnxkd.providers import EP_NAMES
 )
 @click.option("--warmup", type=click.IntRange(0), default=10, show_default=True)
 @click.option(
+    "--energy-seconds",
+    type=Finite(0),
+    default=2.0,
+    show_default=True,
+    help="Where the host has energy counters (RAPL, NVML): run each model this long at the "
+    "smallest batch, after as long idle, for joules per inference; 0 skips it.",
+)
+@click.option(
     "--rounds",
     type=click.IntRange(1),
     default=3,
