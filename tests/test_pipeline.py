@@ -79,9 +79,23 @@ def test_run_writes_a_report_and_reruns_only_what_is_missing(tmp_path):
     for row in ("| teacher | 99.16% |", "| student |", "| int8 (PTQ) |"):
         assert row in report
     assert "x smaller" in report and "logical cores" in report
-    for image in ("curves.png", "pareto.png"):
+    for image in ("curves.png", "pareto.png", "reliability.png", "confusion.png", "memory.png"):
         assert (report_dir / image).read_bytes()[:4] == b"\x89PNG"
         assert f"]({image})" in report
+    # Beyond top-1: calibration with the INT8 model's drift from the float student it was
+    # made from, per-class damage, memory while running, energy or why there is none.
+    for text in (
+        "## Calibration",
+        "int8 (PTQ) against student: ECE",
+        "## Per-class accuracy",
+        "## Memory while running",
+        "## Energy per inference",
+        "Confusion matrix of int8 (PTQ), the model that ships",
+    ):
+        assert text in report
+    calibration = report.split("## Calibration")[1]
+    order = [calibration.index(f"\n| {m} |") for m in ("teacher", "student", "int8 (PTQ)")]
+    assert order == sorted(order)  # the order they were made in, not bench.json's sorted keys
     resolved = json.loads((report_dir / "resolved.json").read_text())
     assert resolved["recipe"]["distill"]["epochs"] == 2 and resolved["versions"]["onnxruntime"]
 

@@ -52,4 +52,16 @@ def test_shipped_pipeline_reaches_its_readme_numbers(recipe, tmp_path):
         assert abs(produced[model] - stated) <= tolerance, (
             f"{recipe.stem}: {model} reached {produced[model]:.2f}%, README says {stated}%"
         )
-    assert (state.root / "report" / "report.md").exists()
+    report = (state.root / "report" / "report.md").read_text()
+    # Beyond top-1 (issue 18): calibration and its INT8 drift, the reliability diagram,
+    # per-class damage, memory while running, and energy or why there is none.
+    for text in (
+        "| ECE equal-width | ECE equal-mass | NLL | Brier |",
+        "int8 (PTQ) against student: ECE",
+        "![reliability](reliability.png)",
+        "## Per-class accuracy",
+        "most lost:",
+        "## Memory while running",
+        "## Energy per inference",
+    ):
+        assert text in report, f"{recipe.stem}: the report lacks {text!r}"

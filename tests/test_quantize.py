@@ -95,6 +95,24 @@ def test_quantize_from_the_workspace_with_no_arguments(cli, workspace, tmp_path)
     assert report["int8_agreement"] >= 0.95
     assert report["size_ratio"] < 0.4
     assert report["calibration"]["samples"] == 512
+    # Beyond top-1: calibration of both models and its drift, per-class accuracy, memory.
+    quality = report["quality"]
+    for model in ("float", "int8"):
+        assert quality[model]["calibration"]["nll"] > 0
+        assert len(quality[model]["per_class_accuracy"]) == 10
+    assert set(quality["calibration_drift"]) >= {
+        "ece_equal_width",
+        "ece_equal_mass",
+        "nll",
+        "brier",
+    }
+    assert len(quality["worst_classes"]) == 5
+    memory = report["memory"]
+    assert [m["batch"] for m in memory["int8"]] == [1, 32]
+    assert memory["int8"][0]["weights_mb"] < memory["float"][0]["weights_mb"]
+    assert memory["int8"][0]["weights_mb_by_dtype"]["int8"] > 0
+    for row in ("ECE (15 bins)", "NLL", "Brier", "weights", "activations@1"):
+        assert row in result.stdout
     state = json.loads((tmp_path / "onnxkd-out" / "state.json").read_text())
     assert state["quantized"] == str(int8)
     meta = {p.key: p.value for p in onnx.load(str(int8)).metadata_props}

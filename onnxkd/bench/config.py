@@ -26,6 +26,10 @@ class BenchConfig:
 
     models: tuple[Path, ...] = ()
     labels: tuple[str, ...] = ()  # names for `models` in tables and plots; default: file names
+    # Per label, the label of the model it was made from (distilled or quantized), which its
+    # calibration drift and class losses are measured against; default: workspace roles, or
+    # the first model given.
+    made_from: tuple[tuple[str, str], ...] = ()
     eps: tuple[str, ...] = ("cpu",)
     batches: tuple[int, ...] = (1, 8, 32)
     runs: int = 50  # timed runs per round, at least…
@@ -79,6 +83,7 @@ class BenchConfig:
         d = asdict(self)
         d["models"] = [str(m) for m in self.models]
         d["labels"] = list(self.labels)
+        d["made_from"] = dict(self.made_from)
         for key, value in d.items():
             if isinstance(value, Path):
                 d[key] = str(value)

@@ -69,11 +69,15 @@ def temperature_of(path: Path) -> dict | None:
     return json.loads(value) if value else None
 
 
-def compare(qualities: dict[str, dict], order: list[str]) -> None:
+def compare(
+    qualities: dict[str, dict], order: list[str], made_from: dict[str, str] | None = None
+) -> None:
     """Per model, its calibration drift and class losses against the model it was made from
-    (workspace roles), or else against the first model scored, added in place."""
+    (`made_from`, else workspace roles), or else against the first model scored, added in
+    place."""
+    known = {**MADE_FROM, **(made_from or {})}
     for label in order:
-        reference = MADE_FROM.get(label) if label in MADE_FROM else (order[0] if order else None)
+        reference = known.get(label) if label in known else (order[0] if order else None)
         if reference not in qualities or reference == label or label not in qualities:
             continue
         ref, model = qualities[reference], qualities[label]
@@ -108,8 +112,8 @@ def for_json(qualities: dict[str, dict]) -> dict[str, dict]:
 
 
 def shipped_model(labels: list[str]) -> str | None:
-    """The model a user would ship: the INT8 one if scored, else the student, else the last."""
-    for role in ("quantized", "student"):
-        if role in labels:
-            return role
+    """The model a user would ship: the workspace's INT8 one, else the last benched (bench
+    takes the workspace's and a pipeline's models in the order they were made)."""
+    if "quantized" in labels:
+        return "quantized"
     return labels[-1] if labels else None

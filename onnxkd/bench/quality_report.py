@@ -16,11 +16,18 @@ CALIBRATION_NOTE = (
 
 
 def first_scored(document: dict) -> tuple[str, dict] | None:
-    """The first EP with quality figures, and its figures per model."""
+    """The first EP with quality figures, and its figures per model in the rows' order
+    (bench.json stores its keys sorted)."""
     for ep, qualities in document.get("quality", {}).items():
         if qualities:
-            return ep, qualities
+            return ep, in_model_order(document, qualities)
     return None
+
+
+def in_model_order(document: dict, per_model: dict) -> dict:
+    """`per_model` with its models in the order bench ran them (teacher, student, INT8)."""
+    order = [*dict.fromkeys(r["model"] for r in document["rows"]), *per_model]
+    return {label: per_model[label] for label in dict.fromkeys(order) if label in per_model}
 
 
 def markdown_lines(document: dict) -> list[str]:
@@ -57,11 +64,11 @@ def markdown_lines(document: dict) -> list[str]:
                 f"{scaled['fitted_on']}, not on these samples."
             )
     lines += ["", "![reliability](reliability.png)"]
-    lines += _per_class_lines(ep, qualities)
+    lines += _per_class_lines(ep, qualities, document.get("shipped"))
     return lines
 
 
-def _per_class_lines(ep: str, qualities: dict) -> list[str]:
+def _per_class_lines(ep: str, qualities: dict, shipped: str | None) -> list[str]:
     labels = list(qualities)
     names = qualities[labels[0]]["class_names"]
     lines = ["", f"## Per-class accuracy (validation split, {ep})", ""]
@@ -95,9 +102,10 @@ def _per_class_lines(ep: str, qualities: dict) -> list[str]:
                 f"{c['standard_error_points']:.1f}, {c['samples']} samples)**: a failure top-1 "
                 f"hides; check that class's samples and what {label} was made from."
             )
-    shipped = shipped_label(qualities, None)
+    shipped = shipped_label(qualities, shipped)
     if shipped and "confusion" in qualities[shipped]:
-        lines += ["", f"Confusion matrix of {shipped}:", "", "![confusion](confusion.png)"]
+        lines += [f"\nConfusion matrix of {shipped}, the model that ships:"]
+        lines += ["", "![confusion](confusion.png)"]
     return lines
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from onnxkd.bench.quality_report import in_model_order
+
 PLOT = "memory.png"
 MEMORY_NOTE = (
     "weights: the initializers' bytes (parameters × dtype); activation peak: the largest sum of "
@@ -31,7 +33,7 @@ def memory_rows(document: dict) -> list[dict]:
     """Per model and batch: weights, activation peak, measured peak and what dominates."""
     _, peaks = measured_peaks(document)
     rows = []
-    for label, memories in document.get("graph_memory", {}).items():
+    for label, memories in in_model_order(document, document.get("graph_memory", {})).items():
         for m in memories:
             rows.append({"model": label, **m, "own_peak_mb": peaks.get((label, m["batch"]))})
     return rows
@@ -95,7 +97,7 @@ def energy_lines(document: dict) -> list[str]:
             "|---|---|---|---|---|---|",
         ]
         limits = set()
-        for label, m in found["models"].items():
+        for label, m in in_model_order(document, found["models"]).items():
             if not m.get("available"):
                 lines.append(f"| {label} | - | {m['reason']} | - | - | - |")
                 continue

@@ -183,7 +183,7 @@ def _bench_ep(
                 names = model.data.spec.label_names
                 qualities[model.label] = quality.model_quality(score, model.path, names)
         _warn_non_finite(model.label, ep_name, score, model.label in broken, log)
-    quality.compare(qualities, [m.label for m in models])
+    quality.compare(qualities, [m.label for m in models], dict(cfg.made_from))
     return result, qualities, energies
 
 

@@ -50,7 +50,7 @@ MANAGED = {
     "sweep": {"cache", "workdir", "out", "resume", "overwrite"},
     "qat": {"cache", "data", "workdir", "out", "resume", "export", "qat", "init", "student"},
     "quantize": {"model", "out", "workdir", "cache", "data", "overwrite"},
-    "bench": {"models", "labels", "workdir", "out", "cache", "data", "overwrite"},
+    "bench": {"models", "labels", "made_from", "workdir", "out", "cache", "data", "overwrite"},
 }
 
 

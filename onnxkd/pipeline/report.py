@@ -11,10 +11,14 @@ import platform
 import shutil
 from pathlib import Path
 
+from onnxkd.bench import quality_report, resources_report
 from onnxkd.cache.manifest import Manifest
 from onnxkd.cache.reader import CacheReader
 from onnxkd.distill.run_folder import ExportReport, RunFolder, RunRecord
 from onnxkd.files import read_json, write_json_atomic
+
+# bench's pictures beyond latency, shown under the same names as in bench.md.
+BENCH_PICTURES = (*quality_report.PLOTS, resources_report.PLOT)
 
 
 def write_report(state) -> Path:
@@ -30,6 +34,7 @@ def write_report(state) -> Path:
         (run.curves_path, "curves.png"),
         (state.bench / "pareto.png" if state.bench else None, "pareto.png"),
         (state.sweep / "pareto.png" if state.sweep else None, "sweep.png"),
+        *((state.bench / n if state.bench else None, n) for n in BENCH_PICTURES),
     ):
         if src is not None and src.exists():
             shutil.copy(src, out / name)
@@ -114,6 +119,12 @@ def _markdown(
         lines += ["", "## Training", "", "![training curves](curves.png)"]
     if "pareto.png" in images:
         lines += ["", "## Accuracy, latency and size", "", "![pareto](pareto.png)"]
+    if bench:
+        # Calibration and its INT8 drift, per-class damage, running memory and energy: what
+        # top-1 and latency hide, in bench's own words (its pictures are copied beside this).
+        lines += resources_report.memory_lines(bench)
+        lines += resources_report.energy_lines(bench)
+        lines += quality_report.markdown_lines(bench)
     lines += [
         "",
         "## Reproduce",

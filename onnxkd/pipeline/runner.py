@@ -257,6 +257,18 @@ def bench_models(state: PipelineState) -> dict[str, Path]:
     return models
 
 
+def made_from(state: PipelineState) -> dict[str, str]:
+    """Each benched model's source, which its calibration drift and class losses are
+    measured against: the INT8 models come from the float model the later stages take."""
+    source = "pruned" if state.pruned_run else "student"
+    return {
+        "student": "teacher",
+        "pruned": "teacher",
+        "int8 (PTQ)": source,
+        "int8 (QAT+KD)": source,
+    }
+
+
 def _bench(state: PipelineState, log) -> StageRecord:
     from onnxkd.bench.config import BenchConfig
     from onnxkd.bench.runner import bench
@@ -273,6 +285,7 @@ def _bench(state: PipelineState, log) -> StageRecord:
             options,
             models=tuple(models.values()),
             labels=tuple(models),
+            made_from=tuple(made_from(state).items()),
             workdir=state.root,
             out=out,
             cache=state.cache,

@@ -101,3 +101,20 @@ def latency_report(paths: dict[str, Path], example: np.ndarray, threads: int | N
         "batch1_p50_ms": {k: round(v, 4) for k, v in p50.items()},
         "speedup_vs_float": {k: round(p50["float"] / v, 3) for k, v in p50.items() if v > 0},
     }
+
+
+MEMORY_BATCHES = (1, 32)
+
+
+def memory_report(paths: dict[str, Path]) -> dict:
+    """Per model, its weights by dtype and activation peak read from its graph at batch 1 and
+    32 (bench adds the measured peak beside them), or why it could not be read."""
+    from onnxkd.bench.activations import graph_memory
+
+    report = {}
+    for name, path in paths.items():
+        try:
+            report[name] = [graph_memory(path, b).to_dict() for b in MEMORY_BATCHES]
+        except Exception as e:  # an unreadable shape must not cost the user the INT8 model
+            report[name] = {"error": f"{type(e).__name__}: {e}".splitlines()[0]}
+    return report

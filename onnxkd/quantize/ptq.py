@@ -141,6 +141,7 @@ def quantize(cfg: QuantizeConfig, log: Callable[[str], None] = print) -> Quantiz
     if excluded:
         models["int8_all_nodes"] = full
     latency = evaluate.latency_report(models, eval_batches[0][0], cfg.threads)
+    memory = evaluate.memory_report({"float": src, "int8": final})
 
     how = f"ptq-{cfg.calibration}-{cfg.resolved_target}"
     with writing(QuantizeError, f"the INT8 model {out}"):
@@ -168,6 +169,7 @@ def quantize(cfg: QuantizeConfig, log: Callable[[str], None] = print) -> Quantiz
             "int8_bytes": int8_bytes,
             "size_ratio": round(int8_bytes / src.stat().st_size, 4),
             **latency,
+            "memory": memory,
             "seconds": round(time.perf_counter() - started, 1),
             "versions": _versions(),
         }

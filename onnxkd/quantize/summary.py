@@ -32,6 +32,17 @@ def summarize(result: QuantizeResult) -> str:
             ("NLL", f"{f['nll']:.4f}", f"{q['nll']:.4f}"),
             ("Brier", f"{f['brier']:.4f}", f"{q['brier']:.4f}"),
         ]
+    memory = r.get("memory") or {}
+    if all(isinstance(memory.get(m), list) for m in ("float", "int8")):
+        f, q = memory["float"][0], memory["int8"][0]
+        rows += [
+            ("weights", f"{f['weights_mb']:.3f} MB", f"{q['weights_mb']:.3f} MB"),
+            (
+                "activations@1",
+                f"{f['peak_activations_mb']:.3f} MB",
+                f"{q['peak_activations_mb']:.3f} MB",
+            ),
+        ]
     lines = [f"{a:13} {b:>12} {c:>12}" for a, b, c in rows]
     for c in (quality or {}).get("flagged_classes", []):
         lines.append(
