@@ -47,6 +47,9 @@ def markdown_lines(document: dict) -> list[str]:
             lines.append(
                 _calibration_row(f"{label}, T = {scaled['temperature']:.3f}", scaled["calibration"])
             )
+        unscaled = q.get("without_temperature")
+        if unscaled:
+            lines.append(_calibration_row(f"{label}, without T", unscaled["calibration"]))
     for label, q in qualities.items():
         drift = q.get("against", {}).get("calibration_drift")
         if drift:
@@ -57,11 +60,16 @@ def markdown_lines(document: dict) -> list[str]:
                 f"{_signed(drift['nll'], 4)}, Brier {_signed(drift['brier'], 4)}, confidence "
                 f"{_signed(100 * drift['mean_confidence'])} points."
             )
-        scaled = q.get("temperature_scaled")
-        if scaled:
+        fitted = q.get("temperature_scaled") or q.get("without_temperature")
+        if fitted:
+            how = (
+                "is applied in its graph (its row above is with it; `without T` is before)"
+                if fitted.get("applied")
+                else "is stored in its metadata, not applied (the `T =` row applies it)"
+            )
             lines.append(
-                f"\n{label}'s temperature {scaled['temperature']:.3f} was fitted on "
-                f"{scaled['fitted_on']}, not on these samples."
+                f"\n{label}'s temperature {fitted['temperature']:.3f} was fitted on "
+                f"{fitted['fitted_on']}, not on these samples, and {how}."
             )
     lines += ["", "![reliability](reliability.png)"]
     lines += _per_class_lines(ep, qualities, document.get("shipped"))

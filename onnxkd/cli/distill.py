@@ -162,7 +162,7 @@ from onnxkd.distill.schedule import SHAPES
     is_flag=True,
     help="Continue the workspace's latest run (or --out) after its last finished epoch; "
     "--epochs, --device, --threads, --workers, --data, --channels-last, --bf16, --export and "
-    "--fit-temperature "
+    "--fit-temperature, --apply-temperature "
     "may change, "
     "other settings must be the run's.",
 )
@@ -183,6 +183,13 @@ from onnxkd.distill.schedule import SHAPES
     help="Fit one temperature to the student's logits on the validation split and store it "
     "in student.onnx's metadata: bench and quantize then report calibration with and without "
     "it (the graph, and so every prediction, is unchanged).",
+)
+@click.option(
+    "--apply-temperature",
+    is_flag=True,
+    help="Fit the temperature as --fit-temperature does and divide the exported logits by it "
+    "in the graph, so the deployed model's softmax gives calibrated probabilities; the "
+    "metadata says it is applied.",
 )
 @click.option(
     "--qat",

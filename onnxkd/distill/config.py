@@ -97,6 +97,9 @@ class DistillConfig:
     # Fit one temperature to the exported student's logits on the validation split and store
     # it in the model's metadata (onnxkd.distill.temperature).
     fit_temperature: bool = False
+    # Also divide the exported logits by it in the graph, so the probabilities a deployed
+    # model's softmax gives are the calibrated ones (implies fit_temperature).
+    apply_temperature: bool = False
     qat: bool = False
     init: Path | None = None  # with qat: the float run to start from; None: the latest run
     # A pruned student (`onnxkd prune`): the architecture.json its channels follow, and the
@@ -138,9 +141,15 @@ class DistillConfig:
             ),
             (self.device in ("auto", "cpu", "cuda"), "--device must be auto, cpu or cuda"),
             (
-                not (self.fit_temperature and self.val_fraction == 0),
-                "--fit-temperature fits on the samples held back by --val-fraction; with 0 the "
-                "only split is the test split, whose figures it would flatter",
+                not ((self.fit_temperature or self.apply_temperature) and self.val_fraction == 0),
+                "--fit-temperature and --apply-temperature fit on the samples held back by "
+                "--val-fraction; with 0 the only split is the test split, whose figures it "
+                "would flatter",
+            ),
+            (
+                not (self.apply_temperature and self.qat),
+                "--apply-temperature is for float runs: a QAT export keeps the logits it "
+                "trained (--fit-temperature stores a temperature for it instead)",
             ),
             (
                 not (self.resume and self.overwrite),

@@ -19,7 +19,17 @@ from onnxkd.errors import CacheError
 
 # How and where the run executes, not what it learns: a resumed run takes the new value.
 APPLIES_ON_RESUME = frozenset(
-    {"device", "threads", "workers", "channels_last", "bf16", "export", "data", "fit_temperature"}
+    {
+        "device",
+        "threads",
+        "workers",
+        "channels_last",
+        "bf16",
+        "export",
+        "data",
+        "fit_temperature",
+        "apply_temperature",
+    }
 )
 # Which run to continue and how, not settings of the run itself.
 NOT_RUN_SETTINGS = frozenset({"workdir", "out", "resume", "overwrite"})

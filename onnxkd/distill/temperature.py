@@ -1,5 +1,6 @@
 """`distill --fit-temperature`: one temperature for the student's logits, fitted on the samples
-held back from training, stored in the exported model's metadata.
+held back from training, stored in the exported model's metadata (`--apply-temperature` also
+divides the exported logits by it).
 
 Distilled students are often over- or under-confident (they imitate softened targets); a
 single temperature (Guo et al. 2017) fixes much of it without moving any prediction. It is
@@ -45,6 +46,19 @@ def fit_on(student: nn.Module, batches, device: torch.device, channels_last: boo
         "ece_before": round(before.ece_equal_width, 5),
         "ece_after": round(after.ece_equal_width, 5),
     }
+
+
+class Scaled(nn.Module):
+    """The student with its logits divided by the fitted temperature, for `--apply-temperature`:
+    exported as one Div after the logits, so every prediction stays as it was."""
+
+    def __init__(self, student: nn.Module, temperature: float) -> None:
+        super().__init__()
+        self.student = student
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.student(x) / self.temperature
 
 
 def metadata_entry(fitted: dict) -> dict[str, str]:

@@ -356,7 +356,8 @@ def _distill(
             dist.barrier()
     report = None
     if dist.is_main and cfg.export:
-        fit_batches = (clean_select or select_batches) if cfg.fit_temperature else None
+        fitting = cfg.fit_temperature or cfg.apply_temperature
+        fit_batches = (clean_select or select_batches) if fitting else None
         fit = (fit_batches, device, channels_last)
         report = _export_best(run_dir, student, cfg, cache, test_batches, state, split, fit)
         # A QAT model is the workspace's quantized model, never its float student.
@@ -371,8 +372,13 @@ def _distill(
             log(
                 f"temperature {t['temperature']:.3f} fitted on {t['fitted_on']}: NLL "
                 f"{t['nll_before']:.4f} -> {t['nll_after']:.4f}, ECE {t['ece_before']:.4f} -> "
-                f"{t['ece_after']:.4f} (stored in the model's metadata; bench and quantize "
-                "report calibration with and without it)"
+                f"{t['ece_after']:.4f} ("
+                + (
+                    "applied: the exported logits are divided by it"
+                    if t["applied"]
+                    else "stored in the model's metadata, not applied"
+                )
+                + "; bench and quantize report calibration with and without it)"
             )
     elif dist.is_main:
         ws.record(run=run_dir)
@@ -587,15 +593,18 @@ def _export_best(
         student, f"in {run.best_weights}", "refusing to export it; start over with --overwrite"
     )
     metadata = {CACHE_KEY: cache.key}
-    fitted = None
+    fitted, exported = None, student
     if fit[0] is not None:
         fitted = temperature.fit_on(student, *fit)
+        fitted["applied"] = cfg.apply_temperature
         metadata.update(temperature.metadata_entry(fitted))
+        if cfg.apply_temperature:
+            exported = temperature.Scaled(student, fitted["temperature"])
     export = qat.export_qat if cfg.qat else export_student
-    path = export(student, cache.input_spec, run.student_path(cfg.qat), cfg.student, metadata)
+    path = export(exported, cache.input_spec, run.student_path(cfg.qat), cfg.student, metadata)
     batches = ((b.x, b.labels) for b in test_batches.epoch(0, 256, shuffle=False))
     # For QAT this compares onnxruntime's int8 kernels with torch's fake quantization.
-    check = check_export(student, path, batches)
+    check = check_export(exported, path, batches)
     report = ExportReport.from_dict(
         {
             **check,

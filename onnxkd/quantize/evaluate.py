@@ -55,8 +55,12 @@ def quality_report(scored: dict, names: list[str] | None, temperature: dict | No
         figures = cal.calibration(cal.as_probabilities(scored[name], kind), labels)
         report[name] = {"score_kind": kind, "calibration": figures.to_dict()}
         if temperature:
-            scaled = cal.as_probabilities(scored[name], kind, temperature["temperature"])
-            report[name]["temperature_scaled"] = cal.calibration(scaled, labels).to_dict()
+            from onnxkd.bench.quality import temperature_figures
+
+            for key, figures in temperature_figures(
+                scored[name], kind, labels, temperature
+            ).items():
+                report[name][key] = figures["calibration"]
     report["calibration_drift"] = cal.drift(
         cal.Calibration.from_dict(report["float"]["calibration"]),
         cal.Calibration.from_dict(report["int8"]["calibration"]),
