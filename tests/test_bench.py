@@ -272,6 +272,30 @@ def test_bad_bench_inputs(cli, tmp_path):
     assert result.returncode == 1 and "holds no teacher" in result.stderr
     missing = cli("bench", tmp_path / "nope.onnx")
     assert missing.returncode == 2 and "nope.onnx' does not exist" in missing.stderr
+    model = MODELS / "digits_cnn.onnx"
+    result = cli("bench", model, "--made-from", "digits_cnn")
+    assert result.returncode == 2 and "'digits_cnn' is not MODEL=SOURCE" in result.stderr
+    result = cli("bench", model, "--made-from", "digits_cnn=big", "--no-accuracy")
+    assert result.returncode == 1 and "--made-from names 'big', which is not a benched" in (
+        result.stderr
+    )
+
+
+def test_made_from_sets_the_model_each_is_compared_with(cli, tmp_path):
+    # Three copies of a model that carries its input spec, so --data scores all three.
+    models = [tmp_path / f"{name}.onnx" for name in "abc"]
+    for path in models:
+        path.write_bytes((MODELS / "digits_cnn.onnx").read_bytes())
+    labels = ("--label", "a", "--label", "b", "--label", "c")
+    result = cli(
+        "bench", *models, *labels, "--made-from", "c=b", "--data", "digits", "--batch", "1", *FAST
+    )
+    assert result.returncode == 0, result.stderr
+    document = json.loads(next(tmp_path.glob("onnxkd-out/bench/*/bench.json")).read_text())
+    qualities = document["quality"]["cpu"]
+    assert qualities["b"]["against"]["reference"] == "a"  # by default: the first model
+    assert qualities["c"]["against"]["reference"] == "b"
+    assert "against" not in qualities["a"]
 
 
 def test_coreml_and_nnapi_give_static_analysis_and_ort_files_not_timings(cli, tmp_path):

@@ -64,6 +64,12 @@ def bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> BenchResult:
         models = workspace_models(cfg.workdir, log)
     for model in models:  # a file that is no model is the user's mistake, not an error row
         load_model_file(model.path, BenchError)
+    labels = {m.label for m in models}
+    for name in {n for pair in cfg.made_from for n in pair} - labels:
+        raise BenchError(
+            f"--made-from names {name!r}, which is not a benched model; the models are "
+            f"{', '.join(sorted(labels))}"
+        )
     out = cfg.out_dir
     _check_output(out, cfg.overwrite)
     if cfg.accuracy:

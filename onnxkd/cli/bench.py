@@ -74,6 +74,16 @@ from onnxkd.providers import EP_NAMES
     "Repeatable.",
 )
 @click.option(
+    "--made-from",
+    "made_from",
+    multiple=True,
+    callback=lambda ctx, param, values: tuple(_pair(v) for v in values),
+    metavar="MODEL=SOURCE",
+    help="Measure MODEL's calibration drift and class losses against SOURCE, the model it was "
+    "distilled or quantized from (labels as in the table). Repeatable [default: the "
+    "workspace's roles, else the first model].",
+)
+@click.option(
     "--cv-warn",
     type=Finite(0),
     default=0.15,
@@ -103,6 +113,13 @@ def bench_cmd(**settings):
     from onnxkd.bench.summary import summarize
 
     click.echo(summarize(bench(BenchConfig(**settings), log=log)))
+
+
+def _pair(text: str) -> tuple[str, str]:
+    model, sep, source = text.partition("=")
+    if not sep or not model.strip() or not source.strip():
+        raise click.BadParameter(f"{text!r} is not MODEL=SOURCE", param_hint="--made-from")
+    return model.strip(), source.strip()
 
 
 COMMANDS = (bench_cmd,)
