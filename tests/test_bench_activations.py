@@ -90,6 +90,35 @@ def test_a_weight_dequantized_in_the_graph_is_no_activation(tmp_path):
     assert memory.weights_by_dtype == {"int8": 16 * 64 + 1, "float32": 4}
 
 
+def test_qdq_float_tensors_an_int8_kernel_replaces_are_not_counted(tmp_path):
+    # x[b,16] f32 -Q-> xq u8 -DQ-> xf -MatMul(DQ(Wq))-> m f32 -Q-> y u8. onnxruntime runs
+    # DQ-MatMul-Q as one QLinearMatMul from xq to y: xf and m never exist. The peak is x + xq
+    # while the first Q runs (4*b*16 + b*16 bytes), not xf + m at the MatMul (4*b*(16+64)).
+    qparams = [
+        numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+        numpy_helper.from_array(np.array(128, np.uint8), "zu"),
+        numpy_helper.from_array(np.array(0, np.int8), "zi"),
+        numpy_helper.from_array(np.zeros((16, 64), np.int8), "Wq"),
+    ]
+    path = _save(
+        tmp_path,
+        [
+            helper.make_node("QuantizeLinear", ["x", "s", "zu"], ["xq"], name="q_in"),
+            helper.make_node("DequantizeLinear", ["xq", "s", "zu"], ["xf"], name="dq_in"),
+            helper.make_node("DequantizeLinear", ["Wq", "s", "zi"], ["Wf"], name="dq_w"),
+            helper.make_node("MatMul", ["xf", "Wf"], ["m"], name="mm"),
+            helper.make_node("QuantizeLinear", ["m", "s", "zu"], ["y"], name="q_out"),
+        ],
+        [_value("x", ["batch", 16])],
+        [_value("y", ["batch", 64], TensorProto.UINT8)],
+        qparams,
+    )
+    memory = graph_memory(path, 4)
+    assert memory.peak_activation_bytes == 4 * 4 * 16 + 4 * 16
+    assert memory.peak_after_node == "q_in"
+    assert memory.unknown_tensors == 0
+
+
 def test_weights_are_summed_per_dtype_with_constants(tmp_path):
     w16 = numpy_helper.from_array(np.zeros((8, 8), np.float16), "W16")
     w8 = numpy_helper.from_array(np.zeros((10,), np.int8), "W8")

@@ -4,7 +4,8 @@ and the peak of its activations at a batch size, beside the resident memory benc
 The activation peak walks the graph in its stored (topological) order with shapes inferred at
 that batch: a tensor is live from the node that makes it to the last node that reads it, and
 the peak is the largest sum of live tensors while one node runs (its inputs and its outputs
-at once). Tensors computed from weights alone are left out (onnxruntime folds or fuses them).
+at once). Tensors computed from weights alone are left out (onnxruntime folds or fuses them),
+and so are the float tensors of a QDQ graph that onnxruntime's INT8 kernels replace.
 It is an estimate of what an allocator that frees each tensor after its last use
 must hold, not onnxruntime's own plan: onnxruntime fuses nodes (fewer intermediates), may
 reuse buffers in place and keeps an arena that rounds up. Tensors whose shape cannot be
@@ -66,12 +67,13 @@ def graph_memory(path: Path, batch: int) -> GraphMemory:
     if how:
         notes.append(how)
     sizes = _tensor_bytes(inferred.graph)
+    sizes.update(dict.fromkeys(_fused_by_qdq(inferred.graph), 0))
     peak, at, unknown = _activation_peak(inferred.graph, sizes)
     if {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in model.graph.node}:
         notes.append(
-            "QDQ graphs: activations are counted as the float tensors between QuantizeLinear "
-            "and DequantizeLinear; onnxruntime's fused INT8 kernels hold most as 8-bit, so the "
-            "figure is an upper estimate for them"
+            "QDQ graphs: the float tensors around a node between DequantizeLinear and "
+            "QuantizeLinear are not counted (onnxruntime runs it as one INT8 kernel, such as "
+            "QLinearConv, on the 8-bit tensors, which are)"
         )
     if any(a.type == onnx.AttributeProto.GRAPH for n in model.graph.node for a in n.attribute):
         notes.append("nodes with subgraphs (If, Loop, Scan): their inner tensors are not counted")
@@ -135,16 +137,67 @@ def _tensor_bytes(graph: onnx.GraphProto) -> dict[str, int]:
     return sizes
 
 
+def _constant_tensors(graph: onnx.GraphProto) -> set[str]:
+    """The initializers and every tensor computed from them alone. Those are no activations:
+    onnxruntime folds them into initializers when the session starts, or (DequantizeLinear of
+    an INT8 weight) fuses them into the kernel that reads them, such as QLinearConv."""
+    constant = {t.name for t in graph.initializer}
+    for node in graph.node:
+        if all(name in constant for name in node.input if name):
+            constant.update(o for o in node.output if o)
+    return constant
+
+
+def _fused_by_qdq(graph: onnx.GraphProto) -> set[str]:
+    """Float tensors of a QDQ graph that onnxruntime never holds: around a node that reads only
+    DequantizeLinear outputs and whose outputs only QuantizeLinear reads, it runs one INT8
+    kernel (QLinearConv, QLinearMatMul, …) from the 8-bit input to the 8-bit output."""
+    constant = _constant_tensors(graph)
+    producer = {o: n for n in graph.node for o in n.output if o}
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            if name:
+                readers.setdefault(name, []).append(node)
+    # A Relu or Clip read only by QuantizeLinear is dropped (onnxruntime's ReluQuantFusion and
+    # ClipQuantFusion: the quantized range clips instead), so its input counts as quantized.
+    dropped = [
+        n
+        for n in graph.node
+        if n.op_type in ("Relu", "Clip")
+        and readers.get(n.output[0])
+        and all(r.op_type == "QuantizeLinear" for r in readers[n.output[0]])
+    ]
+
+    def quantized_by(reader) -> bool:
+        return reader.op_type == "QuantizeLinear" or any(reader is d for d in dropped)
+
+    fused_nodes, fused = [], {d.output[0] for d in dropped}
+    for node in graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") or any(
+            node is d for d in dropped
+        ):
+            continue
+        inputs = [n for n in node.input if n and n not in constant]
+        outputs = [o for o in node.output if o]
+        if not inputs or not outputs:
+            continue
+        from_dq = all(n in producer and producer[n].op_type == "DequantizeLinear" for n in inputs)
+        to_q = all(readers.get(o) and all(quantized_by(r) for r in readers[o]) for o in outputs)
+        if from_dq and to_q:
+            fused_nodes.append(node)
+            fused.update(outputs)
+    for node in fused_nodes:
+        for name in node.input:
+            if name in producer and all(any(r is f for f in fused_nodes) for r in readers[name]):
+                fused.add(name)
+    return fused - constant
+
+
 def _activation_peak(graph: onnx.GraphProto, sizes: dict[str, int]) -> tuple[int, str | None, int]:
     """The largest sum of live activations while one node runs, that node, and how many
     activations had no known size."""
-    weights = {t.name for t in graph.initializer}
-    # Tensors computed from weights alone are no activations: onnxruntime folds them into
-    # initializers when the session starts, or (DequantizeLinear of an INT8 weight) fuses them
-    # into the kernel that reads them, such as QLinearConv.
-    for node in graph.node:
-        if all(name in weights for name in node.input if name):
-            weights.update(o for o in node.output if o)
+    weights = _constant_tensors(graph)
     outputs = {v.name for v in graph.output}
     last_use = {}
     for i, node in enumerate(graph.node):
