@@ -285,7 +285,7 @@ def _bench(state: PipelineState, log) -> StageRecord:
             options,
             models=tuple(models.values()),
             labels=tuple(models),
-            made_from=tuple(made_from(state).items()),
+            made_from=tuple((k, v) for k, v in made_from(state).items() if {k, v} <= set(models)),
             workdir=state.root,
             out=out,
             cache=state.cache,
