@@ -133,6 +133,14 @@ def test_reported_p50_of_a_model_that_sleeps_a_known_time(tmp_path, monkeypatch)
     assert row["throughput"] == pytest.approx(1 / (row["p50_ms"] / 1e3), rel=1e-3)
 
 
+def _bench_digits_cnn(tmp_path, **settings) -> dict:
+    """bench.json of a short timing-only bench of the digits teacher."""
+    fast = dict(runs=5, rounds=1, warmup=1, min_seconds=0, accuracy=False)
+    out = tmp_path / "out"
+    bench(BenchConfig(models=(MODELS / "digits_cnn.onnx",), out=out, **fast, **settings), **QUIET)
+    return json.loads((out / "bench.json").read_text())
+
+
 def test_energy_per_inference_from_a_counter_of_known_power(tmp_path, monkeypatch):
     # A counter that draws a constant 7 W: the report must give 7 W running and idle, and
     # joules per inference equal to that power over the samples run per second.
@@ -142,19 +150,7 @@ def test_energy_per_inference_from_a_counter_of_known_power(tmp_path, monkeypatc
         "rapl", "fake-package", lambda: 7.0 * time.perf_counter(), None, "the whole fake package"
     )
     monkeypatch.setattr(energy_module, "energy_counters", lambda ep: ([counter], None))
-    cfg = BenchConfig(
-        models=(MODELS / "digits_cnn.onnx",),
-        batches=(2, 4),
-        runs=5,
-        rounds=1,
-        warmup=1,
-        min_seconds=0,
-        energy_seconds=0.3,
-        out=tmp_path / "out",
-        accuracy=False,
-    )
-    bench(cfg, **QUIET)
-    document = json.loads((tmp_path / "out" / "bench.json").read_text())
+    document = _bench_digits_cnn(tmp_path, batches=(2, 4), energy_seconds=0.3)
     found = document["energy"]["cpu"]
     assert found["available"]
     measured = found["models"]["digits_cnn"]
@@ -173,19 +169,7 @@ def test_energy_per_inference_from_a_counter_of_known_power(tmp_path, monkeypatc
 
 
 def test_no_energy_figure_when_skipped(tmp_path):
-    cfg = BenchConfig(
-        models=(MODELS / "digits_cnn.onnx",),
-        batches=(1,),
-        runs=2,
-        rounds=1,
-        warmup=0,
-        min_seconds=0,
-        energy_seconds=0,
-        out=tmp_path / "out",
-        accuracy=False,
-    )
-    bench(cfg, **QUIET)
-    document = json.loads((tmp_path / "out" / "bench.json").read_text())
+    document = _bench_digits_cnn(tmp_path, batches=(1,), energy_seconds=0)
     assert document["energy"]["cpu"] == {
         "available": False,
         "reason": "not measured: --energy-seconds 0",

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from onnxkd.bench import quality_report, resources_report
+from onnxkd.figures import pyplot, save_figure
 from onnxkd.files import write_json_atomic
 
 # What a finished run leaves in its folder. bench.json is written last: when it is there, the
@@ -128,11 +129,7 @@ def pareto_plot(document: dict, path: Path) -> Path | None:
     rows = [r for r in document["rows"] if r["status"] == "ok"]
     if not rows:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     batch = min(r["batch"] for r in rows)
     rows = [r for r in rows if r["batch"] == batch]
     scored = all(r.get("accuracy") is not None for r in rows)
@@ -173,11 +170,7 @@ def pareto_plot(document: dict, path: Path) -> Path | None:
     left.set_title(f"latency on {', '.join(eps)}")
     right.set_title("size")
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 def _axis(axis, xs: list[float], xlabel: str, ylabel: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from onnxkd.bench.quality_report import in_model_order
+from onnxkd.figures import pyplot, save_figure
 
 PLOT = "memory.png"
 MEMORY_NOTE = (
@@ -118,11 +119,7 @@ def memory_plot(document: dict, path: Path) -> Path | None:
     rows = memory_rows(document)
     if not rows:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     names = [f"{r['model']}\nbatch {r['batch']}" for r in rows]
     x = range(len(rows))
     weights = [r["weights_mb"] for r in rows]
@@ -147,11 +144,7 @@ def memory_plot(document: dict, path: Path) -> Path | None:
     axis.legend(fontsize="small")
     axis.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 def _watts(w: float | None) -> str:

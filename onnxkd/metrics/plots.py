@@ -7,30 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
+from onnxkd.figures import pyplot, save_figure
 from onnxkd.metrics.calibration import Reliability
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    _pyplot().close(fig)
-    tmp.replace(path)
-    return path
 
 
 def reliability_diagram(curves: dict[str, Reliability], eces: dict[str, float], path: Path) -> Path:
     """Accuracy against confidence per bin for each model (one line each, the diagonal is
     perfect calibration), and below it how many samples each bin holds."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (top, bottom) = plt.subplots(
         2, 1, figsize=(5.5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
     )
@@ -62,13 +46,13 @@ def reliability_diagram(curves: dict[str, Reliability], eces: dict[str, float], 
     bottom.set_ylabel("samples")
     bottom.set_yscale("symlog")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def confusion_plot(counts: np.ndarray, names: list[str], title: str, path: Path) -> Path:
     """Row-normalised confusion matrix (each row: where the samples of that class went),
     with the counts printed where the matrix is small enough to read them."""
-    plt = _pyplot()
+    plt = pyplot()
     k = len(names)
     totals = np.maximum(counts.sum(axis=1, keepdims=True), 1)
     share = counts / totals
@@ -90,4 +74,4 @@ def confusion_plot(counts: np.ndarray, names: list[str], title: str, path: Path)
     axis.set_ylabel("true")
     axis.set_title(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
