@@ -241,7 +241,8 @@ def test_bench_onto_an_earlier_result_refuses_unless_told(tmp_path):
     assert onnxkd(*args, "-o", out)[0] == 0
     before = (out / "bench.json").read_bytes()
     code, output = onnxkd(*args, "-o", out)
-    assert code == 1 and f"{out / 'bench.json'} (and bench.md, pareto.png, memory.png) already exists" in output
+    listed = f"{out / 'bench.json'} (and bench.md, pareto.png, memory.png) already exists"
+    assert code == 1 and listed in output
     assert "pass --overwrite to replace it, or -o another folder" in output
     assert (out / "bench.json").read_bytes() == before
     # The default folder (WORKDIR/bench/EPS) is guarded the same way.

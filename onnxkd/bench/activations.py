@@ -59,25 +59,36 @@ class GraphMemory:
 
 def graph_memory(path: Path, batch: int) -> GraphMemory:
     """Weights and activation peak of the model at `path` when it runs `batch` samples."""
+    return graph_memories(path, (batch,))[0]
+
+
+def graph_memories(path: Path, batches) -> list[GraphMemory]:
+    """`graph_memory` at each batch size, reading the model and its weights once."""
     model = onnx.load(str(path), load_external_data=False)
     weights = _weights_by_dtype(model.graph)
-    notes = []
-    fixed = _with_batch(model, batch, notes)
-    inferred, how = _infer_shapes(fixed)
-    if how:
-        notes.append(how)
-    sizes = _tensor_bytes(inferred.graph)
-    sizes.update(dict.fromkeys(_fused_by_qdq(inferred.graph), 0))
-    peak, at, unknown = _activation_peak(inferred.graph, sizes)
-    if {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in model.graph.node}:
-        notes.append(
+    ops = {n.op_type for n in model.graph.node}
+    general = []
+    if {"QuantizeLinear", "DequantizeLinear"} <= ops:
+        general.append(
             "QDQ graphs: the float tensors around a node between DequantizeLinear and "
             "QuantizeLinear are not counted (onnxruntime runs it as one INT8 kernel, such as "
             "QLinearConv, on the 8-bit tensors, which are)"
         )
     if any(a.type == onnx.AttributeProto.GRAPH for n in model.graph.node for a in n.attribute):
-        notes.append("nodes with subgraphs (If, Loop, Scan): their inner tensors are not counted")
-    return GraphMemory(batch, sum(weights.values()), weights, peak, at, unknown, notes)
+        general.append("nodes with subgraphs (If, Loop, Scan): their inner tensors are not counted")
+    return [_at_batch(model, batch, weights, general) for batch in batches]
+
+
+def _at_batch(model: onnx.ModelProto, batch: int, weights: dict, general: list) -> GraphMemory:
+    notes = []
+    inferred, how = _infer_shapes(_with_batch(model, batch, notes))
+    if how:
+        notes.append(how)
+    sizes = _tensor_bytes(inferred.graph)
+    sizes.update(dict.fromkeys(_fused_by_qdq(inferred.graph), 0))
+    peak, at, unknown = _activation_peak(inferred.graph, sizes)
+    total = sum(weights.values())
+    return GraphMemory(batch, total, weights, peak, at, unknown, [*notes, *general])
 
 
 def _weights_by_dtype(graph: onnx.GraphProto) -> dict[str, int]:

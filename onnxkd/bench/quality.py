@@ -55,27 +55,8 @@ def model_quality(score: Score, path: Path, names: list[str] | None) -> dict:
         result["confusion"] = counts.tolist()
     fitted = temperature_of(path)
     if fitted:
-        result.update(temperature_figures(scores, kind, labels, fitted))
+        result.update(cal.temperature_figures(scores, kind, labels, fitted))
     return result
-
-
-def temperature_figures(scores: np.ndarray, kind: str, labels: np.ndarray, fitted: dict) -> dict:
-    """With the fitted temperature, the calibration the model's scores do not show: with it
-    applied ("temperature_scaled"), or, when the graph already applies it
-    (`--apply-temperature`), without it ("without_temperature", the scores times T)."""
-    t = fitted["temperature"]
-    if fitted.get("applied"):
-        before = cal.as_probabilities(scores, kind, 1.0 / t)
-        return {
-            "without_temperature": {
-                **fitted,
-                "calibration": cal.calibration(before, labels).to_dict(),
-            }
-        }
-    scaled = cal.as_probabilities(scores, kind, t)
-    return {
-        "temperature_scaled": {**fitted, "calibration": cal.calibration(scaled, labels).to_dict()}
-    }
 
 
 def temperature_of(path: Path) -> dict | None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from onnxkd.bench import energy, measure, quality, report
-from onnxkd.bench.activations import graph_memory
+from onnxkd.bench.activations import graph_memories
 from onnxkd.bench.config import BenchConfig, BenchError
 from onnxkd.bench.host import host_info
 from onnxkd.bench.memory import own_peak_mb
@@ -219,7 +219,7 @@ def _graph_memories(models: list[BenchModel], batches, log) -> dict[str, list[di
     memories = {}
     for model in models:
         try:
-            memories[model.label] = [graph_memory(model.path, b).to_dict() for b in batches]
+            memories[model.label] = [m.to_dict() for m in graph_memories(model.path, batches)]
         except Exception as e:  # a figure missing for one model must not stop the benchmark
             log(f"{model.label}: its graph's memory could not be read ({_one_line(e)})")
     return memories

@@ -186,3 +186,20 @@ def fit_temperature(scores: np.ndarray, labels: np.ndarray, kind: str = "logits"
 
     best = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
     return float(np.exp(best.x))
+
+
+def temperature_figures(scores: np.ndarray, kind: str, labels: np.ndarray, fitted: dict) -> dict:
+    """With the fitted temperature, the calibration the model's scores do not show: with it
+    applied ("temperature_scaled"), or, when the graph already applies it
+    (`--apply-temperature`), without it ("without_temperature", the scores times T)."""
+    t = fitted["temperature"]
+    if fitted.get("applied"):
+        before = as_probabilities(scores, kind, 1.0 / t)
+        return {
+            "without_temperature": {
+                **fitted,
+                "calibration": calibration(before, labels).to_dict(),
+            }
+        }
+    scaled = as_probabilities(scores, kind, t)
+    return {"temperature_scaled": {**fitted, "calibration": calibration(scaled, labels).to_dict()}}

@@ -55,9 +55,7 @@ def quality_report(scored: dict, names: list[str] | None, temperature: dict | No
         figures = cal.calibration(cal.as_probabilities(scored[name], kind), labels)
         report[name] = {"score_kind": kind, "calibration": figures.to_dict()}
         if temperature:
-            from onnxkd.bench.quality import temperature_figures
-
-            for key, figures in temperature_figures(
+            for key, figures in cal.temperature_figures(
                 scored[name], kind, labels, temperature
             ).items():
                 report[name][key] = figures["calibration"]
@@ -113,12 +111,12 @@ MEMORY_BATCHES = (1, 32)
 def memory_report(paths: dict[str, Path]) -> dict:
     """Per model, its weights by dtype and activation peak read from its graph at batch 1 and
     32 (bench adds the measured peak beside them), or why it could not be read."""
-    from onnxkd.bench.activations import graph_memory
+    from onnxkd.bench.activations import graph_memories
 
     report = {}
     for name, path in paths.items():
         try:
-            report[name] = [graph_memory(path, b).to_dict() for b in MEMORY_BATCHES]
+            report[name] = [m.to_dict() for m in graph_memories(path, MEMORY_BATCHES)]
         except Exception as e:  # an unreadable shape must not cost the user the INT8 model
             report[name] = {"error": f"{type(e).__name__}: {e}".splitlines()[0]}
     return report
