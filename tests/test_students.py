@@ -28,6 +28,7 @@ NAMES = student_names()
 FLAT_FEATURES = 64  # D for students that take flat vectors (N, D)
 FLAT = [n for n in NAMES if create_student(n, in_chans=FLAT_FEATURES).input_ndim == 2]
 IMAGES = [n for n in NAMES if n not in FLAT]
+TRANSFORMERS = ("deit", "cct")
 
 # Loose ranges (millions of parameters at 10 classes) around the published counts: CIFAR
 # ResNets from He et al. and RepDistiller (resnet8x4 1.23 M at 100 classes), MobileNetV2 and
@@ -48,6 +49,17 @@ PARAMS_M = {
     "small_cnn": (0.05, 0.2),
     "small_cnn_s": (0.01, 0.03),
     "mlp": (0.03, 0.07),
+    # MobileNetV3 (Howard et al. Table 3), EfficientNet-Lite (TF-Lite's model cards), DeiT-Tiny
+    # and CCT (their papers) less their classifier rows beyond 10 classes.
+    "mobilenetv3_small": (1.45, 1.6),
+    "mobilenetv3_small_w075": (0.95, 1.05),
+    "mobilenetv3_large": (4.1, 4.3),
+    "mobilenetv3_large_w075": (2.6, 2.75),
+    "efficientnet_lite0": (3.3, 3.45),
+    "efficientnet_lite1": (4.05, 4.2),
+    "deit_tiny": (5.3, 5.45),
+    "cct_4": (0.45, 0.5),
+    "cct_7": (3.8, 3.9),
     "mlp_s": (0.004, 0.006),
 }
 
@@ -245,9 +257,9 @@ def _final_side(name: str, size: int, chans: int) -> int:
 def test_any_input_size(name, size, chans):
     side = _final_side(name, size, chans)
     # The final map keeps at least 2×2 pixels however small the input; above 64 px every
-    # family uses its ImageNet design, with total stride 32.
+    # family uses its ImageNet design, with total stride 32 (transformers: 16 px tokens).
     if size == 224:
-        assert side == 7
+        assert side == (14 if name.startswith(TRANSFORMERS) else 7)
     else:
         assert side >= 2
 
@@ -257,6 +269,11 @@ def test_cifar_design_at_32_pixels():
     assert _final_side("resnet8", 32, 3) == 8
     assert _final_side("mobilenetv2_w050", 32, 3) == 4
     assert _final_side("shufflenetv2", 32, 3) == 4
+    assert _final_side("mobilenetv3_small", 32, 3) == 4
+    assert _final_side("efficientnet_lite0", 32, 3) == 4
+    # Transformers: 4 px patches (DeiT) or two stride-2 pools (CCT) make 8×8 tokens.
+    assert _final_side("deit_tiny", 32, 3) == 8
+    assert _final_side("cct_4", 32, 3) == 8
 
 
 def test_non_square_input():

@@ -101,6 +101,52 @@ class ConvBNAct(nn.Sequential):
         super().__init__(*layers)
 
 
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation (Hu et al. 2018) as MobileNetV3 uses it: pool, 1×1 conv down to
+    `squeeze` channels, ReLU, 1×1 conv back, hard-sigmoid gate on the input."""
+
+    def __init__(self, channels: int, squeeze: int) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(channels, squeeze, 1)
+        self.relu = nn.ReLU()
+        self.fc2 = nn.Conv2d(squeeze, channels, 1)
+        self.gate = nn.Hardsigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(self.fc2(self.relu(self.fc1(self.pool(x)))))
+
+
+class InvertedResidual(nn.Module):
+    """1×1 expand to `hidden` -> k×k depthwise [-> squeeze-excite] -> 1×1 linear project, plus
+    the input when shapes match: MobileNetV2's block, which MobileNetV3 (hard-swish, SE, 5×5)
+    and EfficientNet-Lite's MBConv (5×5, no SE) reuse. No expand conv when `hidden == cin`."""
+
+    def __init__(
+        self,
+        cin: int,
+        hidden: int,
+        cout: int,
+        stride: int,
+        kernel: int = 3,
+        act: type[nn.Module] = nn.ReLU6,
+        squeeze: int | None = None,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        if hidden != cin:
+            layers.append(ConvBNAct(cin, hidden, 1, act=act))
+        layers.append(ConvBNAct(hidden, hidden, kernel, stride, groups=hidden, act=act))
+        if squeeze is not None:
+            layers.append(SqueezeExcite(hidden, squeeze))
+        layers.append(ConvBNAct(hidden, cout, 1, act=None))
+        self.conv = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x) if self.residual else self.conv(x)
+
+
 class ClassifierHead(nn.Module):
     """Global average pool -> flatten (the embedding) -> linear classifier."""
 

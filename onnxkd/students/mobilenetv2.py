@@ -19,6 +19,7 @@ from onnxkd.students.common import (
     STUDENTS,
     ClassifierHead,
     ConvBNAct,
+    InvertedResidual,
     Size,
     Student,
     init_weights,
@@ -40,26 +41,6 @@ CIFAR_STRIDES = [1, 1, 2, 2, 2]
 IMAGENET_STRIDES = [2, 2, 2, 2, 2]
 
 
-class InvertedResidual(nn.Module):
-    """1×1 expand (ReLU6) -> 3×3 depthwise (ReLU6) -> 1×1 linear project (+ x if shapes match)."""
-
-    def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
-        super().__init__()
-        hidden = cin * expand
-        layers: list[nn.Module] = []
-        if expand != 1:
-            layers.append(ConvBNAct(cin, hidden, 1, act=nn.ReLU6))
-        layers += [
-            ConvBNAct(hidden, hidden, 3, stride, groups=hidden, act=nn.ReLU6),
-            ConvBNAct(hidden, cout, 1, act=None),
-        ]
-        self.conv = nn.Sequential(*layers)
-        self.residual = stride == 1 and cin == cout
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv(x) if self.residual else self.conv(x)
-
-
 class MobileNetV2(Student):
     """MobileNetV2 at width multiplier `width`."""
 
@@ -77,7 +58,7 @@ class MobileNetV2(Student):
                 cout = make_divisible(c * width)
                 for _ in range(n):
                     stride, stage_stride = stage_stride, 1
-                    blocks.append(InvertedResidual(cin, cout, stride, t))
+                    blocks.append(InvertedResidual(cin, cin * t, cout, stride))
                     cin = cout
             stages.append(nn.Sequential(*blocks))
         self.stage1, self.stage2, self.stage3, self.stage4 = stages

@@ -28,7 +28,13 @@ from onnxkd.students.for_spec import create_student_for_spec
 FORMAT = 1
 # Families Torch-Pruning cannot follow: ShuffleNetV2's channel shuffle (a reshape that
 # interleaves two branches) is outside its dependency graph, as its own documentation says.
-UNPRUNABLE = {"shufflenetv2": "its channel shuffle interleaves the two branches' channels"}
+UNPRUNABLE = {
+    "shufflenetv2": "its channel shuffle interleaves the two branches' channels",
+    # Attention's fused q/k/v projection must lose whole heads; Torch-Pruning needs each
+    # layer's head count passed in, which this stage does not do.
+    "deit": "its attention heads share one fused q/k/v projection",
+    "cct": "its attention heads share one fused q/k/v projection",
+}
 
 # One removal: (module path, output channels?, removed indices), as Torch-Pruning records it.
 Removal = tuple[str, bool, tuple[int, ...]]
@@ -44,7 +50,8 @@ def check_prunable(name: str) -> None:
         if name.startswith(family):
             raise PrunedArchitectureError(
                 f"student {name} cannot be pruned: {why}, which Torch-Pruning's dependency "
-                "graph does not follow; prune a mobilenetv2_*, resnet* or small_cnn* student"
+                "graph does not follow; prune a mobilenetv2_*, mobilenetv3_*, efficientnet_lite*, "
+                "resnet* or small_cnn* student"
             )
 
 
