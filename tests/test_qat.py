@@ -205,9 +205,9 @@ def test_cli_qat_after_a_float_distill_needs_no_options(cli, workspace, tmp_path
     [
         (("--qat",), "--qat continues a float run, and the workspace onnxkd-out has none"),
         (("--qat", "--init", "empty"), "empty has no best.pt: --init needs a float distill run"),
-        (("--init", "empty"), "--init names the float run that --qat starts from"),
+        (("--init", "empty"), "empty holds no best.pt: --init RUN needs a distill run"),
     ],
-    ids=["no-float-run", "init-without-best", "init-without-qat"],
+    ids=["no-float-run", "init-without-best", "float-init-without-best"],
 )
 def test_cli_qat_errors_are_one_line(cli, tmp_path, args, message):
     (tmp_path / "empty").mkdir()

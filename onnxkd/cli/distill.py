@@ -200,9 +200,12 @@ from onnxkd.distill.schedule import SHAPES
 )
 @click.option(
     "--init",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    metavar="RUN_DIR",
-    help="With --qat: the float run to start from [default: the workspace's latest run].",
+    type=click.Path(exists=True, path_type=Path),
+    metavar="FILE|RUN_DIR",
+    help="Start from these weights: a .safetensors or weights-only .pt state dict, or a run "
+    "folder's best student, matched by name and shape (a classifier of another class count "
+    "is re-initialised; what was loaded is printed). With --qat: the float run to continue "
+    "[default: the workspace's latest run].",
 )
 @click.option(
     "--architecture",

@@ -101,7 +101,10 @@ class DistillConfig:
     # model's softmax gives are the calibrated ones (implies fit_temperature).
     apply_temperature: bool = False
     qat: bool = False
-    init: Path | None = None  # with qat: the float run to start from; None: the latest run
+    # Float runs: starting weights (.safetensors, weights-only .pt, or a run folder's best
+    # student), matched by name and shape. With qat: the float run to continue; None: the
+    # workspace's latest run.
+    init: Path | None = None
     # A pruned student (`onnxkd prune`): the architecture.json its channels follow, and the
     # weights a new run starts from (a state dict of that architecture).
     architecture: Path | None = None
@@ -155,7 +158,6 @@ class DistillConfig:
                 not (self.resume and self.overwrite),
                 "--resume continues the run in its folder and --overwrite replaces it; pass one",
             ),
-            (self.init is None or self.qat, "--init names the float run that --qat starts from"),
             (
                 not (self.qat and (self.hints or self.attention or self.rkd or self.crd)),
                 "--qat distils from logits only (the quantized graph has no stage modules to "

@@ -43,6 +43,11 @@ from onnxkd.distill.losses import CompositeLoss
 from onnxkd.distill.objective import DistillModule, build_objective
 from onnxkd.distill.qdq import count_int8_ops
 from onnxkd.distill.run_folder import ExportReport, RunFolder, RunRecord
+from onnxkd.distill.starting_point import (
+    StartingPointError,
+    load_starting_point,
+    read_state_dict,
+)
 from onnxkd.errors import CacheError
 from onnxkd.interrupt import checkpoints
 from onnxkd.metadata import CACHE_KEY
@@ -171,6 +176,11 @@ def _distill(
     Example:
         >>> distill(DistillConfig(student="resnet8", epochs=2))  # doctest: +SKIP
     """
+    if cfg.init is not None and not cfg.qat and not cfg.resume:
+        try:  # read before anything is built: a bad starting point is refused at once
+            read_state_dict(cfg.init)
+        except StartingPointError as e:
+            raise DistillConfigError(str(e)) from e
     ws = Workspace(cfg.workdir)
     dist = distributed.setup()
     say = log if dist.is_main else _quiet
@@ -223,6 +233,12 @@ def _distill(
     torch.manual_seed(cfg.seed)
     # Takes the cache's input as the teacher does (NHWC, NHW, flat), so its export does too.
     student = _build_student(cfg, spec, cache.num_classes)
+    if cfg.init is not None and not cfg.qat and not cfg.resume:
+        # A float run's starting point; a resumed run's checkpoint holds its weights instead.
+        try:
+            say(load_starting_point(cfg.init, student).describe())
+        except StartingPointError as e:
+            raise DistillConfigError(str(e)) from e
     # --channels-last re-lays NCHW batches; other layouts reach the network already permuted.
     channels_last = cfg.channels_last and spec.layout == "NCHW"
     if cfg.qat:  # on resume the run's own checkpoint fills the weights, not the float run

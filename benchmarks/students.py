@@ -1,0 +1,231 @@
+"""Students compared (issue 27): for every registered image student at CIFAR's 32 px, its
+parameters, FP32 and INT8 batch-1 latency under onnxruntime (interleaved rounds, one thread and
+all threads), INT8 speed-up, and its KD accuracy from the zoo teacher on the CIFAR-10 subset;
+the Pareto front (validation accuracy against INT8 latency) gets more seeds.
+
+    .venv/bin/python benchmarks/students.py --part latency [--rounds 5]
+    .venv/bin/python benchmarks/students.py --part accuracy --epochs 30 [--front-seeds 0,1,2]
+
+`latency` exports each student as distill does (untrained: latency does not depend on the
+weights' values) and quantizes it as `onnxkd quantize` does (MinMax on 512 real images).
+`accuracy` caches the zoo teacher once (one strong view per epoch), trains every student with
+the KD defaults on seed 0, then the five best of the validation-accuracy/INT8-latency front on
+the other seeds; test accuracy is measured once per run, never used to choose. Runs are folders
+under --work that a rerun resumes; the results file is rewritten after every run. Aliases
+(`mobilenetv2` = `mobilenetv2_w100`) and flat-vector students (mlp*) are left out.
+Results: benchmarks/results/students.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from distill_accuracy import SUITES
+
+from onnxkd.bench.host import host_info
+from onnxkd.bench.timing import interleaved_p50
+from onnxkd.cache.build import CacheConfig, cache_teacher
+from onnxkd.data.source import DataRef
+from onnxkd.data.spec import InputSpec
+from onnxkd.distill.config import DistillConfig
+from onnxkd.distill.export import export_student
+from onnxkd.distill.run_folder import RunFolder
+from onnxkd.distill.trainer import distill
+from onnxkd.quantize.config import QuantizeConfig
+from onnxkd.quantize.ptq import quantize
+from onnxkd.runtime import ort_session
+from onnxkd.students import create_student, student_names
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "students.json"
+ALIASES = {"mobilenetv2"}  # = mobilenetv2_w100
+FRONT = 5
+REFERENCE = "mobilenetv2_w050"  # the goal: beat its accuracy at lower INT8 latency
+
+
+def image_students() -> list[str]:
+    return [
+        n
+        for n in student_names()
+        if n not in ALIASES and create_student(n, in_chans=64).input_ndim == 4
+    ]
+
+
+def measure_latency(names: list[str], work: Path, rounds: int) -> list[dict]:
+    spec = InputSpec(layout="NCHW", size=(32, 32), channels=3)
+    models, sizes = {}, {}
+    for name in names:
+        fp32 = work / "latency" / name / "student.onnx"
+        fp32.parent.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(0)
+        export_student(create_student(name, 10, 3, 32).eval(), spec, fp32, name)
+        int8 = fp32.with_name("student.int8.onnx")
+        quantize(
+            QuantizeConfig(
+                model=fp32,
+                out=int8,
+                data=SUITES["cifar"]["data"],
+                workdir=work / "onnxkd-out",
+                threads=1,
+                eval_samples=256,
+                overwrite=True,
+            ),
+            log=lambda _: None,
+        )
+        models[(name, "fp32")], models[(name, "int8")] = fp32, int8
+        sizes[name] = (fp32.stat().st_size, int8.stat().st_size)
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    p50 = {}
+    for threads in (1, os.cpu_count() or 1):
+        sessions = {key: ort_session(path, "cpu", threads) for key, path in models.items()}
+        p50[threads] = interleaved_p50(sessions, {"input": x}, rounds=rounds, runs=50)
+    rows = []
+    for name in names:
+        row = {
+            "student": name,
+            "params": sum(p.numel() for p in create_student(name, 10, 3, 32).parameters()),
+            "fp32_mb": round(sizes[name][0] / 1e6, 3),
+            "int8_mb": round(sizes[name][1] / 1e6, 3),
+        }
+        for threads, figures in p50.items():
+            fp32_ms, int8_ms = figures[(name, "fp32")], figures[(name, "int8")]
+            row[f"fp32_ms_{threads}t"] = round(fp32_ms, 4)
+            row[f"int8_ms_{threads}t"] = round(int8_ms, 4)
+            row[f"int8_speedup_{threads}t"] = round(fp32_ms / int8_ms, 3)
+        rows.append(row)
+    return rows
+
+
+def train(name: str, seed: int, cache: Path, ws: Path, work: Path, epochs: int) -> dict:
+    run = work / "runs" / f"{name}-seed{seed}"
+    folder = RunFolder(run)
+    if not folder.finished:
+        distill(
+            DistillConfig(
+                student=name,
+                epochs=epochs,
+                cache=cache,
+                workdir=ws,
+                out=run,
+                seed=seed,
+                threads=1,
+                resume=folder.started,
+            ),
+            log=print,
+        )
+    report = RunFolder(run).export_report()
+    return {
+        "student": name,
+        "seed": seed,
+        "val_accuracy": report.val_accuracy,
+        "test_accuracy": report.test_accuracy,
+    }
+
+
+def pareto_front(rows: list[dict], latency: dict[str, float]) -> list[str]:
+    """Students no other beats on both validation accuracy and INT8 latency."""
+    front = []
+    for r in rows:
+        beaten = any(
+            o["val_accuracy"] >= r["val_accuracy"]
+            and latency[o["student"]] <= latency[r["student"]]
+            and (
+                o["val_accuracy"] > r["val_accuracy"]
+                or latency[o["student"]] < latency[r["student"]]
+            )
+            for o in rows
+        )
+        if not beaten:
+            front.append(r["student"])
+    return front
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=["latency", "accuracy"], required=True)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--front-seeds", default="0,1,2")
+    parser.add_argument("--students", help="comma-separated [default: every image student]")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/onnxkd-students"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    names = args.students.split(",") if args.students else image_students()
+    results = json.loads(OUT.read_text()) if OUT.exists() else {}
+    if args.part == "latency":
+        results["latency"] = {
+            "rows": measure_latency(names, args.work, args.rounds),
+            "rounds": args.rounds,
+            "host": host_info(os.cpu_count()),
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+        _write(results)
+        for r in results["latency"]["rows"]:
+            print(json.dumps(r))
+        return
+    latency = {r["student"]: r["int8_ms_1t"] for r in results["latency"]["rows"]}
+    suite = SUITES["cifar"]
+    ws = args.work / "onnxkd-out"
+    cache = cache_teacher(
+        CacheConfig(
+            suite["teacher"],
+            DataRef(suite["data"]),
+            workdir=ws,
+            views=args.epochs,
+            augment=suite["kd_augment"],
+            threads=1,
+        ),
+        log=print,
+    ).path
+    accuracy = results.setdefault("accuracy", {"epochs": args.epochs, "runs": []})
+    done = {(r["student"], r["seed"]) for r in accuracy["runs"]}
+    plan = [(n, int(s)) for s in args.seeds.split(",") for n in names]
+    for name, seed in plan:
+        if (name, seed) not in done:
+            accuracy["runs"].append(train(name, seed, cache, ws, args.work, args.epochs))
+            _write(results)
+    first = [r for r in accuracy["runs"] if r["seed"] == int(args.seeds.split(",")[0])]
+    front = pareto_front(first, latency)
+    best = sorted(front, key=lambda n: -next(r["val_accuracy"] for r in first if r["student"] == n))
+    accuracy["front"] = best[:FRONT]
+    for seed in [int(s) for s in args.front_seeds.split(",")]:
+        for name in accuracy["front"]:
+            if (name, seed) not in {(r["student"], r["seed"]) for r in accuracy["runs"]}:
+                accuracy["runs"].append(train(name, seed, cache, ws, args.work, args.epochs))
+                _write(results)
+    accuracy["summary"] = _summary(accuracy["runs"])
+    _write(results)
+
+
+def _summary(runs: list[dict]) -> dict:
+    by: dict[str, list[dict]] = {}
+    for r in runs:
+        by.setdefault(r["student"], []).append(r)
+    out = {}
+    for name, rows in by.items():
+        test = [100 * r["test_accuracy"] for r in rows]
+        out[name] = {
+            "seeds": len(rows),
+            "test_mean": round(statistics.fmean(test), 2),
+            "test_std": round(statistics.stdev(test), 2) if len(test) > 1 else None,
+        }
+    return out
+
+
+def _write(results: dict) -> None:
+    tmp = OUT.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=1) + "\n")
+    tmp.replace(OUT)
+
+
+if __name__ == "__main__":
+    main()
