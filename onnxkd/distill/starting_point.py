@@ -94,10 +94,13 @@ def _aligned(source: dict[str, torch.Tensor], target: dict) -> dict[str, torch.T
     return max(candidates, key=lambda c: len(c.keys() & target.keys()))
 
 
-def load_starting_point(path: Path, student: nn.Module) -> StartReport:
-    """Load what fits of `path` into `student` in place, and say what was and was not loaded."""
+def load_starting_point(
+    path: Path, student: nn.Module, weights: dict[str, torch.Tensor] | None = None
+) -> StartReport:
+    """Load what fits of `path` (or of `weights`, already read from it) into `student` in
+    place, and say what was and was not loaded."""
     own = student.state_dict()
-    source = _aligned(read_state_dict(path), own)
+    source = _aligned(read_state_dict(path) if weights is None else weights, own)
     loaded, reinitialised, left_random = [], [], []
     fitting = {}
     for name, tensor in own.items():

@@ -176,9 +176,10 @@ def _distill(
     Example:
         >>> distill(DistillConfig(student="resnet8", epochs=2))  # doctest: +SKIP
     """
+    starting_weights = None  # a float run's --init; a resumed run's checkpoint replaces it
     if cfg.init is not None and not cfg.qat and not cfg.resume:
         try:  # read before anything is built: a bad starting point is refused at once
-            read_state_dict(cfg.init)
+            starting_weights = read_state_dict(cfg.init)
         except StartingPointError as e:
             raise DistillConfigError(str(e)) from e
     ws = Workspace(cfg.workdir)
@@ -233,10 +234,9 @@ def _distill(
     torch.manual_seed(cfg.seed)
     # Takes the cache's input as the teacher does (NHWC, NHW, flat), so its export does too.
     student = _build_student(cfg, spec, cache.num_classes)
-    if cfg.init is not None and not cfg.qat and not cfg.resume:
-        # A float run's starting point; a resumed run's checkpoint holds its weights instead.
+    if starting_weights is not None:
         try:
-            say(load_starting_point(cfg.init, student).describe())
+            say(load_starting_point(cfg.init, student, starting_weights).describe())
         except StartingPointError as e:
             raise DistillConfigError(str(e)) from e
     # --channels-last re-lays NCHW batches; other layouts reach the network already permuted.

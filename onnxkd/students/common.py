@@ -148,16 +148,18 @@ class InvertedResidual(nn.Module):
 
 
 class ClassifierHead(nn.Module):
-    """Global average pool -> flatten (the embedding) -> linear classifier."""
+    """Global average pool -> flatten (the embedding) [-> dropout] -> linear classifier."""
 
-    def __init__(self, num_features: int, num_classes: int) -> None:
+    def __init__(self, num_features: int, num_classes: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten(1)
+        self.dropout = nn.Dropout(dropout) if dropout else None
         self.fc = nn.Linear(num_features, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.flatten(self.pool(x)))
+        x = self.flatten(self.pool(x))
+        return self.fc(x if self.dropout is None else self.dropout(x))
 
 
 def init_weights(model: nn.Module) -> None:

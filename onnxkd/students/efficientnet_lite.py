@@ -25,6 +25,7 @@ from torch import nn
 
 from onnxkd.students.common import (
     STUDENTS,
+    ClassifierHead,
     ConvBNAct,
     InvertedResidual,
     Size,
@@ -81,27 +82,13 @@ class EfficientNetLite(Student):
         self.stage1, self.stage2, self.stage3, self.stage4 = (nn.Sequential(*s) for s in stages)
         self.num_features = HEAD
         self.final = ConvBNAct(cin, HEAD, 1, act=nn.ReLU6)
-        self.head = LiteHead(HEAD, num_classes)
+        self.head = ClassifierHead(HEAD, num_classes, dropout=0.2)
         self.feature_modules = stage_features(4, final="final")
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stage2(self.stage1(self.stem(x)))
         return self.head(self.final(self.stage4(self.stage3(x))))
-
-
-class LiteHead(nn.Module):
-    """Global average pool -> flatten (the embedding) -> dropout -> linear classifier."""
-
-    def __init__(self, num_features: int, num_classes: int) -> None:
-        super().__init__()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten(1)
-        self.dropout = nn.Dropout(0.2)
-        self.fc = nn.Linear(num_features, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.dropout(self.flatten(self.pool(x))))
 
 
 @STUDENTS.register()
