@@ -14,9 +14,14 @@ from pathlib import Path
 
 def write_json_atomic(path: Path, data: dict) -> None:
     """Write JSON so that a reader sees the old file or the new one, never half of one."""
+    write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write text so that a reader sees the old file or the new one, never half of one."""
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
+    with open(tmp, "w", newline="") as f:  # newline="": the bytes are exactly `text`
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

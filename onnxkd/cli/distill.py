@@ -10,6 +10,7 @@ from onnxkd.cli.options import (
     Finite,
     KeyValue,
     NameChoice,
+    StudentChoice,
     log,
     to_dict,
     workdir_option,
@@ -22,8 +23,10 @@ from onnxkd.distill.schedule import SHAPES
 @click.command("distill")
 @click.option(
     "--student",
-    type=NameChoice("onnxkd.students:STUDENTS"),
-    help="Student architecture (see `onnxkd students`) [default: mobilenetv2; with --qat, "
+    type=StudentChoice(),
+    help="Student architecture: a name from `onnxkd students`, your own FILE.py:FACTORY or "
+    "package.module:FACTORY (called with num_classes=, in_chans=, input_size=; it returns an "
+    "nn.Module), or timm:NAME (pip install onnxkd[timm]) [default: mobilenetv2; with --qat, "
     "the float run's].",
 )
 @click.option(

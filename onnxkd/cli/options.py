@@ -246,6 +246,25 @@ class NameChoice(click.ParamType):
         return [CompletionItem(n) for n in self.names() if n.startswith(incomplete)]
 
 
+class StudentChoice(NameChoice):
+    """`--student`: a registry name, or a custom student (`FILE.py:FACTORY`,
+    `package.module:FACTORY`, `timm:NAME`) checked to name something buildable."""
+
+    def __init__(self) -> None:
+        super().__init__("onnxkd.students:STUDENTS", metavar="NAME|FILE.py:FACTORY")
+
+    def convert(self, value, param, ctx):
+        if ":" not in value:
+            return super().convert(value, param, ctx)
+        from onnxkd.students.custom import check_student_spec
+
+        try:
+            check_student_spec(value)
+        except OnnxkdError as e:
+            self.fail(str(e), param, ctx)
+        return value
+
+
 def config_defaults(ctx: click.Context, path: Path | None) -> dict | None:
     """Option defaults per command from a TOML file: `[cache-teacher]` then `views = 10`;
     `[ondevice.train]` for a subcommand. Keys are the options' names, which are the stage

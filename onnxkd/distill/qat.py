@@ -29,6 +29,7 @@ from onnxkd.distill.qdq import QDQ_PASSES
 from onnxkd.errors import OnnxkdError
 from onnxkd.files import read_json
 from onnxkd.metadata import QUANTIZED
+from onnxkd.students.custom import same_origin
 from onnxkd.workspace import Workspace
 
 QAT_ONNX = "student.int8.onnx"
@@ -130,7 +131,8 @@ def resolve_init(cfg: DistillConfig, ws: Workspace) -> DistillConfig:
     if record is None:
         raise QATError(f"{init} has no config.json: --init needs a float distill run folder")
     student = record["config"]["student"]
-    if cfg.student is not None and cfg.student != student:
+    origin = record.get("student_origin")
+    if cfg.student is not None and cfg.student != student and not same_origin(origin, cfg.student):
         raise QATError(
             f"--student {cfg.student} does not match the float run {init}, which trained "
             f"{student}; drop --student"

@@ -60,6 +60,9 @@ class RunRecord:
     # for samples held back from the train section, {"split": "eval"} for the test split.
     validation: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     unlabeled_keys: tuple[str, ...] = ()  # the --unlabeled caches' keys, in order
+    # A custom student's source as the user named it, with its hash (students.custom.pin);
+    # `config.student` then names the run's own copy.
+    student_origin: Mapping[str, Any] | None = None
 
     @classmethod
     def from_dict(cls, d: Mapping, where: str = CONFIG) -> RunRecord:
@@ -77,6 +80,7 @@ class RunRecord:
                 student_parameters=int(d.get("student_parameters", 0)),
                 validation=MappingProxyType(dict(d.get("validation") or {"split": "eval"})),
                 unlabeled_keys=tuple(d.get("unlabeled_keys", ())),
+                student_origin=d.get("student_origin"),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise DistillConfigError(f"{where} is malformed ({type(e).__name__}: {e})") from e
@@ -92,6 +96,7 @@ class RunRecord:
             "student_parameters": self.student_parameters,
             "validation": dict(self.validation),
             **({"unlabeled_keys": list(self.unlabeled_keys)} if self.unlabeled_keys else {}),
+            **({"student_origin": dict(self.student_origin)} if self.student_origin else {}),
         }
 
 

@@ -51,6 +51,13 @@ from onnxkd.distill.starting_point import (
 from onnxkd.errors import CacheError
 from onnxkd.interrupt import checkpoints
 from onnxkd.metadata import CACHE_KEY
+from onnxkd.students.custom import (
+    check_origin,
+    parse_custom,
+    pin,
+    same_origin,
+    same_student,
+)
 from onnxkd.students.for_spec import create_student_for_spec
 from onnxkd.students.pruned import read_architecture
 from onnxkd.workspace import Workspace
@@ -107,7 +114,9 @@ def _run_dir(cfg: DistillConfig, ws: Workspace) -> Path:
         return cfg.out
     stamp = time.strftime("%Y%m%d-%H%M%S")
     kind = "-qat" if cfg.qat else ""
-    return ws.root / "runs" / f"{cfg.student}{kind}-{cfg.loss}-s{cfg.seed}-{stamp}"
+    custom = parse_custom(cfg.student)
+    label = cfg.student if custom is None else custom.label
+    return ws.root / "runs" / f"{label}{kind}-{cfg.loss}-s{cfg.seed}-{stamp}"
 
 
 def _resolve_new(cfg: DistillConfig, ws: Workspace) -> DistillConfig:
@@ -127,6 +136,11 @@ def _resolve_resume(
     run_dir = cfg.out or ws.latest("training" if "training" in ws.state() else "run")
     record = RunFolder(run_dir).record()
     finished = checkpoint.finished_epochs(run_dir)
+    if "student" in given and same_origin(record.student_origin, cfg.student):
+        given = set(given) - {"student"}  # the file the run copied; its content is checked next
+    note = check_origin(record.student_origin, run_dir)
+    if note:
+        log(note)
     cfg, recorded, notes = resume.resumed_config(record, cfg, given, run_dir, finished)
     for note in notes:
         log(note)
@@ -186,12 +200,15 @@ def _distill(
     dist = distributed.setup()
     say = log if dist.is_main else _quiet
     record, replacing = None, False
+    pinned = None  # a new run's student as it records it (a file student: its copy)
     if cfg.resume:
         given = resume.differing_from_defaults(cfg) if given is None else given
         cfg, run_dir, record = _resolve_resume(cfg, ws, given, say)
     else:
         cfg = _resolve_new(cfg, ws)
         run_dir = dist.broadcast_path(_run_dir(cfg, ws))
+        pinned = pin(cfg.student, run_dir)
+        cfg = replace(cfg, student=pinned.spec)
         # Refused before any work; the old run is removed only once the new one can start.
         replacing = dist.is_main and RunFolder(run_dir).check_new(cfg.overwrite)
     cache_path = cfg.cache or ws.latest("cache")
@@ -233,7 +250,7 @@ def _distill(
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     # Takes the cache's input as the teacher does (NHWC, NHW, flat), so its export does too.
-    student = _build_student(cfg, spec, cache.num_classes)
+    student = _build_student(cfg, spec, cache.num_classes, pinned.text if pinned else None)
     if starting_weights is not None:
         try:
             say(load_starting_point(cfg.init, student, starting_weights).describe())
@@ -293,6 +310,7 @@ def _distill(
         if replacing:
             say(RunFolder(run_dir).remove_run())
         run_dir.mkdir(parents=True, exist_ok=True)
+        pinned.write_copy()
         RunFolder(run_dir).write_record(
             RunRecord(
                 config=cfg,
@@ -304,6 +322,7 @@ def _distill(
                 student_parameters=sum(p.numel() for p in student.parameters()),
                 validation=split.record(),
                 unlabeled_keys=tuple(c.key for c in extra_caches),
+                student_origin=pinned.origin,
             )
         )
         ws.record(training=run_dir)
@@ -402,14 +421,15 @@ def _distill(
     return RunResult(run_dir, state.history, report)
 
 
-def _build_student(cfg: DistillConfig, spec, num_classes: int) -> nn.Module:
-    """The registry student, or the pruned architecture it was cut down to; a run given
-    starting weights loads them (a resumed run's checkpoint then replaces them)."""
+def _build_student(cfg: DistillConfig, spec, num_classes: int, code: str | None) -> nn.Module:
+    """The student (from `code`, a new run's pinned file content, when given), or the pruned
+    architecture it was cut down to; a run given starting weights loads them (a resumed run's
+    checkpoint then replaces them)."""
     if cfg.architecture is None:
-        student = create_student_for_spec(cfg.student, spec, num_classes)
+        student = create_student_for_spec(cfg.student, spec, num_classes, code)
     else:
         architecture = read_architecture(cfg.architecture)
-        if architecture.base != cfg.student:
+        if not same_student(architecture.base, cfg.student):
             raise DistillConfigError(
                 f"{cfg.architecture} prunes {architecture.base}, not --student {cfg.student}"
             )

@@ -226,10 +226,10 @@ def _check_names(name: str, cache: dict, tables: dict) -> None:
     from onnxkd.data.augment import POLICIES
     from onnxkd.distill.losses import LOSSES
     from onnxkd.providers import EP_NAMES
-    from onnxkd.students import STUDENTS
+    from onnxkd.students.custom import check_student_spec
 
     checks = [("cache", "augment", lambda v: v in POLICIES, POLICIES)]
-    checks += [(t, "student", STUDENTS.get, None) for t in ("distill", "qat")]
+    checks += [(t, "student", check_student_spec, None) for t in ("distill", "qat")]
     checks += [(t, "loss", LOSSES.get, None) for t in ("distill", "qat")]
     for table, key, check, known in checks:
         value = (cache if table == "cache" else tables[table] or {}).get(key)

@@ -16,6 +16,7 @@ from onnxkd.data.spec import InputSpec
 from onnxkd.errors import SpecError
 from onnxkd.students import create_student, student_names
 from onnxkd.students.common import Student
+from onnxkd.students.custom import build_custom, parse_custom
 
 # Layouts an NCHW image network is adapted to, with the rank of the input they take.
 ADAPTED = {"NHWC": 4, "NHW": 3}
@@ -45,8 +46,14 @@ class TeacherLayout(Student):
         return self.net(x)
 
 
-def create_student_for_spec(name: str, spec: InputSpec, num_classes: int) -> Student:
+def create_student_for_spec(
+    name: str, spec: InputSpec, num_classes: int, code: str | None = None
+) -> Student:
     """The student `name` sized for `spec`'s input and taking it as the teacher does.
+
+    `name` is a registry name or a custom student (`FILE.py:FACTORY`, `package.module:FACTORY`,
+    `timm:NAME`; see `onnxkd.students.custom`); `code`, for a file student, is the file's
+    content to run instead of reading it again.
 
     Raises SpecError when the student takes images and the input is flat, or the other way.
 
@@ -56,6 +63,11 @@ def create_student_for_spec(name: str, spec: InputSpec, num_classes: int) -> Stu
         >>> model(torch.zeros(2, 8, 8, 1)).shape
         torch.Size([2, 10])
     """
+    if parse_custom(name) is not None:
+        flat = spec.layout == "flat"
+        size = spec.channels if flat else tuple(spec.size)
+        student = build_custom(name, num_classes, spec.channels, size, 2 if flat else 4, code)
+        return TeacherLayout(student, spec.layout) if spec.layout in ADAPTED else student
     if spec.layout == "flat":
         student = create_student(name, num_classes, spec.channels, input_size=spec.channels)
         if student.input_ndim != 2:

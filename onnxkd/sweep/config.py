@@ -145,7 +145,7 @@ class SweepConfig:
         from onnxkd.distill.losses import LOSSES
         from onnxkd.prune.config import PruneTarget
         from onnxkd.settings import check_types, from_settings, setting_names
-        from onnxkd.students import STUDENTS
+        from onnxkd.students.custom import check_student_spec
         from onnxkd.students.pruned import check_prunable
 
         listed = [dict(t) for t in self.trials] or [{}]
@@ -169,7 +169,7 @@ class SweepConfig:
                 target = None if target in (None, "", NO_PRUNE) else str(target)
                 # Names and targets refused now, not when their trial's turn comes hours later.
                 student = str(merged.get("student") or DEFAULT_STUDENT)
-                STUDENTS.get(student)
+                check_student_spec(student)
                 LOSSES.get(str(merged.get("loss", "kd")))
                 if target is not None:
                     PruneTarget.parse(target)
