@@ -68,7 +68,7 @@ def one_line_error(result) -> str:
     return lines[0]
 
 
-def test_file_student_trains_resumes_quantizes_and_refuses_a_changed_file(cli, tmp_path):
+def test_file_student_trains_resumes_quantizes_prunes_and_refuses_a_changed_file(cli, tmp_path):
     source = write_student(tmp_path)
     spec = f"{source}:build"
     assert cli("cache-teacher", MODELS / "digits_cnn.onnx", "--data", "digits").returncode == 0
@@ -96,12 +96,18 @@ def test_file_student_trains_resumes_quantizes_and_refuses_a_changed_file(cli, t
     int8 = onnx.load(run / "student.int8.onnx")
     assert count_int8_ops(int8) > 0
 
-    # The user edits the file: the run still rebuilds what it trained (QAT reads the copy) ...
+    # The user edits the file: the run still rebuilds what it trained (QAT and prune read the
+    # copy) ...
     source.write_text(STUDENT.replace("16", "24"))
     qat = cli("distill", "--qat", "--init", run, "--epochs", "1", "--batch-size", "64",
               "--threads", "1", "-o", tmp_path / "qat")  # fmt: skip
     assert qat.returncode == 0, qat.stderr
     assert (tmp_path / "qat" / "student.int8.onnx").exists()
+    pruned = cli("prune", run, "--target", "params=0.6", "--epochs", "1", "--threads", "1",
+                 "-o", tmp_path / "pruned")  # fmt: skip
+    assert pruned.returncode == 0, pruned.stderr
+    architecture = json.loads((tmp_path / "pruned" / "architecture.json").read_text())
+    assert architecture["base"] == f"{copy}:build" and architecture["steps"]
     # ... and refuses to resume training on a file that is no longer the one it began with.
     refused = cli("distill", "--resume", "--epochs", "4", *common)
     line = one_line_error(refused)
@@ -236,3 +242,19 @@ def test_timm_missing_is_one_line(cli):
     result = cli("distill", "--student", "timm:resnet10t")
     assert result.returncode == 2 and "pip install onnxkd[timm]" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_recipes_file_student_is_relative_to_the_recipe(tmp_path):
+    from onnxkd.pipeline.recipe import RecipeError, load_recipe
+
+    (tmp_path / "nets").mkdir()
+    source = write_student(tmp_path / "nets")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        f'name = "r"\nteacher = "{MODELS / "digits_cnn.onnx"}"\n[data]\ndata = "digits"\n'
+        '[distill]\nstudent = "nets/tiny_student.py:build"\nepochs = 1\n'
+    )
+    assert load_recipe(recipe).distill["student"] == f"{source.resolve()}:build"
+    recipe.write_text(recipe.read_text().replace("tiny_student.py", "missing.py"))
+    with pytest.raises(RecipeError, match="there is no file"):
+        load_recipe(recipe)

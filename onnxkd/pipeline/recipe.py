@@ -144,6 +144,12 @@ def load_recipe(path: Path) -> Recipe:
     for key in ("name", "teacher", "description"):
         if key in raw and not isinstance(raw[key], str):
             raise RecipeError(f"{path.name}: {key} = {as_toml(raw[key])} must be a string")
+    for table in ("distill", "qat"):  # a FILE.py:FACTORY student, like every recipe path
+        student = (parsed[table] or {}).get("student")
+        if isinstance(student, str) and student.rpartition(":")[0].endswith(".py"):
+            file, _, factory = student.rpartition(":")
+            if not Path(file).is_absolute():
+                parsed[table]["student"] = f"{(base / file).resolve()}:{factory}"
     teacher = Path(raw["teacher"])
     teacher = teacher if teacher.is_absolute() else (base / teacher).resolve()
     if not teacher.is_file():
