@@ -6,6 +6,7 @@ the Pareto front (validation accuracy against INT8 latency) gets more seeds.
     .venv/bin/python benchmarks/students.py --part latency [--rounds 5]
     .venv/bin/python benchmarks/students.py --part accuracy --epochs 30 [--worker 0/2]
     .venv/bin/python benchmarks/students.py --part front --epochs 30 [--front-seeds 1,2]
+    .venv/bin/python benchmarks/students.py --part table     # the README's table, from results
 
 `latency` exports each student as distill does (untrained: latency does not depend on the
 weights' values) and quantizes it as `onnxkd quantize` does (MinMax on 512 real images).
@@ -172,7 +173,7 @@ def pareto_front(rows: list[dict], latency: dict[str, float]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["latency", "accuracy", "front"], required=True)
+    parser.add_argument("--part", choices=["latency", "accuracy", "front", "table"], required=True)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--worker", default="0/1", help="I/N: this worker's share of N")
@@ -195,6 +196,9 @@ def main() -> None:
         _write(results)
         for r in results["latency"]["rows"]:
             print(json.dumps(r))
+        return
+    if args.part == "table":
+        print(table(results))
         return
     rows = {r["student"]: r for r in results["latency"]["rows"]}
     int8_ms = {n: r["int8_ms_1t"] for n, r in rows.items()}
@@ -275,12 +279,41 @@ def _summary(runs: list[dict]) -> dict:
     out = {}
     for name, rows in by.items():
         test = [100 * r["test_accuracy"] for r in rows]
+        val = [100 * r["val_accuracy"] for r in rows]
         out[name] = {
             "seeds": len(rows),
+            "val_mean": round(statistics.fmean(val), 2),
             "test_mean": round(statistics.fmean(test), 2),
             "test_std": round(statistics.stdev(test), 2) if len(test) > 1 else None,
         }
     return out
+
+
+def table(results: dict) -> str:
+    """The README's student table, from the results file: every student by INT8 latency,
+    the Pareto front (on seed-0 validation accuracy) marked."""
+    accuracy = results.get("accuracy", {})
+    summary, front = accuracy.get("summary", {}), set(accuracy.get("front", []))
+    seed0 = {r["student"]: r for r in accuracy.get("runs", []) if r["seed"] == 0}
+    int8_ms = {r["student"]: r["int8_ms_1t"] for r in results["latency"]["rows"]}
+    on_front = set(pareto_front(list(seed0.values()), int8_ms)) if seed0 else set()
+    lines = [
+        "| student | params | INT8 ms (1 thread) | INT8 speed-up | val % (seed 0) | test % | "
+        "seeds | Pareto front |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in sorted(results["latency"]["rows"], key=lambda r: r["int8_ms_1t"]):
+        name, s = r["student"], summary.get(r["student"])
+        if s is None:
+            continue
+        test = f"{s['test_mean']:.2f}" + (f" ± {s['test_std']:.2f}" if s["test_std"] else "")
+        mark = "yes (3 seeds)" if name in front else "yes" if name in on_front else ""
+        lines.append(
+            f"| `{name}` | {r['params'] / 1e6:.3f} M | {r['int8_ms_1t']:.3f} | "
+            f"{r['int8_speedup_1t']:.2f}x | {100 * seed0[name]['val_accuracy']:.2f} | {test} | "
+            f"{s['seeds']} | {mark} |"
+        )
+    return "\n".join(lines)
 
 
 def _write(results: dict) -> None:
