@@ -155,13 +155,15 @@ def test_energy_per_inference_from_a_counter_of_known_power(tmp_path, monkeypatc
     assert found["available"]
     measured = found["models"]["digits_cnn"]
     assert measured["batch"] == 2  # the smallest batch
-    # (the counter and bench's clock are read a few µs apart)
-    assert measured["watts"] == pytest.approx(7.0, rel=1e-3)
-    assert measured["idle_watts"] == pytest.approx(7.0, rel=1e-3)
+    # This checks the wiring on the real clock (the arithmetic is exact in
+    # test_bench_energy.py): the counter is read between two clock readings, and on a loaded
+    # machine the process can be scheduled out for milliseconds in between, so 2% of 0.3 s.
+    assert measured["watts"] == pytest.approx(7.0, rel=0.02)
+    assert measured["idle_watts"] == pytest.approx(7.0, rel=0.02)
     samples_per_second = measured["runs"] * measured["batch"] / measured["seconds"]
-    assert measured["joules_per_inference"] == pytest.approx(7.0 / samples_per_second, rel=1e-3)
+    assert measured["joules_per_inference"] == pytest.approx(7.0 / samples_per_second, rel=0.02)
     assert (
-        abs(measured["joules_per_inference_above_idle"]) < 0.01 * measured["joules_per_inference"]
+        abs(measured["joules_per_inference_above_idle"]) < 0.04 * measured["joules_per_inference"]
     )
     assert "the whole fake package" in measured["limits"]
     markdown = (tmp_path / "out" / "bench.md").read_text()

@@ -104,6 +104,32 @@ def test_joules_per_sample_and_watts_exact(powercap: Path, clock: FakeClock) -> 
     json.dumps(result)
 
 
+def test_time_spent_reading_the_counter_does_not_bias_the_watts(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A counter that takes 0.1 s to read (NVML takes about a ms; a process scheduled out
+    # mid-read, longer) of a constant 3 W draw: timing from the middle of each read keeps
+    # the figure exact, where timing after the first read and before the last would not.
+    def read_joules() -> float:
+        clock.now += 0.05
+        joules = 3.0 * clock.now
+        clock.now += 0.05
+        return joules
+
+    counter = energy.EnergyCounter("rapl", "slow", read_joules, None, "a slow counter")
+
+    def run() -> None:
+        clock.now += 0.25
+
+    monkeypatch.setattr(
+        energy, "_sleep", lambda seconds: setattr(clock, "now", clock.now + seconds)
+    )
+    result = energy.measure_energy([counter], run, batch=1, min_seconds=1.0, idle_seconds=0.5)
+    assert result["watts"] == pytest.approx(3.0)
+    assert result["idle_watts"] == pytest.approx(3.0)
+    assert result["joules_per_inference_above_idle"] == pytest.approx(0.0, abs=1e-9)
+
+
 def test_idle_draw_subtracted(
     powercap: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -223,12 +223,22 @@ def _joules_between(
     return total
 
 
+def _read_all_at(counters: list[EnergyCounter]) -> tuple[list[float], float]:
+    """The readings and the clock at their midpoint.
+
+    Reading a counter takes time (NVML: about a millisecond) and the process can be scheduled
+    out during it; timing from the middle of the read keeps that from biasing the watts.
+    """
+    before = _clock()
+    readings = _read_all(counters)
+    return readings, (before + _clock()) / 2
+
+
 def _idle_watts(counters: list[EnergyCounter], seconds: float) -> float | None:
-    before = _read_all(counters)
-    start = _clock()
+    before, start = _read_all_at(counters)
     _sleep(seconds)
-    elapsed = _clock() - start
-    after = _read_all(counters)
+    after, end = _read_all_at(counters)
+    elapsed = end - start
     joules = _joules_between(counters, before, after)
     return joules / elapsed if elapsed > 0 else None
 
@@ -237,17 +247,15 @@ def _run_for(
     counters: list[EnergyCounter], run: Callable[[], None], min_seconds: float
 ) -> tuple[int, float, float]:
     """(runs, seconds, joules) over repeated run() calls lasting at least min_seconds."""
-    before = _read_all(counters)
-    start = _clock()
+    before, start = _read_all_at(counters)
     runs = 0
     while True:
         run()
         runs += 1
-        elapsed = _clock() - start
-        if elapsed >= min_seconds:
+        if _clock() - start >= min_seconds:
             break
-    after = _read_all(counters)
-    return runs, elapsed, _joules_between(counters, before, after)
+    after, end = _read_all_at(counters)
+    return runs, end - start, _joules_between(counters, before, after)
 
 
 def _limits(counters: list[EnergyCounter], idle_seconds: float) -> str:
