@@ -57,6 +57,19 @@ def rank_slice(order: np.ndarray, rank: int, world: int) -> np.ndarray:
     return padded[rank::world]
 
 
+def batches_per_epoch(
+    samples: int, batch_size: int, world: int = 1, drop_last: bool = False
+) -> int:
+    """How many batches each rank's epoch yields: what a schedule sized in steps must count.
+
+    Each rank gets ceil(samples / world) samples (rank_slice pads by wrapping); drop_last
+    drops a partial last batch unless it is the only one.
+    """
+    per_rank = samples if world == 1 else -(-samples // world)
+    full, rest = divmod(per_rank, batch_size)
+    return full + 1 if rest and not (drop_last and full) else full
+
+
 class _Batches:
     """Shared batching: shuffled (per seed and epoch), split across ranks, prefetched.
 
@@ -74,6 +87,9 @@ class _Batches:
 
     def view_for_epoch(self, epoch: int) -> int:
         raise NotImplementedError
+
+    def batches_per_epoch(self, batch_size: int, world: int = 1, drop_last: bool = False) -> int:
+        return batches_per_epoch(len(self), batch_size, world, drop_last)
 
     def load(self, indices: np.ndarray, view: int) -> Batch:
         raise NotImplementedError
@@ -98,10 +114,10 @@ class _Batches:
         if self.members is not None:
             order = self.members[order]
         order = rank_slice(order, rank, world)
-        chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-        # A last batch of a handful of samples gives BatchNorm noisy statistics: drop it.
-        if drop_last and len(chunks) > 1 and len(chunks[-1]) < batch_size:
-            chunks = chunks[:-1]
+        # A last batch of a handful of samples gives BatchNorm noisy statistics: drop_last
+        # drops it (the count is the one schedules are sized by).
+        count = batches_per_epoch(len(order), batch_size, drop_last=drop_last)
+        chunks = [order[i * batch_size : (i + 1) * batch_size] for i in range(count)]
         if not chunks:
             return
         view = self.view_for_epoch(epoch)

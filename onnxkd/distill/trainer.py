@@ -300,7 +300,9 @@ def _distill(
             # in eval mode: CRD fixes its normalisation and moves its memory in training only
             module.eval()
             module(*_to_device(probe, device, channels_last))
-    steps_per_epoch = max(1, -(-len(batches) // (cfg.batch_size * dist.world)))
+    # Sized by the batches actually taken (a partial last one is dropped), so the cosine
+    # reaches its end on the last step.
+    steps_per_epoch = max(1, batches.batches_per_epoch(cfg.batch_size, dist.world, drop_last=True))
     optimizer = _optimizer(cfg, module.parameters())
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, steps_per_epoch))
     state = checkpoint.State()
@@ -535,7 +537,7 @@ def _train_epoch(
         drop_last=True,
         finish=_pinned if device.type == "cuda" else None,
     )
-    total_steps = -(-len(batches) // (cfg.batch_size * dist.world))
+    total_steps = batches.batches_per_epoch(cfg.batch_size, dist.world, drop_last=True)
     bar = tqdm(
         steps,
         total=total_steps,
@@ -544,11 +546,10 @@ def _train_epoch(
         disable=None if dist.is_main else True,
     )
     objective = getattr(model, "module", model).objective  # under DDP, the wrapped module's
-    full_steps = max(1, len(batches) // (cfg.batch_size * dist.world))  # drop_last: floor
     for step, batch in enumerate(bar):
         check()
         # Schedules move step by step: the epochs done once this step is taken.
-        objective.set_progress(epoch + min(1.0, (step + 1) / full_steps), cfg.epochs)
+        objective.set_progress(epoch + min(1.0, (step + 1) / max(1, total_steps)), cfg.epochs)
         x, teacher, labels = _to_device(batch, device, channels_last)
         with autocast:
             loss, _ = model(x, teacher, labels)

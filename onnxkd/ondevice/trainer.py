@@ -115,7 +115,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     else:
         history["before"] = evaluate(module, manifest, eval_batches)
         log(f"before: val acc {100 * history['before']['val_accuracy']:.2f}%")
-    steps_per_epoch = max(1, -(-len(train_batches) // cfg.batch_size))
+    steps_per_epoch = max(1, train_batches.batches_per_epoch(cfg.batch_size))
     total = cfg.epochs * steps_per_epoch
     module.train()
     for epoch in range(done, cfg.epochs):
