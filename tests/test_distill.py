@@ -182,47 +182,50 @@ def test_torchrun_two_processes_on_cpu(workspace, tmp_path):
     assert (root / "ddp" / "student.onnx").exists()
 
 
-@pytest.mark.parametrize(
-    "extra",
-    [
-        {"loss": "dkd"},
-        {"loss": "ce"},
-        {"hints": ("stage2:/features/features.5/Relu_output_0",)},
-        {"attention": ("stage2:/features/features.5/Relu_output_0",)},
-        {"online": True},
-        {"rkd": "embedding:/features/features.5/Relu_output_0"},
+FEATURE = "/features/features.5/Relu_output_0"
+# Each method's accuracy floor after 3 epochs on digits (the clean test split), about 3 points
+# under the lowest of seeds 0, 1 and 2 measured here. A method whose targets are misaligned
+# with its inputs misses every floor: with the teacher's rows permuted within each batch (planted
+# by hand once) the 3-seed accuracies were 8-29%. A broken feature term alone is not caught
+# this way (with permuted teacher features, hints, RKD and CRD trained as well as intact:
+# KD carries them); test_training_inputs.py checks what those terms are fed.
+METHOD_FLOORS = {
+    "kd": ({}, 0.91),  # measured 0.942-0.958; scratch, the no-teacher bound, 0.911-0.914
+    "dkd": ({"loss": "dkd"}, 0.80),  # 0.841-0.869: its lr 0.01 default learns slower early
+    "scratch": ({"loss": "ce"}, 0.88),  # 0.911-0.914
+    "fitnets": ({"hints": (f"stage2:{FEATURE}",)}, 0.91),  # 0.950-0.964
+    "attention": ({"attention": (f"stage2:{FEATURE}",)}, 0.84),  # 0.875-0.905
+    "online": ({"online": True}, 0.91),  # 0.944-0.958
+    "rkd": ({"rkd": f"embedding:{FEATURE}"}, 0.93),  # 0.967-0.975
+    "bf16-channels-last-adamw": (
         {"bf16": True, "channels_last": True, "optimizer": "adamw"},
-        {"crd": "embedding:/features/features.5/Relu_output_0"},
-    ],
-    ids=[
-        "dkd",
-        "scratch",
-        "fitnets",
-        "attention",
-        "online",
-        "rkd",
-        "bf16-channels-last-adamw",
-        "crd",
-    ],
-)
-def test_other_objectives_train(workspace, tmp_path, extra):
+        0.79,  # 0.830-0.850
+    ),
+    "crd": ({"crd": f"embedding:{FEATURE}"}, 0.91),  # 0.950-0.958
+}
+
+
+@pytest.mark.parametrize("method", list(METHOD_FLOORS))
+def test_each_method_reaches_its_accuracy_floor(workspace, tmp_path, method):
+    extra, floor = METHOD_FLOORS[method]
     root = fresh(workspace, tmp_path)
     cfg = DistillConfig(
         student="small_cnn",
         workdir=root / "onnxkd-out",
-        epochs=1,
+        epochs=3,
         batch_size=64,
         threads=1,
         export=False,
         out=root / "run",
-        # scored on the clean test split: the held-back samples' first view is a random crop,
-        # harder after one epoch (selection on them is tested in test_distill_safety.py)
+        # scored on the clean test split: the held-back samples' first view is a random crop
+        # (selection on them is tested in test_distill_safety.py)
         val_fraction=0.0,
         **extra,
     )
     result = distill(cfg, log=lambda s: None)
     row = result.history[-1]
-    assert np.isfinite(row["train_loss"]) and row["val_accuracy"] > 0.3
+    assert np.isfinite(row["train_loss"])
+    assert row["val_accuracy"] >= floor, f"{method}: {row['val_accuracy']:.4f} < {floor}"
 
 
 def test_bf16_on_a_cpu_without_bf16_arithmetic_trains_in_float32(workspace, tmp_path, monkeypatch):
