@@ -119,7 +119,8 @@ def main() -> None:
 
     data_arg = "" if args.data.resolve() == DEFAULT_DATA.resolve() else f" --data {args.data}"
     files = {
-        s: ", ".join(f"`{f}`" for f in d.split_info["files"])
+        # an idx folder names its files; an .npz (e.g. benchmarks/unlabeled_fair.py's) is one
+        s: ", ".join(f"`{f}`" for f in d.split_info.get("files", [args.data.name]))
         for s, d in (("train", train), ("test", test))
     }
     card = args.out.with_suffix(".md")
