@@ -25,6 +25,7 @@ Methods (same student, optimizer and lr schedule unless the method says otherwis
                   them per view): the teacher's targets are for exactly the mixed image
   dkd_b2          DKD with β 2 instead of 8 (the paper lowers β for weaker teachers)
   dkd_lr02        DKD at lr 0.02 instead of its default 0.01
+  dkd_wd          DKD at lr 0.01 with weight decay 2.5e-3: the decay per step of KD's lr 0.05
   kd_90           KD over 3x the epochs, one cached view per epoch (the patient teacher)
   kd_1000         KD on the first 100 training images of each class (1,000) alone
   kd_1000_unlabeled  the same 1,000 plus the other 3,660 training images without their labels
@@ -86,6 +87,9 @@ METHODS = {
     "dkd_b2": Method("kd", {"loss": "dkd", "dkd_beta": 2.0}),
     # DKD at twice its default lr: its default (0.01) comes from a 240-epoch schedule
     "dkd_lr02": Method("kd", {"loss": "dkd", "lr": 0.02}),
+    # DKD at its lr 0.01 with the weight decay per step that KD's lr 0.05 gives (5e-4 x 5):
+    # SGD's decay is lr x wd, so DKD's lower lr also cut its regularisation fivefold
+    "dkd_wd": Method("kd", {"loss": "dkd", "weight_decay": 2.5e-3}),
     "kd_90": Method("kd", {"loss": "kd"}, epochs_x=3),
     "kd_1000": Method("kd", {"loss": "kd"}, data="labeled-1000"),
     "kd_1000_unlabeled": Method("kd", {"loss": "kd"}, data="labeled-1000", unlabeled=True),
