@@ -31,8 +31,9 @@ from onnxkd.distill.config import DistillConfig
 from onnxkd.distill.losses import KD
 from onnxkd.distill.trainer import distill
 from onnxkd.ondevice.bridge import find_python, run_worker
-from onnxkd.ondevice.config import FORMAT, MANIFEST, REQUIRED, VERSION
+from onnxkd.ondevice.config import MANIFEST, REQUIRED, read_artifacts
 from onnxkd.ondevice.errors import OnDeviceError
+from onnxkd.ondevice.manifest import ArtifactsManifest, ParameterRow, StudentInfo
 from onnxkd.ondevice.student import prepare
 
 ONDEVICE_ENV = ROOT / ".venv-ondevice"
@@ -332,25 +333,60 @@ def test_missing_environment_names_the_setup_script(tmp_path):
 
 
 def fake_artifacts(folder: Path, weak: dict, **student) -> Path:
-    """An artifacts folder as `ondevice artifacts` lays it out, for checks made before any
-    training (they read the manifest only)."""
+    """An artifacts folder as `ondevice artifacts` lays it out (empty graph files, a complete
+    manifest), for checks made before any training (they read the manifest only)."""
     folder.mkdir()
     for name in REQUIRED:
         (folder / name).write_bytes(b"")
     meta = {p.key: p.value for p in onnx.load(str(weak["student"])).metadata_props}
-    manifest = {
-        "format": FORMAT,
-        "version": VERSION,
-        "num_classes": 10,
-        "student": {
-            "path": str(weak["student"]),
-            "input_spec": json.loads(meta["onnxkd.input_spec"]),
-            "input_shape": ["batch", 1, 8, 8],
-            **student,
-        },
+    student_info = {
+        "path": str(weak["student"]),
+        "sha256": "0" * 64,
+        "input_spec": json.loads(meta["onnxkd.input_spec"]),
+        "input_shape": ["batch", 1, 8, 8],
+        **student,
     }
-    (folder / MANIFEST).write_text(json.dumps(manifest))
+    manifest = ArtifactsManifest(
+        id="fake",
+        student=StudentInfo.from_dict(student_info),
+        input="input",
+        output="logits",
+        num_classes=10,
+        alpha=0.9,
+        temperature=4.0,
+        optimizer="adamw",
+        weight_decay=0.0,
+        trainable=(ParameterRow("w", "fc", (10, 64)),),
+        frozen=(),
+        opset=17,
+        ir_version=8,
+        converted=(),
+        artifact_ir_versions={},
+        config={},
+        versions={},
+    )
+    (folder / MANIFEST).write_text(json.dumps(manifest.to_dict()))
     return folder
+
+
+def test_the_artifacts_manifest_reads_back_what_was_written(artifacts):
+    written = json.loads((artifacts / MANIFEST).read_text())
+    manifest = read_artifacts(artifacts)
+    assert manifest.to_dict() == written
+    assert manifest.num_classes == 10 and manifest.optimizer == written["optimizer"]["name"]
+    assert [p.name for p in manifest.trainable] == [
+        p["name"] for p in written["parameters"]["trainable"]
+    ]
+
+
+@pytest.mark.parametrize("broken", ["num_classes", "student", "parameters"])
+def test_a_manifest_missing_a_key_is_refused_in_one_line(weak, tmp_path, broken):
+    folder = fake_artifacts(tmp_path / "art", weak)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    del manifest[broken]
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(OnDeviceError, match=f"is malformed \\(KeyError: '{broken}'\\)"):
+        read_artifacts(folder)
 
 
 def test_artifacts_missing_files_or_mismatched_caches_are_refused(weak, tmp_path):

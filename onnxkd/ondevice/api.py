@@ -14,15 +14,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from onnxkd import __version__
+from onnxkd.data.spec import InputSpec
 from onnxkd.files import sha256_file, write_json_atomic
 from onnxkd.metadata import STUDENT
 from onnxkd.ondevice.bridge import find_python, run_worker
 from onnxkd.ondevice.config import (
     BASE_MODEL,
-    FORMAT,
     MANIFEST,
     REQUIRED,
-    VERSION,
     ArtifactsConfig,
     TrainConfig,
     check_cache_fits,
@@ -31,13 +30,14 @@ from onnxkd.ondevice.config import (
     run_settings,
 )
 from onnxkd.ondevice.errors import OnDeviceError
+from onnxkd.ondevice.manifest import ArtifactsManifest, ParameterRow, StudentInfo
 from onnxkd.runtime import ort_session
 from onnxkd.workspace import Workspace
 
 
 def make_artifacts(
     cfg: ArtifactsConfig, log: Callable[[str], None] = print, env: Path | None = None
-) -> tuple[Path, dict]:
+) -> tuple[Path, ArtifactsManifest]:
     """Write onnxruntime training artifacts for a student with the KD loss block on top.
 
     Args:
@@ -97,39 +97,43 @@ def _request(cfg: ArtifactsConfig, info: dict, tmp: Path) -> dict:
     }
 
 
-def _manifest(cfg: ArtifactsConfig, student: Path, info: dict, built: dict, tmp: Path) -> dict:
+def _manifest(
+    cfg: ArtifactsConfig, student: Path, info: dict, built: dict, tmp: Path
+) -> ArtifactsManifest:
     import onnx
 
-    return {
-        "format": FORMAT,
-        "version": VERSION,
-        "id": _artifacts_id(tmp),
-        "student": {
-            "path": str(student.resolve()),
-            "sha256": sha256_file(student),
-            "name": info["metadata"].get(STUDENT),
-            "input_spec": info["input_spec"],
-            "input_shape": info["input_shape"],
-            "metadata": info["metadata"],
-        },
-        "input": info["input"],
-        "output": info["output"],
-        "num_classes": info["classes"],
-        "loss": {"name": "kd", "alpha": cfg.alpha, "temperature": cfg.temperature},
-        "optimizer": {"name": cfg.optimizer, "weight_decay": cfg.weight_decay},
-        "parameters": {"trainable": info["trainable"], "frozen": info["frozen"]},
-        "opset": info["opset"],
-        "ir_version": info["ir_version"],
-        "converted": info["converted"],
-        "artifact_ir_versions": built["ir_versions"],
-        "config": cfg.to_dict(),
-        "versions": {
+    spec = info["input_spec"]
+    return ArtifactsManifest(
+        id=_artifacts_id(tmp),
+        student=StudentInfo(
+            path=str(student.resolve()),
+            sha256=sha256_file(student),
+            name=info["metadata"].get(STUDENT),
+            input_spec=InputSpec.from_dict(spec) if spec is not None else None,
+            input_shape=tuple(info["input_shape"]),
+            metadata=info["metadata"],
+        ),
+        input=info["input"],
+        output=info["output"],
+        num_classes=info["classes"],
+        alpha=cfg.alpha,
+        temperature=cfg.temperature,
+        optimizer=cfg.optimizer,
+        weight_decay=cfg.weight_decay,
+        trainable=tuple(ParameterRow.from_dict(p) for p in info["trainable"]),
+        frozen=tuple(ParameterRow.from_dict(p) for p in info["frozen"]),
+        opset=info["opset"],
+        ir_version=info["ir_version"],
+        converted=tuple(info["converted"]),
+        artifact_ir_versions=built["ir_versions"],
+        config=cfg.to_dict(),
+        versions={
             "onnxkd": __version__,
             "onnxruntime-training": built["onnxruntime"],
             "onnx (artifacts)": built["onnx"],
             "onnx (student prepared)": onnx.__version__,
         },
-    }
+    )
 
 
 def _artifacts_id(folder: Path) -> str:
@@ -140,7 +144,7 @@ def _artifacts_id(folder: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _install(tmp: Path, out: Path, manifest: dict) -> None:
+def _install(tmp: Path, out: Path, manifest: ArtifactsManifest) -> None:
     """Move the new artifacts into `out`, the manifest last, keeping anything else there
     (a training run of the previous artifacts, which will then refuse to resume)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -150,7 +154,7 @@ def _install(tmp: Path, out: Path, manifest: dict) -> None:
         if target.is_dir():
             shutil.rmtree(target)
         os.replace(tmp / name, target)
-    write_json_atomic(out / MANIFEST, manifest)
+    write_json_atomic(out / MANIFEST, manifest.to_dict())
 
 
 def train_on_device(
@@ -191,14 +195,14 @@ def train_on_device(
     return report
 
 
-def _check_here(path: Path, manifest: dict, threads: int | None) -> str:
+def _check_here(path: Path, manifest: ArtifactsManifest, threads: int | None) -> str:
     """Run the exported model once with this environment's onnxruntime; its version."""
     import numpy as np
     import onnxruntime
 
-    shape = [d if isinstance(d, int) else 2 for d in manifest["student"]["input_shape"]]
+    shape = [d if isinstance(d, int) else 2 for d in manifest.student.input_shape]
     session = ort_session(path, "cpu", threads, error=OnDeviceError)
-    (logits,) = session.run(None, {manifest["input"]: np.zeros(shape, np.float32)})
-    if logits.shape != (shape[0], manifest["num_classes"]):
+    (logits,) = session.run(None, {manifest.input: np.zeros(shape, np.float32)})
+    if logits.shape != (shape[0], manifest.num_classes):
         raise OnDeviceError(f"the exported {path} gives logits of shape {logits.shape}")
     return onnxruntime.__version__

@@ -10,12 +10,11 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from onnxkd.data.spec import InputSpec
 from onnxkd.ondevice.errors import OnDeviceError
+from onnxkd.ondevice.manifest import FORMAT, VERSION, ArtifactsManifest
 from onnxkd.workspace import DEFAULT_WORKDIR
 
-FORMAT = "onnxkd-ondevice-artifacts"
-VERSION = 1
+__all__ = ["FORMAT", "VERSION"]  # the artifacts' format, defined with their manifest
 MANIFEST = "ondevice.json"
 BASE_MODEL = "base_model.onnx"  # the student as the artifacts were built from it
 TRAINING_MODEL = "training_model.onnx"
@@ -170,7 +169,7 @@ class TrainConfig:
         return _from_dict(cls, d, ("artifacts", "cache", "out", "workdir"))
 
 
-def read_artifacts(path: Path) -> dict:
+def read_artifacts(path: Path) -> ArtifactsManifest:
     """The manifest of an artifacts folder, after checking that every file is there."""
     path = Path(path)
     hint = "make them with `onnxkd ondevice artifacts STUDENT.onnx`"
@@ -179,40 +178,40 @@ def read_artifacts(path: Path) -> dict:
     if not (path / MANIFEST).is_file():
         raise OnDeviceError(f"{path} holds no onnxkd on-device artifacts (no {MANIFEST}); {hint}")
     try:
-        manifest = json.loads((path / MANIFEST).read_text())
+        raw = json.loads((path / MANIFEST).read_text())
     except ValueError as e:
         raise OnDeviceError(f"{path / MANIFEST} is corrupt ({e}); {hint} --overwrite") from e
-    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-        raise OnDeviceError(
-            f"{path} has artifacts format {manifest.get('format')} v{manifest.get('version')}; "
-            f"this onnxkd reads {FORMAT} v{VERSION}; {hint} --overwrite"
-        )
+    if not isinstance(raw, dict):
+        raise OnDeviceError(f"{path / MANIFEST} is corrupt (not an object); {hint} --overwrite")
+    try:
+        manifest = ArtifactsManifest.from_dict(raw, where=str(path))
+    except OnDeviceError as e:
+        raise OnDeviceError(f"{e}; {hint} --overwrite") from e
     missing = [name for name in REQUIRED if not (path / name).exists()]
     if missing:
         raise OnDeviceError(
             f"artifacts folder {path} is missing {', '.join(missing)}; regenerate it with "
-            f"`onnxkd ondevice artifacts {manifest['student']['path']} -o {path} --overwrite`"
+            f"`onnxkd ondevice artifacts {manifest.student.path} -o {path} --overwrite`"
         )
     return manifest
 
 
-def check_cache_fits(manifest: dict, cache) -> None:
+def check_cache_fits(manifest: ArtifactsManifest, cache) -> None:
     """Refuse a cache (a `CacheReader`) whose classes or preprocessing differ from the student's."""
-    student = manifest["student"]
-    if cache.num_classes != manifest["num_classes"]:
+    student = manifest.student
+    if cache.num_classes != manifest.num_classes:
         raise OnDeviceError(
             f"the cache {cache.path} has {cache.num_classes} classes but the student "
-            f"{Path(student['path']).name} outputs {manifest['num_classes']}; use a cache made "
+            f"{student.file_name} outputs {manifest.num_classes}; use a cache made "
             "for this student's task"
         )
-    spec = student.get("input_spec")
-    if spec is not None and InputSpec.from_dict(spec) != cache.input_spec:
+    if student.input_spec is not None and student.input_spec != cache.input_spec:
         raise OnDeviceError(
-            f"the student {Path(student['path']).name} expects input "
-            f"{InputSpec.from_dict(spec).to_json()} but the cache {cache.path} was made with "
+            f"the student {student.file_name} expects input "
+            f"{student.input_spec.to_json()} but the cache {cache.path} was made with "
             f"{cache.input_spec.to_json()}: they must be the same preprocessing"
         )
-    shape = student["input_shape"][1:]
+    shape = list(student.input_shape[1:])
     expected = list(cache.input_spec.input_shape)
     if all(isinstance(d, int) for d in shape) and shape != expected:
         raise OnDeviceError(
@@ -226,13 +225,13 @@ def check_cache_fits(manifest: dict, cache) -> None:
         )
 
 
-def run_settings(manifest: dict, cache_key: str, cfg: TrainConfig) -> dict:
+def run_settings(manifest: ArtifactsManifest, cache_key: str, cfg: TrainConfig) -> dict:
     """What a run's checkpoint depends on, besides its epoch count."""
     return {
-        "artifacts_id": manifest["id"],
+        "artifacts_id": manifest.id,
         "cache_key": cache_key,
         "batch_size": cfg.batch_size,
-        "lr": cfg.resolved_lr(manifest["optimizer"]["name"]),
+        "lr": cfg.resolved_lr(manifest.optimizer),
         "schedule": cfg.schedule,
         "seed": cfg.seed,
     }

@@ -15,6 +15,7 @@ from onnxkd.ondevice.config import (
     TEACHER_INPUT,
     TRAINING_MODEL,
 )
+from onnxkd.ondevice.manifest import ArtifactsManifest
 
 
 def quiet() -> None:
@@ -46,11 +47,11 @@ def open_module(artifacts: Path, checkpoint: Path, threads: int | None = None):
     return state, module, optimizer
 
 
-def run_batch(module, manifest: dict, batch) -> tuple[float, np.ndarray]:
+def run_batch(module, manifest: ArtifactsManifest, batch) -> tuple[float, np.ndarray]:
     """The loss and logits of one `Batch` (forward only in eval mode; in train mode the
     gradients are also accumulated, for the optimizer's next step)."""
     feeds = {
-        manifest["input"]: np.ascontiguousarray(batch.x, dtype=np.float32),
+        manifest.input: np.ascontiguousarray(batch.x, dtype=np.float32),
         LABELS_INPUT: np.ascontiguousarray(batch.labels, dtype=np.int64),
         TEACHER_INPUT: np.ascontiguousarray(batch.teacher["logits"], dtype=np.float32),
     }

@@ -5,20 +5,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from onnxkd.ondevice.manifest import ArtifactsManifest
 
-def summarize_artifacts(path: Path, manifest: Mapping) -> str:
+
+def summarize_artifacts(path: Path, manifest: ArtifactsManifest) -> str:
     """The artifacts folder, the student it trains, the loss, and what is frozen."""
-    params = manifest["parameters"]
-    frozen = params["frozen"]
+    frozen = manifest.frozen
     return "\n".join(
         [
             f"artifacts: {path}",
-            f"student:   {manifest['student']['path']} (opset {manifest['opset']}, IR "
-            f"{manifest['ir_version']}; {manifest['num_classes']} classes)",
-            f"loss:      kd, alpha {manifest['loss']['alpha']}, T "
-            f"{manifest['loss']['temperature']}; optimizer {manifest['optimizer']['name']}",
-            f"params:    {len(params['trainable'])} trained, {len(frozen)} frozen"
-            + (f" ({', '.join(p['module'] for p in frozen)})" if frozen else ""),
+            f"student:   {manifest.student.path} (opset {manifest.opset}, IR "
+            f"{manifest.ir_version}; {manifest.num_classes} classes)",
+            f"loss:      kd, alpha {manifest.alpha}, T {manifest.temperature}; "
+            f"optimizer {manifest.optimizer}",
+            f"params:    {len(manifest.trainable)} trained, {len(frozen)} frozen"
+            + (f" ({', '.join(p.module for p in frozen)})" if frozen else ""),
         ]
     )
 

@@ -37,6 +37,7 @@ from onnxkd.ondevice.config import (
     run_settings,
 )
 from onnxkd.ondevice.errors import OnDeviceError
+from onnxkd.ondevice.manifest import ArtifactsManifest
 from onnxkd.ondevice.session import open_module, run_batch, session_options
 from onnxkd.runtime import ort_session
 
@@ -55,7 +56,7 @@ def learning_rate(cfg: TrainConfig, lr: float, step: int, total: int) -> float:
     return lr * 0.5 * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
 
 
-def evaluate(module, manifest: dict, batches: CachedBatches) -> dict:
+def evaluate(module, manifest: ArtifactsManifest, batches: CachedBatches) -> dict:
     """Accuracy, agreement with the teacher and mean loss over the eval section."""
     module.eval()
     hits = agree = 0
@@ -204,15 +205,17 @@ def _write_metrics(path: Path, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def _export(module, manifest: dict, cache: CacheReader, cfg: TrainConfig, run: Path, batches):
+def _export(
+    module, manifest: ArtifactsManifest, cache: CacheReader, cfg: TrainConfig, run: Path, batches
+):
     """Export for inference with the student's metadata, and check it against the eval model."""
 
     module.eval()
     tmp = run / (EXPORT + ".tmp")
-    module.export_model_for_inferencing(str(tmp), [manifest["output"]])
+    module.export_model_for_inferencing(str(tmp), [manifest.output])
     model = onnx.load(str(tmp))
     metadata = {
-        **manifest["student"]["metadata"],
+        **manifest.student.metadata,
         CACHE_KEY: cache.key,  # the data it was last trained on
         ONDEVICE: json.dumps(
             {"artifacts": str(Path(cfg.artifacts).resolve()), "epochs": cfg.epochs}
@@ -233,7 +236,7 @@ def _export(module, manifest: dict, cache: CacheReader, cfg: TrainConfig, run: P
     hits = n = 0
     max_diff = 0.0
     for batch in batches.epoch(0, EVAL_BATCH, shuffle=False):
-        ours = session.run(None, {manifest["input"]: batch.x.astype(np.float32)})[0]
+        ours = session.run(None, {manifest.input: batch.x.astype(np.float32)})[0]
         _, ref = run_batch(module, manifest, batch)
         max_diff = max(max_diff, float(np.abs(ours - ref).max()))
         hits += int((ours.argmax(1) == batch.labels).sum())

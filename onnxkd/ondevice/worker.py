@@ -72,10 +72,10 @@ def _probe(request: dict) -> dict:
         "train_loss": np.float32(train_loss),
         "train_logits": train_logits,
     }
-    for row in manifest["parameters"]["trainable"]:
-        arrays[f"grad:{row['name']}"] = state.parameters[row["name"]].grad
-    for row in manifest["parameters"]["trainable"] + manifest["parameters"]["frozen"]:
-        arrays[f"param:{row['name']}"] = state.parameters[row["name"]].data
+    for row in manifest.trainable:
+        arrays[f"grad:{row.name}"] = state.parameters[row.name].grad
+    for row in manifest.parameters:
+        arrays[f"param:{row.name}"] = state.parameters[row.name].data
     np.savez(request["out"], **arrays)
     return {"npz": request["out"]}
 
