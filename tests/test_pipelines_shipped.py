@@ -9,6 +9,7 @@ import re
 import pytest
 from conftest import ROOT
 
+from onnxkd.distill.run_folder import RunFolder
 from onnxkd.pipeline.runner import run_pipeline
 
 SHIPPED = sorted((ROOT / "pipelines").glob("*.toml"))
@@ -36,10 +37,17 @@ def test_every_recipe_has_a_readme_with_its_numbers():
         assert {"teacher", "student"} <= set(numbers), recipe.with_suffix(".md")
 
 
+@pytest.fixture(scope="module", params=SHIPPED, ids=lambda p: p.stem)
+def shipped(request, tmp_path_factory):
+    """Each recipe run once from an empty workspace: (recipe, pipeline state)."""
+    recipe = request.param
+    work = tmp_path_factory.mktemp(recipe.stem) / "onnxkd-out"
+    return recipe, run_pipeline(recipe, work, log=lambda s: None)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", SHIPPED, ids=lambda p: p.stem)
-def test_shipped_pipeline_reaches_its_readme_numbers(recipe, tmp_path):
-    state = run_pipeline(recipe, tmp_path / "onnxkd-out", log=lambda s: None)
+def test_shipped_pipeline_reaches_its_readme_numbers(shipped):
+    recipe, state = shipped
     bench = json.loads((state.bench / "bench.json").read_text())
     batch = min(r["batch"] for r in bench["rows"] if r["status"] == "ok")
     produced = {
@@ -65,3 +73,80 @@ def test_shipped_pipeline_reaches_its_readme_numbers(recipe, tmp_path):
         "## Energy per inference",
     ):
         assert text in report, f"{recipe.stem}: the report lacks {text!r}"
+
+
+SPLIT_SECTION = re.compile(r"^## (?P<title>[^(\n]+) \((?P<split>\w+) split, \w+\)$", re.M)
+TABLE_ROW = re.compile(r"^\| (?P<model>teacher|student|int8 \(PTQ\)) \| (?P<acc>[0-9.]+)% \|", re.M)
+
+
+@pytest.mark.slow
+def test_the_report_plot_and_bench_json_name_the_split_they_measured(shipped):
+    """One vocabulary (issue 30): bench scores on the test split and says so in bench.json;
+    every report section, the Pareto plot's axis and the student line say the same, and the
+    sections' accuracies are the result table's, the same split's."""
+    recipe, state = shipped
+    bench = json.loads((state.bench / "bench.json").read_text())
+    report = (state.root / "report" / "report.md").read_text()
+    split = bench["split"]["name"]
+    assert split == "test", recipe.stem
+    assert bench["plots"]["pareto"]["y_axis"] == "test accuracy (%)"
+    sections = SPLIT_SECTION.findall(report)
+    assert {title for title, _ in sections} >= {"Calibration", "Per-class accuracy"}
+    assert all(named == split for _, named in sections), sections
+    # (a sweep's leaderboard rightly says it chose on validation accuracy)
+    assert "(validation split," not in report
+    # The calibration table (under its section) scores the same samples as the result table.
+    result_part, calibration_part = report.split("\n## Calibration", 1)
+    result = {m["model"]: m["acc"] for m in TABLE_ROW.finditer(result_part.split("## Stages")[0])}
+    calibration = {m["model"]: m["acc"] for m in TABLE_ROW.finditer(calibration_part)}
+    assert result and calibration == result, (result, calibration)
+    export = RunFolder(state.run).export_report()
+    if export.selected_on == "validation":
+        assert f"chosen on the validation split ({export.val_samples} samples" in report
+        assert f"test split accuracy {100 * export.test_accuracy:.2f}%, measured once" in report
+        assert "test split (measured once, never used to choose)" in report
+
+
+@pytest.mark.slow
+def test_in_short_names_the_fastest_and_the_smallest_model_it_measured(shipped):
+    recipe, state = shipped
+    bench = json.loads((state.bench / "bench.json").read_text())
+    report = (state.root / "report" / "report.md").read_text()
+    rows = [r for r in bench["rows"] if r["status"] == "ok" and r["model"] != "teacher"]
+    batch = min(r["batch"] for r in rows)
+    at_batch = [r for r in rows if r["batch"] == batch]
+    fastest = min(at_batch, key=lambda r: r["p50_ms"])["model"]
+    smallest = min(at_batch, key=lambda r: r["size_bytes"])["model"]
+    assert f"- for batch-{batch} latency ship `{fastest}`:" in report, recipe.stem
+    assert f"- for size ship `{smallest}`:" in report, recipe.stem
+
+
+def _row(model, p50, size, throughput, accuracy=0.99):
+    return {"model": model, "p50_ms": p50, "size_bytes": size, "throughput": throughput,
+            "accuracy": accuracy}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("flags", "reason"),
+    [((), "no 8-bit dot-product instructions (VNNI)"), (("avx512_vnni",), "per-node overhead")],
+)
+def test_in_short_says_when_int8_is_slower_at_batch_1_and_why(flags, reason):
+    from onnxkd.pipeline.report import _headline
+
+    by = {}
+    for m, p50, size, tput in (
+        ("teacher", 0.030, 228_000, 80_000),
+        ("student", 0.016, 72_000, 200_000),
+        ("int8 (PTQ)", 0.019, 22_000, 220_000),
+    ):
+        by[m, "cpu", 1] = _row(m, p50, size, tput)
+        by[m, "cpu", 32] = _row(m, p50 * 20, size, tput)
+    text = "\n".join(
+        _headline(by, ["teacher", "student", "int8 (PTQ)"], "cpu", 1, 32, {"isa_flags": flags})
+    )
+    assert "- for batch-1 latency ship `student`: 0.016 ms, 1.88x the teacher's speed" in text
+    assert "- for throughput (batch 32) ship `int8 (PTQ)`: 220,000/s" in text
+    assert "- for size ship `int8 (PTQ)`: 0.022 MB, 10.4x smaller than the teacher" in text
+    assert "`int8 (PTQ)` is 1.19x slower than `student` at batch 1 here" in text
+    assert reason in text and "It is still the one for size." in text
+    assert "`onnxkd sweep` picks the most accurate model" in text

@@ -45,7 +45,7 @@ class BenchConfig:
     cache: Path | None = None  # data for accuracy; None: as each model's metadata says
     data: str | None = None
     accuracy: bool = True
-    eval_samples: int | None = None  # None: the whole validation split
+    eval_samples: int | None = None  # None: the whole test split
     cv_warn: float = 0.15  # warn when a row's coefficient of variation is above this
     overwrite: bool = False  # replace an earlier result in `out_dir` instead of refusing
 

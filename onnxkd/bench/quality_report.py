@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from onnxkd import splits
 from onnxkd.metrics.calibration import Reliability
 
 PLOTS = ("reliability.png", "confusion.png")
@@ -24,6 +25,12 @@ def first_scored(document: dict) -> tuple[str, dict] | None:
     return None
 
 
+def split_name(document: dict) -> str:
+    """The split bench scored on, as bench.json records it (results written before it did
+    were scored on the test split too)."""
+    return document.get("split", {}).get("name", splits.TEST)
+
+
 def in_model_order(document: dict, per_model: dict) -> dict:
     """`per_model` with its models in the order bench ran them (teacher, student, INT8)."""
     order = [*dict.fromkeys(r["model"] for r in document["rows"]), *per_model]
@@ -35,7 +42,8 @@ def markdown_lines(document: dict) -> list[str]:
     if found is None:
         return []
     ep, qualities = found
-    lines = ["", f"## Calibration (validation split, {ep})", "", f"{CALIBRATION_NOTE}.", ""]
+    split = split_name(document)
+    lines = ["", f"## Calibration ({split} split, {ep})", "", f"{CALIBRATION_NOTE}.", ""]
     lines += [
         "| model | accuracy | mean confidence | ECE equal-width | ECE equal-mass | NLL | Brier |",
         "|---|---|---|---|---|---|---|",
@@ -72,14 +80,14 @@ def markdown_lines(document: dict) -> list[str]:
                 f"{fitted['fitted_on']}, not on these samples, and {how}."
             )
     lines += ["", "![reliability](reliability.png)"]
-    lines += _per_class_lines(ep, qualities, document.get("shipped"))
+    lines += _per_class_lines(ep, qualities, document.get("shipped"), split)
     return lines
 
 
-def _per_class_lines(ep: str, qualities: dict, shipped: str | None) -> list[str]:
+def _per_class_lines(ep: str, qualities: dict, shipped: str | None, split: str) -> list[str]:
     labels = list(qualities)
     names = qualities[labels[0]]["class_names"]
-    lines = ["", f"## Per-class accuracy (validation split, {ep})", ""]
+    lines = ["", f"## Per-class accuracy ({split} split, {ep})", ""]
     if len(names) <= 30:
         lines += ["| class | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
         for k, name in enumerate(names):
@@ -151,7 +159,7 @@ def write_plots(document: dict, out: Path) -> dict[str, Path]:
         written["confusion"] = plots.confusion_plot(
             np.asarray(qualities[shipped]["confusion"]),
             qualities[shipped]["class_names"],
-            f"{shipped}: confusion on the validation split",
+            f"{shipped}: confusion on the {split_name(document)} split",
             out / "confusion.png",
         )
     return written

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from onnxkd import splits
 from onnxkd.bench import quality_report, resources_report
 from onnxkd.figures import pyplot, save_figure
 from onnxkd.files import write_json_atomic
@@ -93,6 +94,7 @@ def markdown(document: dict) -> str:
         f"{document['config']['warmup']} warm-up runs; outputs fetched each run; "
         f"{THROUGHPUT_NOTE}.",
         f"{MEMORY_NOTE[0].upper()}{MEMORY_NOTE[1:]}.",
+        f"Accuracy (acc %): on the {splits.described(quality_report.split_name(document))}.",
         "",
         "| " + " | ".join(h for _, h in COLUMNS) + " |",
         "|" + "|".join("---" for _ in COLUMNS) + "|",
@@ -158,7 +160,13 @@ def pareto_plot(document: dict, path: Path) -> Path | None:
     for m in models:
         r = next(r for r in rows if r["model"] == m)
         right.scatter(r["size_bytes"] / 1e6, y_of(r), s=70, color=colour[m], label=m, alpha=0.85)
-    ylabel = "validation accuracy (%)" if scored else "parameters (M, no data to score)"
+    ylabel = (
+        f"{quality_report.split_name(document)} accuracy (%)"
+        if scored
+        else "parameters (M, no data to score)"
+    )
+    # what the figure's axis says, kept beside the figures it plots (bench.json)
+    document.setdefault("plots", {})["pareto"] = {"y_axis": ylabel}
     ys = [y_of(r) for r in rows]
     for axis, xs, xlabel in (
         (left, [r["p50_ms"] for r in rows], f"p50 latency at batch {batch} (ms)"),

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from onnxkd import splits
 from onnxkd.bench import energy, measure, quality, report
 from onnxkd.bench.activations import graph_memories
 from onnxkd.bench.config import BenchConfig, BenchError
@@ -98,6 +99,8 @@ def bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> BenchResult:
         "models": {
             m.label: {"path": str(m.path), **static[m.label], "data": _origin(m)} for m in models
         },
+        # accuracy, calibration and per-class figures are all on this split
+        "split": {"name": splits.TEST, "meaning": splits.MEANING[splits.TEST]},
         "rows": rows,
         "quality": {ep: quality.for_json(q) for ep, q in qualities.items()},
         "graph_memory": _graph_memories(models, cfg.batches, log),

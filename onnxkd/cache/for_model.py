@@ -1,7 +1,7 @@
-"""The data a model was made for: its input spec and its train and validation splits.
+"""The data a model was made for: its input spec and its train and test splits.
 
-Quantization calibrates on the train split and checks accuracy on the validation split; the
-benchmark measures accuracy on the validation split. Both find the data the same way:
+Quantization calibrates on the train split and checks accuracy on the test split (the cache's
+eval section); the benchmark measures accuracy on the test split. Both find the data the same way:
 
 1. an explicit cache (`--cache`), or the cache named by the model's `onnxkd.cache_key`
    metadata, found by that key among the folders the caller suggests (the cache its run

@@ -56,9 +56,9 @@ from onnxkd.providers import EP_NAMES
 @click.option(
     "--cache",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Cache whose validation split scores the models.",
+    help="Cache whose test split (its eval section) scores the models.",
 )
-@click.option("--data", help="Validation data for models with no onnxkd cache.")
+@click.option("--data", help="Data whose test split scores models with no onnxkd cache.")
 @click.option(
     "--accuracy/--no-accuracy",
     default=True,

@@ -32,7 +32,9 @@ from onnxkd.quantize.config import REDUCE_RANGE_CHOICES, TARGET_CHOICES
     type=click.Path(file_okay=False, path_type=Path),
     help="The cache the model was distilled from [default: the one its metadata names].",
 )
-@click.option("--data", help="Calibration/validation data, for a model with no onnxkd cache.")
+@click.option(
+    "--data", help="Calibration (train split) and test data, for a model with no onnxkd cache."
+)
 @click.option(
     "--target",
     type=click.Choice(TARGET_CHOICES),
@@ -88,7 +90,7 @@ from onnxkd.quantize.config import REDUCE_RANGE_CHOICES, TARGET_CHOICES
     help="Accuracy-aware mode gives up after keeping this many nodes float.",
 )
 @click.option(
-    "--eval-samples", type=click.IntRange(1), help="Validation samples to score [default: all]."
+    "--eval-samples", type=click.IntRange(1), help="Test-split samples to score [default: all]."
 )
 @click.option("--threads", type=click.IntRange(1), help="onnxruntime intra-op threads.")
 @workers_option("for calibration and accuracy")

@@ -11,6 +11,7 @@ import platform
 import shutil
 from pathlib import Path
 
+from onnxkd import splits
 from onnxkd.bench import quality_report, resources_report
 from onnxkd.cache.manifest import Manifest
 from onnxkd.cache.reader import CacheReader
@@ -103,7 +104,7 @@ def _markdown(
         f"agree to {export.max_abs_diff:.1e}.",
     ]
     if bench:
-        lines += _comparison(bench)
+        lines += _comparison(bench, chose_on_test=export.selected_on != "validation")
     lines += ["", "## Stages", "", "| stage | output | time |", "|---|---|---|"]
     for s in state.stages:
         when = f"up to date ({s.note or 'skipped'})" if s.skipped else f"{s.seconds:.1f} s"
@@ -140,7 +141,7 @@ def _markdown(
     return "\n".join(lines)
 
 
-def _comparison(bench: dict) -> list[str]:
+def _comparison(bench: dict, chose_on_test: bool = False) -> list[str]:
     host = bench["host"]
     rows = [r for r in bench["rows"] if r["status"] == "ok"]
     if not rows:
@@ -178,12 +179,17 @@ def _comparison(bench: dict) -> list[str]:
                 f"{_count(r['parameters'])} | {r['p50_ms']:.3f} ms | {r['p99_ms']:.3f} ms | "
                 f"{big['throughput']:,.0f}/s | {speed} |"
             )
-    lines += _headline(by, models, eps[0], small)
+    lines += _headline(by, models, eps[0], small, large, host)
     lines += [
         "",
         f"Latency: median and 99th percentile of {bench['config']['rounds']} "
-        "interleaved rounds per model (onnxkd bench); accuracy on the cache's eval split "
-        "(the test split, never used to choose an epoch) with onnxruntime on this CPU.",
+        "interleaved rounds per model (onnxkd bench); accuracy on the "
+        + (
+            "test split, which also chose the student's epoch (--val-fraction 0)"
+            if chose_on_test
+            else splits.described(quality_report.split_name(bench))
+        )
+        + ", with onnxruntime on this CPU.",
     ]
     noisy = [r for r in rows if r.get("cv", 0) > bench["config"]["cv_warn"]]
     if noisy:
@@ -195,24 +201,86 @@ def _comparison(bench: dict) -> list[str]:
     return lines
 
 
-def _headline(by: dict, models: list[str], ep: str, batch: int) -> list[str]:
-    """One sentence on the model to ship (the last stage's) against the teacher."""
-    teacher = by.get(("teacher", ep, batch))
-    final = next((by[m, ep, batch] for m in reversed(models) if (m, ep, batch) in by), None)
-    if teacher is None or final is None or final is teacher:
+# Medians closer than this are reported as equal: the rounds' own spread is of this order.
+SAME_SPEED = 0.05
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def _headline(by: dict, models: list[str], ep: str, small: int, large: int, host: dict) -> list:
+    """Which model to ship for each kind of budget (batch-1 latency, throughput, size), with
+    its numbers; where INT8 is slower than its float model at batch 1, say so and why."""
+    teacher = by.get(("teacher", ep, small))
+    shipped = [m for m in models if m != "teacher" and (m, ep, small) in by]
+    if teacher is None or not shipped:
         return []
-    text = (
-        f"**In short**: `{final['model']}` is {_ratio(teacher['size_bytes'], final['size_bytes'])}"
-        f" than the teacher and {teacher['p50_ms'] / final['p50_ms']:.2f}x its speed at batch "
-        f"{batch} on {ep}"
-    )
-    if final.get("accuracy") is not None and teacher.get("accuracy") is not None:
-        drop = 100 * (teacher["accuracy"] - final["accuracy"])
-        text += (
-            f", at {100 * final['accuracy']:.2f}% accuracy against the teacher's "
-            f"{100 * teacher['accuracy']:.2f}% ({_points(drop)})"
+    latency = min(shipped, key=lambda m: by[m, ep, small]["p50_ms"])
+    throughput = max(shipped, key=lambda m: by.get((m, ep, large), {}).get("throughput", 0))
+    size = min(shipped, key=lambda m: by[m, ep, small]["size_bytes"])
+
+    def accuracy(m: str) -> str:
+        a = by[m, ep, small].get("accuracy")
+        return f", {100 * a:.2f}% accuracy" if a is not None else ""
+
+    fast, big = by[latency, ep, small], by.get((throughput, ep, large))
+    lines = [
+        "",
+        f"**In short** (on {ep}; the teacher: {_accuracy_of(teacher)}):",
+        "",
+        f"- for batch-{small} latency ship `{latency}`: {fast['p50_ms']:.3f} ms, "
+        f"{teacher['p50_ms'] / fast['p50_ms']:.2f}x the teacher's speed{accuracy(latency)};",
+    ]
+    if big is not None:
+        lines.append(
+            f"- for throughput (batch {large}) ship `{throughput}`: {big['throughput']:,.0f}/s"
+            f"{accuracy(throughput)};"
         )
-    return ["", text + "."]
+    lines.append(
+        f"- for size ship `{size}`: {by[size, ep, small]['size_bytes'] / 1e6:.3f} MB, "
+        f"{_ratio(teacher['size_bytes'], by[size, ep, small]['size_bytes'])} than the "
+        f"teacher{accuracy(size)}."
+    )
+    lines += _int8_slower(by, shipped, ep, small, host, smallest=size)
+    if len({latency, throughput, size}) > 1:
+        lines += [
+            "",
+            "They differ: ship the one for the budget that binds. `onnxkd sweep` picks the most "
+            "accurate model within a latency or size budget (`--budget-ms`, `--budget-mb`).",
+        ]
+    return lines
+
+
+def _int8_slower(
+    by: dict, shipped: list[str], ep: str, batch: int, host: dict, smallest: str
+) -> list[str]:
+    """A line for each quantized model slower at this batch than the float model it came
+    from, with the likely reason."""
+    lines = []
+    floats = [m for m in shipped if "int8" not in m]
+    for m in shipped:
+        if "int8" not in m or not floats:
+            continue
+        base = floats[-1]  # the last float stage before quantization (QAT or the student)
+        ratio = by[m, ep, batch]["p50_ms"] / by[base, ep, batch]["p50_ms"]
+        if ratio <= 1 + SAME_SPEED:
+            continue
+        flags = set(host.get("isa_flags", ()))
+        why = (
+            "this CPU has no 8-bit dot-product instructions (VNNI), so INT8 kernels gain little"
+            if ep == "cpu" and not flags & set(VNNI_FLAGS)
+            else "at this model's size per-node overhead and the quantize/dequantize steps "
+            "outweigh what 8-bit arithmetic saves"
+        )
+        lines += [
+            "",
+            f"`{m}` is {ratio:.2f}x slower than `{base}` at batch {batch} here: {why}."
+            + (" It is still the one for size." if m == smallest else ""),
+        ]
+    return lines
+
+
+def _accuracy_of(row: dict) -> str:
+    a = row.get("accuracy")
+    return f"{100 * a:.2f}% accuracy" if a is not None else "accuracy not measured"
 
 
 def _points(drop: float) -> str:
@@ -225,10 +293,13 @@ def _selection(export) -> str:
     """How the epoch was chosen, so the accuracy next to it reads for what it is."""
     if export.selected_on == "validation":
         return (
-            f"chosen on {export.val_samples} held-back training samples; test accuracy "
-            f"{100 * export.test_accuracy:.2f}% measured once"
+            f"chosen on the validation split ({export.val_samples} samples held back from "
+            f"training); test split accuracy {100 * export.test_accuracy:.2f}%, measured once"
         )
-    return f"chosen on the test split: {100 * export.test_accuracy:.2f}% is a selected maximum"
+    return (
+        "chosen on the test split itself (--val-fraction 0): its "
+        f"{100 * export.test_accuracy:.2f}% is a selected maximum"
+    )
 
 
 def _opset(opset) -> str:

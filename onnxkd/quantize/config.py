@@ -60,7 +60,7 @@ class QuantizeConfig:
     simplify: bool = True
     max_drop: float | None = None  # accuracy points; None: quantize everything once
     max_excluded: int = 16  # accuracy-aware mode gives up after excluding this many nodes
-    eval_samples: int | None = None  # None: the whole validation split
+    eval_samples: int | None = None  # None: the whole test split
     threads: int | None = None
     workers: int | None = None  # photo decoding threads (calibration, accuracy); None: per core
     overwrite: bool = False  # replace an existing `out` (and its report) instead of refusing

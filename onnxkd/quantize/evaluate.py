@@ -1,4 +1,5 @@
-"""Float vs INT8 on the validation split: accuracy of each, top-1 agreement, size, latency."""
+"""Float vs INT8 on the test split (the cache's eval section): accuracy of each, top-1
+agreement, size, latency."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def session(path: Path, threads: int | None = None):
 
 
 def scores(sessions: dict, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict:
-    """Every validation sample's scores for each session, plus the labels, in one pass over
+    """Every test-split sample's scores for each session, plus the labels, in one pass over
     the data."""
     out: dict[str, list[np.ndarray]] = {name: [] for name in sessions}
     labels = []
@@ -32,7 +33,7 @@ def scores(sessions: dict, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> 
 
 
 def predictions(sessions: dict, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict:
-    """Top-1 class of every validation sample for each session, plus the labels."""
+    """Top-1 class of every test-split sample for each session, plus the labels."""
     return top1(scores(sessions, batches))
 
 

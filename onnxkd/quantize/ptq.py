@@ -1,7 +1,7 @@
 """`quantize`: post-training static INT8 quantization of a student, checked against the float model.
 
     simplify -> quant_pre_process -> calibrate -> quantize_static (QDQ, per-channel)
-        -> float vs INT8 on the validation split -> [accuracy-aware: keep sensitive nodes float]
+        -> float vs INT8 on the test split -> [accuracy-aware: keep sensitive nodes float]
 
 Intermediate files and the calibration ranges live in the workspace under
 `quantize/<model>-<sha>/`, keyed by the model's content, so a rerun reuses its calibration. The
