@@ -211,6 +211,38 @@ def test_accuracy_aware_mode_keeps_the_outlier_channel_float(workspace, tmp_path
     assert {producer, consumer} <= set(aware["excluded_nodes"])
     assert len(aware["excluded_nodes"]) <= 4
     assert aware["batch1_p50_ms"]["int8_all_nodes"] > 0  # the speed cost is reported
+    # chosen on the run's own validation split, not on the test split it reports
+    assert aware["accuracy_aware"]["chosen_on"].startswith("the run's validation split (")
+
+
+def test_accuracy_aware_mode_never_chooses_on_the_test_split(workspace, tmp_path, monkeypatch):
+    """Every sample the exclusion search scores is a training sample (the run's validation
+    split): the test split is scored only for the report."""
+    from onnxkd.cache.for_model import resolve_model_data
+    from onnxkd.metadata import read_metadata
+    from onnxkd.quantize import evaluate
+
+    model = copy_student(workspace, tmp_path)
+    producer = "/stage1/stage1.0/conv1/conv1.0/Conv"
+    consumer = "/stage1/stage1.0/conv2/conv2.0/Conv"
+    onnx.save(with_outlier_channel(onnx.load(str(model)), producer, consumer, 300.0), str(model))
+    seen = []
+    predictions = evaluate.predictions
+
+    def recording(sessions, batches):
+        seen.extend(x for x, _ in batches)
+        return predictions(sessions, batches)
+
+    monkeypatch.setattr(evaluate, "predictions", recording)
+    cfg = QuantizeConfig(model=model, workdir=workspace / "onnxkd-out", max_drop=0.5)
+    report = quantize(cfg, **QUIET).report
+    assert report["excluded_nodes"] and seen  # the search ran and scored candidates
+    data = resolve_model_data(model, read_metadata(model), workspace / "onnxkd-out")
+    test_rows = {row.tobytes() for x, _ in data.batches(data.eval, 256) for row in x}
+    scored_rows = {row.tobytes() for x in seen for row in x}
+    assert not scored_rows & test_rows
+    train_rows = {row.tobytes() for x, _ in data.batches(data.train, 256) for row in x}
+    assert scored_rows <= train_rows
 
 
 def test_exclusion_search_finds_the_fewest_units():

@@ -19,12 +19,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from onnxkd import __version__
 from onnxkd.bench.output_path import check_writable, refuse_existing, writing
 from onnxkd.cache.for_model import ModelData, resolve_model_data
+from onnxkd.distill.config import DistillConfigError
 from onnxkd.distill.run_folder import RunFolder
+from onnxkd.distill.validation import carve
 from onnxkd.errors import QuantizeError
 from onnxkd.files import sha256_file, write_json_atomic
 from onnxkd.metadata import QUANTIZED, TEMPERATURE, read_metadata, write_metadata
@@ -33,6 +36,9 @@ from onnxkd.quantize.config import TARGETS, QuantizeConfig
 from onnxkd.workspace import Workspace
 
 SENSITIVITY_SAMPLES = 64
+# Accuracy-aware mode chooses on at most this many held-back training samples when the model
+# has no run folder with a validation split.
+SELECTION_SAMPLES = 1024
 
 
 @dataclass
@@ -125,10 +131,37 @@ def quantize(cfg: QuantizeConfig, log: Callable[[str], None] = print) -> Quantiz
         f"{100 * accuracy['int8_accuracy']:.2f}% (drop {drop:.2f} points)"
     )
     final, excluded, aware = full, [], None
-    if cfg.max_drop is not None and drop > cfg.max_drop:
-        final, excluded, aware = _accuracy_aware(
-            cfg, data, src, prepared, work, eval_batches, preds, quantize_to, log
+    if cfg.max_drop is not None:
+        # Whether to keep nodes float, and which, is chosen on samples held back from the
+        # test split: the accuracies reported below stay measured once.
+        chosen_on, select_batches = _selection_batches(cfg, data, src)
+        selected = evaluate.top1(
+            evaluate.scores(
+                {
+                    "float": evaluate.session(src, cfg.threads),
+                    "int8": evaluate.session(full, cfg.threads),
+                },
+                select_batches,
+            )
         )
+        select_drop = 100 * float(
+            np.mean(selected["float"] == selected["labels"])
+            - np.mean(selected["int8"] == selected["labels"])
+        )
+        log(f"  accuracy-aware: drop {select_drop:.2f} points on {chosen_on}")
+        if select_drop > cfg.max_drop:
+            final, excluded, aware = _accuracy_aware(
+                cfg, data, prepared, work, select_batches, selected, quantize_to, log
+            )
+            aware["chosen_on"] = chosen_on
+        else:
+            aware = {
+                "max_drop": cfg.max_drop,
+                "met": True,
+                "chosen_on": chosen_on,
+                "attempts": [{"nodes": 0, "drop_points": round(select_drop, 4)}],
+            }
+    if excluded:
         scored["int8"] = evaluate.scores(
             {"int8": evaluate.session(final, cfg.threads)}, eval_batches
         )["int8"]
@@ -218,9 +251,32 @@ def _eval_batches(cfg: QuantizeConfig, data: ModelData):
     return data.batches(data.eval, 256, np.arange(n))
 
 
-def _accuracy_aware(cfg, data, src, prepared, work, eval_batches, preds, quantize_to, log):
-    """Keep the most sensitive nodes in float until INT8 is within `cfg.max_drop` points."""
-    import numpy as np
+def _selection_batches(cfg: QuantizeConfig, data: ModelData, src: Path) -> tuple[str, list]:
+    """What accuracy-aware mode chooses on, never the test split: the distill run's own
+    validation split when the model comes from a run folder that held one back, else
+    training samples the calibration did not use (the student may have trained on those,
+    which inflates both accuracies but not much the drop between them)."""
+    run = RunFolder.of_model(src)
+    try:
+        config = run.record().config if run else None
+    except DistillConfigError:
+        config = None
+    if config is not None and config.val_fraction > 0:
+        val = carve(len(data.train), config.val_fraction, config.seed).val
+        where = f"the run's validation split ({len(val)} samples held back from training)"
+        return where, list(data.batches(data.train, 256, val))
+    used = set(data.calibration_indices(cfg.calib_samples).tolist())
+    rest = np.array([i for i in range(len(data.train)) if i not in used], dtype=np.int64)
+    if len(rest) == 0:  # every training sample calibrates: nothing is left but those
+        rest = np.arange(len(data.train))
+    rest = np.sort(np.random.default_rng(1).permutation(rest)[:SELECTION_SAMPLES])
+    where = f"{len(rest)} training samples the calibration did not use"
+    return where, list(data.batches(data.train, 256, rest))
+
+
+def _accuracy_aware(cfg, data, prepared, work, select_batches, preds, quantize_to, log):
+    """Keep the most sensitive nodes in float until INT8 is within `cfg.max_drop` points on
+    the selection samples."""
 
     indices = data.calibration_indices(SENSITIVITY_SAMPLES)
     samples = [x for x, _ in data.batches(data.train, cfg.calib_batch, indices)]
@@ -233,7 +289,7 @@ def _accuracy_aware(cfg, data, src, prepared, work, eval_batches, preds, quantiz
     def drop_with(excluded: list[str]) -> float:
         dst = work / f"int8-excl{len(excluded)}.onnx"
         quantize_to(dst, excluded)
-        p = evaluate.predictions({"q": evaluate.session(dst, cfg.threads)}, eval_batches)["q"]
+        p = evaluate.predictions({"q": evaluate.session(dst, cfg.threads)}, select_batches)["q"]
         return 100 * (float_acc - float(np.mean(p == labels)))
 
     excluded, attempts = sensitivity.search_exclusions(
