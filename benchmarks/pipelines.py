@@ -50,6 +50,10 @@ def main() -> None:
             json.loads(out.read_text()) if args.md_only else run_recipe(name, args.work / name)
         )
         results["against_teacher"] = against_teacher(results["bench"])
+        if "sweep" not in results and _sweep(args.work / name / "pipelines" / name):
+            results["sweep"] = _sweep(args.work / name / "pipelines" / name)
+        if "sweep" in results:  # the leaderboard's INT8 speed-up column, from its latencies
+            results["sweep_int8_speedup"] = int8_speedups(results["sweep"]["candidates"])
         tmp = out.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(results, indent=1) + "\n")
         tmp.replace(out)
@@ -81,10 +85,16 @@ def run_recipe(name: str, work: Path) -> dict:
         "history": [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()],
         "bench": json.loads(benches[-1].read_text()) if benches else None,
     }
-    sweeps = sorted(root.glob("sweep*/sweep.json"))
-    if sweeps:
-        results["sweep"] = json.loads(sweeps[-1].read_text())
+    sweep = _sweep(root)
+    if sweep:
+        results["sweep"] = sweep
     return results
+
+
+def _sweep(root: Path) -> dict | None:
+    """A sweep recipe's sweep.json (its trials' accuracies, sizes and latencies)."""
+    sweeps = sorted(root.glob("sweeps/*/sweep.json"), key=lambda p: p.stat().st_mtime)
+    return json.loads(sweeps[-1].read_text()) if sweeps else None
 
 
 def _stage_seconds(root: Path) -> dict[str, float]:
@@ -111,6 +121,16 @@ def against_teacher(bench: dict | None) -> dict:
                 "speedup_batch_small": teacher["p50_ms"] / r["p50_ms"],
             }
     return out
+
+
+def int8_speedups(candidates: list[dict]) -> dict[str, float]:
+    """Each sweep trial's FP32 latency over its INT8 latency (mean over seeds)."""
+    ms = {(c["trial"], c["precision"]): c["latency_ms"] for c in candidates}
+    return {
+        trial: ms[trial, "fp32"] / ms[trial, "int8"]
+        for trial, precision in ms
+        if precision == "fp32" and ms.get((trial, "int8"))
+    }
 
 
 STAGES = {"caches": "cache", "runs": "distill", "quantized": "quantize", "bench": "bench"}
