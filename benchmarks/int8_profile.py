@@ -23,15 +23,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-import torch
-from distill_accuracy import SUITES
+from students import export_and_quantize
 
 from onnxkd.bench.host import host_info
-from onnxkd.data.spec import InputSpec
-from onnxkd.distill.export import export_student
-from onnxkd.quantize.config import QuantizeConfig
-from onnxkd.quantize.ptq import quantize
-from onnxkd.students import create_student
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "int8_profile.json"
@@ -44,7 +38,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--work", type=Path, default=ROOT / "onnxkd-out" / "bench-int8-profile")
     args = parser.parse_args()
-    fp32, int8 = build(args.student, args.work)
+    fp32, int8 = export_and_quantize(args.student, args.work, args.work / "onnxkd-out")
     profiles = {name: profile(path, args.runs) for name, path in (("fp32", fp32), ("int8", int8))}
     speedup = {
         kind: round(profiles["fp32"][kind]["us"] / profiles["int8"][kind]["us"], 3)
@@ -63,27 +57,6 @@ def main() -> None:
     OUT.write_text(json.dumps(results, indent=1) + "\n")
     print(json.dumps(results["int8_speedup"]), json.dumps(total))
     print(f"written to {OUT}")
-
-
-def build(student: str, work: Path) -> tuple[Path, Path]:
-    work.mkdir(parents=True, exist_ok=True)
-    fp32, int8 = work / "student.onnx", work / "student.int8.onnx"
-    torch.manual_seed(0)
-    spec = InputSpec(layout="NCHW", size=(32, 32), channels=3)
-    export_student(create_student(student, 10, 3, 32).eval(), spec, fp32, student)
-    quantize(
-        QuantizeConfig(
-            model=fp32,
-            out=int8,
-            data=SUITES["cifar"]["data"],
-            workdir=work / "onnxkd-out",
-            threads=1,
-            eval_samples=256,
-            overwrite=True,
-        ),
-        log=lambda _: None,
-    )
-    return fp32, int8
 
 
 def profile(path: Path, runs: int) -> dict[str, dict]:

@@ -50,8 +50,10 @@ def main() -> None:
             json.loads(out.read_text()) if args.md_only else run_recipe(name, args.work / name)
         )
         results["against_teacher"] = against_teacher(results["bench"])
-        if "sweep" not in results and _sweep(args.work / name / "pipelines" / name):
+        if "sweep" not in results:  # results written before sweeps were kept
             results["sweep"] = _sweep(args.work / name / "pipelines" / name)
+        if results["sweep"] is None:
+            del results["sweep"]
         if "sweep" in results:  # the leaderboard's INT8 speed-up column, from its latencies
             results["sweep_int8_speedup"] = int8_speedups(results["sweep"]["candidates"])
         tmp = out.with_suffix(".json.tmp")

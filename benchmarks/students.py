@@ -64,27 +64,34 @@ def image_students() -> list[str]:
     ]
 
 
-def measure_latency(names: list[str], work: Path, rounds: int) -> list[dict]:
+def export_and_quantize(name: str, folder: Path, workdir: Path) -> tuple[Path, Path]:
+    """The untrained student at 3x32x32 exported as distill does (latency does not depend on
+    the weights' values) and quantized as `onnxkd quantize` does (MinMax on real CIFAR)."""
+    fp32 = folder / "student.onnx"
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
     spec = InputSpec(layout="NCHW", size=(32, 32), channels=3)
+    export_student(create_student(name, 10, 3, 32).eval(), spec, fp32, name)
+    int8 = fp32.with_name("student.int8.onnx")
+    quantize(
+        QuantizeConfig(
+            model=fp32,
+            out=int8,
+            data=SUITES["cifar"]["data"],
+            workdir=workdir,
+            threads=1,
+            eval_samples=256,
+            overwrite=True,
+        ),
+        log=lambda _: None,
+    )
+    return fp32, int8
+
+
+def measure_latency(names: list[str], work: Path, rounds: int) -> list[dict]:
     models, sizes = {}, {}
     for name in names:
-        fp32 = work / "latency" / name / "student.onnx"
-        fp32.parent.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(0)
-        export_student(create_student(name, 10, 3, 32).eval(), spec, fp32, name)
-        int8 = fp32.with_name("student.int8.onnx")
-        quantize(
-            QuantizeConfig(
-                model=fp32,
-                out=int8,
-                data=SUITES["cifar"]["data"],
-                workdir=work / "onnxkd-out",
-                threads=1,
-                eval_samples=256,
-                overwrite=True,
-            ),
-            log=lambda _: None,
-        )
+        fp32, int8 = export_and_quantize(name, work / "latency" / name, work / "onnxkd-out")
         models[(name, "fp32")], models[(name, "int8")] = fp32, int8
         sizes[name] = (fp32.stat().st_size, int8.stat().st_size)
     x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)

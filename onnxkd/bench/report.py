@@ -124,6 +124,16 @@ def markdown(document: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pareto_y_axis(document: dict) -> str:
+    """What pareto.png's y axis plots: accuracy on the split bench scored, or parameters
+    when some model had no data to score."""
+    rows = [r for r in document["rows"] if r["status"] == "ok"]
+    batch = min((r["batch"] for r in rows), default=None)  # the batch the plot shows
+    if rows and all(r.get("accuracy") is not None for r in rows if r["batch"] == batch):
+        return f"{quality_report.split_name(document)} accuracy (%)"
+    return "parameters (M, no data to score)"
+
+
 def pareto_plot(document: dict, path: Path) -> Path | None:
     """Accuracy against p50 latency (smallest batch) per EP, and accuracy against size.
 
@@ -160,13 +170,7 @@ def pareto_plot(document: dict, path: Path) -> Path | None:
     for m in models:
         r = next(r for r in rows if r["model"] == m)
         right.scatter(r["size_bytes"] / 1e6, y_of(r), s=70, color=colour[m], label=m, alpha=0.85)
-    ylabel = (
-        f"{quality_report.split_name(document)} accuracy (%)"
-        if scored
-        else "parameters (M, no data to score)"
-    )
-    # what the figure's axis says, kept beside the figures it plots (bench.json)
-    document.setdefault("plots", {})["pareto"] = {"y_axis": ylabel}
+    ylabel = pareto_y_axis(document)
     ys = [y_of(r) for r in rows]
     for axis, xs, xlabel in (
         (left, [r["p50_ms"] for r in rows], f"p50 latency at batch {batch} (ms)"),
@@ -221,6 +225,8 @@ def write_all(document: dict, out: Path) -> dict[str, Path]:
     """
     paths = {"json": out / "bench.json", "markdown": out / "bench.md"}
     paths["json"].unlink(missing_ok=True)
+    # what the figure's axis says, kept beside the figures it plots
+    document["plots"] = {"pareto": {"y_axis": pareto_y_axis(document)}}
     tmp = paths["markdown"].with_name("bench.md.tmp")
     tmp.write_text(markdown(document))
     tmp.replace(paths["markdown"])
