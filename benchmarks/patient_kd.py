@@ -175,8 +175,12 @@ def write_results(args, echo: bool = False) -> None:
             "test_accuracy": [by_seed[s]["test_accuracy"] for s in seeds],
             "test_accuracy_summary": mean_std([by_seed[s]["test_accuracy"] for s in seeds]),
             "val_accuracy_best": [by_seed[s]["val_accuracy_best"] for s in seeds],
-            "curve_val_accuracy_mean": [round(statistics.mean(c), 2) for c in zip(*curves)],
-            "train_seconds_mean": round(statistics.mean(by_seed[s]["train_seconds"] for s in seeds)),
+            "curve_val_accuracy_mean": [
+                round(statistics.mean(c), 2) for c in zip(*curves, strict=True)
+            ],
+            "train_seconds_mean": round(
+                statistics.mean(by_seed[s]["train_seconds"] for s in seeds)
+            ),
             "cache_seconds": float(seconds.read_text()) if seconds.exists() else None,
         }
     results = {

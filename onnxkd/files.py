@@ -6,9 +6,12 @@ for a checksum or an atomic write.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -67,3 +70,19 @@ def claim_folder(
         )
     shutil.rmtree(out)
     log(f"--overwrite: removed the previous {kind} in {out}")
+
+
+@contextlib.contextmanager
+def in_private_cwd(prefix: str = "onnxkd-cwd-") -> Iterator[Path]:
+    """Run library code that writes into the current directory (onnxruntime's symbolic shape
+    inference saves `sym_shape_infer_temp.onnx` there when it cannot infer every shape) from
+    a temporary directory, removed afterwards, so that nothing lands where the user stands.
+    Paths given to that code must be absolute. The working directory is per process: this is
+    for the command-line stages, which run such calls one at a time."""
+    previous = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        os.chdir(tmp)
+        try:
+            yield Path(tmp)
+        finally:
+            os.chdir(previous)

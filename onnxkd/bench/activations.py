@@ -22,6 +22,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from onnxkd.files import in_private_cwd
+
 MB = 2**20
 
 
@@ -126,7 +128,8 @@ def _infer_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-        return SymbolicShapeInference.infer_shapes(model, auto_merge=True), None
+        with in_private_cwd():  # on failure it saves the model into the current directory
+            return SymbolicShapeInference.infer_shapes(model, auto_merge=True), None
     except Exception as e:  # an op it does not know; onnx's inference skips such ops instead
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)

@@ -16,6 +16,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from onnxkd.errors import QuantizeError
+from onnxkd.files import in_private_cwd
 from onnxkd.model_file import load_model_file, non_finite_weights
 from onnxkd.runtime import ort_session
 
@@ -71,9 +72,11 @@ def preprocess(src: Path, dst: Path) -> PassResult:
     so that calibration sees the graph that will be quantized."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    src, dst = Path(src).resolve(), Path(dst).resolve()
     before = len(onnx.load(str(src)).graph.node)
     try:
-        quant_pre_process(str(src), str(dst))
+        with in_private_cwd():  # its symbolic inference writes a file into the cwd on failure
+            quant_pre_process(str(src), str(dst))
     except Exception as e:  # symbolic shape inference fails on some exotic graphs
         try:
             quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
