@@ -13,6 +13,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +23,10 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
+from onnxkd.cache import build, writer
 from onnxkd.cache.build import CacheConfig, cache_teacher
 from onnxkd.cache.reader import CacheReader
+from onnxkd.data import photo
 from onnxkd.data.augment import RESIZED_CROP, Augmentation
 from onnxkd.data.loaders import open_source
 from onnxkd.data.preprocessing import find_preprocessing
@@ -395,3 +399,54 @@ def test_bad_photo_options_give_one_line(photos, tmp_path, args, code, message):
     done = run_cli("cache-teacher", TEACHER, *data, *args, cwd=tmp_path)
     assert done.returncode == code, done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def _count_writer_decodes(monkeypatch) -> Counter:
+    """Decodes of each photo while the cache writer fills a part (the teacher's sanity probe
+    before it decodes a bounded sample, whatever the data set's size)."""
+    decoded: Counter = Counter()
+    writing, lock = [], threading.Lock()  # the source decodes on several threads
+    real_load, real_write = photo.load_image, build.write_part
+
+    def counting(path, mode):
+        if writing:
+            with lock:
+                decoded[Path(path).resolve()] += 1
+        return real_load(path, mode)
+
+    def write_part(*args, **kwargs):
+        writing.append(True)
+        try:
+            return real_write(*args, **kwargs)
+        finally:
+            writing.pop()
+
+    monkeypatch.setattr(photo, "load_image", counting)
+    monkeypatch.setattr(build, "write_part", write_part)
+    return decoded
+
+
+@pytest.mark.parametrize("bound_views,decodes", [(None, 1), (4, 3)])
+def test_resized_crop_views_decode_each_photo_once_per_chunk(
+    photos, tmp_path, monkeypatch, bound_views, decodes
+):
+    """10 random-resized-crop views: one decode of each training photo for all of them; with
+    room for only 4 views' crops, one decode per group of 4 (3 groups), same cache."""
+    if bound_views is not None:
+        view_bytes = 120 * 32 * 32 * 3  # the part's one chunk of 120 photos at 32x32 RGB
+        monkeypatch.setattr(writer, "BOX_VIEWS_BYTES", bound_views * view_bytes)
+    decoded = _count_writer_decodes(monkeypatch)
+    out = tmp_path / "c"
+    cfg = CacheConfig(TEACHER, DataRef(str(photos)), out=out, views=10, spec=SPEC, threads=1)
+    cache_teacher(cfg, log=lambda m: None)
+    train = sorted(p.resolve() for p in (photos / "train").rglob("*") if p.is_file())
+    assert len(train) == 120 and {decoded[p] for p in train} == {decodes}
+    # The views are the ones replayed later: the boxes drawn for each view, the teacher's
+    # scores those of the pixels rebuilt from them.
+    cache = CacheReader(out)
+    section, source = cache.section("train"), cache.open_data("train")
+    idx = np.arange(0, 120, 7)
+    session = ort.InferenceSession(str(TEACHER), providers=["CPUExecutionProvider"])
+    for view in (0, 5, 9):
+        expected = session.run(None, {"input": section.model_input(source, idx, view)})[0]
+        np.testing.assert_allclose(section.scores(idx, view), expected, rtol=2e-3, atol=1e-2)

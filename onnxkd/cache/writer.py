@@ -22,11 +22,14 @@ from onnxkd.data import values
 from onnxkd.data.augment import PARAM_DTYPE, Augmentation
 from onnxkd.data.source import Source
 from onnxkd.data.spec import InputSpec
-from onnxkd.data.views import read_view
+from onnxkd.data.views import read_box_views, read_view
 from onnxkd.errors import CacheError
 from onnxkd.files import read_json, write_json_atomic
 from onnxkd.teacher.runner import TeacherRunner
 
+# Random-resized-crop views of a chunk cut from one decode of each photo are held until the
+# teacher has run on them: at 224 px and 256 samples a view is 37 MiB, so 13 views fit.
+BOX_VIEWS_BYTES = 512 * 2**20
 FP16_MAX = 65504.0
 
 
@@ -232,14 +235,26 @@ def _prepare(
     """Model input, augmentation parameters and labels for one chunk and view.
 
     Decoded samples are read (and checked) once per chunk and kept in `raw_cache` for its other
-    views; random-resized-crop views are cut from each photo as it decodes, once per view.
+    views. Random-resized-crop views are cut from each photo as it decodes: every view's box at
+    once, so a photo is decoded once per chunk, not once per view; the cut views are kept, at
+    most BOX_VIEWS_BYTES of them (beyond that, views are cut in groups, a decode per group).
+    Mixed views read their partners' photos too, a decode per view.
     """
     lo = job.start + chunk * job.batch_size
     indices = np.arange(lo, min(lo + job.batch_size, job.stop), dtype=np.int64)
-    if job.augmentation.cuts_boxes or job.augmentation.mixes:
+    if job.augmentation.mixes:
         raw, params, labels = read_view(job.source, job.augmentation, indices, view)
         values.check_labels(labels, num_classes, lo, job.where)
         return spec.apply(raw), params, labels
+    if job.augmentation.cuts_boxes:
+        group = _box_view_group(job, len(indices), view)
+        if raw_cache.get("chunk") != chunk or view not in raw_cache["views"]:
+            raw_cache.clear()  # the previous group's views first: the bound holds
+            raw, params, labels = read_box_views(job.source, job.augmentation, indices, group)
+            values.check_labels(labels, num_classes, lo, job.where)
+            raw_cache.update(chunk=chunk, views=group, raw=raw, params=params, labels=labels)
+        at = raw_cache["views"].index(view)
+        return spec.apply(raw_cache["raw"][at]), raw_cache["params"][at], raw_cache["labels"]
     if raw_cache.get("chunk") != chunk:
         raw, labels = job.source.read(indices)
         values.check_samples(raw, lo, job.where)
@@ -248,6 +263,14 @@ def _prepare(
         raw_cache.update(chunk=chunk, raw=raw, labels=labels)
     augmented, params = job.augmentation.view(raw_cache["raw"], indices, view)
     return spec.apply(augmented), params, raw_cache["labels"]
+
+
+def _box_view_group(job: PartJob, n: int, view: int) -> range:
+    """The views cut together with `view`: as many as BOX_VIEWS_BYTES holds for n samples."""
+    per_view = max(1, n * int(np.prod(job.source.sample_shape)))  # uint8 pixels
+    size = max(1, min(job.views, BOX_VIEWS_BYTES // per_view))
+    first = view // size * size
+    return range(first, min(first + size, job.views))
 
 
 def _check_outputs(

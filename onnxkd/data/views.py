@@ -47,6 +47,18 @@ def read_view(
     return raw, params, labels
 
 
+def read_box_views(
+    source: Source, augmentation: Augmentation, indices: np.ndarray, views: range
+) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    """(raw samples (len(views), n, ...), each view's parameters, labels): several unmixed
+    random-resized-crop views of the same photos, each photo decoded once for all of them."""
+    indices = np.asarray(indices, dtype=np.int64)
+    sizes = source.image_sizes(indices)
+    params = [augmentation.params(indices, view, image_sizes=sizes) for view in views]
+    raw, labels = _box_reader(source, "read_boxes_of_views")(indices, params)
+    return raw, params, labels
+
+
 def _mixed_view(
     source: Source,
     augmentation: Augmentation,
@@ -83,8 +95,8 @@ def _mixed_view(
     return mix_pixels(own, other, params), params, labels
 
 
-def _box_reader(source: Source):
-    read_boxes = getattr(source, "read_boxes", None)
+def _box_reader(source: Source, method: str = "read_boxes"):
+    read_boxes = getattr(source, method, None)
     if read_boxes is None:
         raise DataError(
             f"{source.ref.data}: random-resized-crop views need a photo folder (images "

@@ -190,6 +190,23 @@ class ImageFolderSource:
         jobs = list(zip(indices.tolist(), params.tolist(), strict=True))
         return self._stack(parallel_map(self._decode_box, jobs, self.workers)), self.labels[indices]
 
+    def read_boxes_of_views(
+        self, indices: np.ndarray, params_per_view: list[np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(views, n, *sample_shape): each image decoded once and every view's box cut from
+        it (the full-size decode is dropped as soon as its boxes are cut)."""
+        if self.transform is None:
+            raise DataError("random-resized-crop views need the input spec's photo transform")
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        boxes = [p.tolist() for p in params_per_view]
+        jobs = [(i, [view[row] for view in boxes]) for row, i in enumerate(indices.tolist())]
+        crops = parallel_map(self._decode_boxes, jobs, self.workers)
+        out = np.empty((len(boxes), len(indices), *self.sample_shape), dtype=np.uint8)
+        for row, per_view in enumerate(crops):
+            for view, image in enumerate(per_view):
+                out[view, row] = image
+        return out, self.labels[indices]
+
     def _stack(self, pixels: list[np.ndarray]) -> np.ndarray:
         out = np.empty((len(pixels), *self.sample_shape), dtype=np.uint8)
         for row, image in enumerate(pixels):
@@ -231,6 +248,11 @@ class ImageFolderSource:
         i, (top, left, height, width, flip) = job
         image = photo.load_image(self.paths[i], self.mode)
         return self.transform.crop(image, (top, left, height, width), bool(flip))
+
+    def _decode_boxes(self, job: tuple[int, list[tuple]]) -> list[np.ndarray]:
+        i, boxes = job
+        image = photo.load_image(self.paths[i], self.mode)
+        return [self.transform.crop(image, (t, le, h, w), bool(f)) for t, le, h, w, f in boxes]
 
 
 def scan_bad_images(source: ImageFolderSource) -> list[tuple[str, str]]:
