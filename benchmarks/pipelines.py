@@ -38,6 +38,12 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "onnxkd-out" / "bench-pipelines")
     parser.add_argument("--md-only", action="store_true", help="rewrite the .md files only")
     parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish an interrupted run in its workspace instead of starting from an empty one "
+        "(stages done are skipped; their times are kept from the run that made them)",
+    )
+    parser.add_argument(
         "--note", default="", help="how the machine was loaded, said in the .md (e.g. 'idle')"
     )
     args = parser.parse_args()
@@ -47,7 +53,9 @@ def main() -> None:
     for name in names:
         out = ROOT / "benchmarks" / "results" / f"pipeline_{name}.json"
         results = (
-            json.loads(out.read_text()) if args.md_only else run_recipe(name, args.work / name)
+            json.loads(out.read_text())
+            if args.md_only
+            else run_recipe(name, args.work / name, args.resume)
         )
         results["against_teacher"] = against_teacher(results["bench"])
         if "sweep" not in results:  # results written before sweeps were kept
@@ -63,8 +71,8 @@ def main() -> None:
         write_md(name, results, args.work / name, args.note)
 
 
-def run_recipe(name: str, work: Path) -> dict:
-    if work.exists():
+def run_recipe(name: str, work: Path, resume: bool = False) -> dict:
+    if work.exists() and not resume:
         shutil.rmtree(work)
     command = [str(Path(sys.executable).with_name("onnxkd")), "run"]
     command += [str(ROOT / "pipelines" / f"{name}.toml"), "--workdir", str(work)]
@@ -80,7 +88,8 @@ def run_recipe(name: str, work: Path) -> dict:
     results = {
         "recipe": f"pipelines/{name}.toml",
         "command": " ".join(["onnxkd", *command[1:]]),
-        "wall_seconds": wall,
+        # resumed: this call's wall time covers only the stages it ran
+        "wall_seconds": None if resume else wall,
         "stage_seconds": _stage_seconds(root),
         "host": host_info(None, packages=("torch", "onnxruntime")),
         "export": json.loads((run / "export.json").read_text()),
@@ -180,9 +189,14 @@ def write_md(name: str, results: dict, work: Path, note: str) -> None:
     lines += [
         "## Run time",
         "",
-        f"{results['wall_seconds']} s wall from an empty workspace ({parts}; the rest is "
-        "start-up and the report). A rerun with the same recipe skips every stage that is up "
-        "to date.",
+        (
+            f"{results['wall_seconds']} s wall from an empty workspace ({parts}; the rest is "
+            "start-up and the report)."
+            if results["wall_seconds"] is not None
+            else f"Finished in a second call after the first was interrupted, so no wall time: "
+            f"{parts}."
+        )
+        + " A rerun with the same recipe skips every stage that is up to date.",
         "",
     ]
     text = md.read_text()

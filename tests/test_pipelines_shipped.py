@@ -22,6 +22,10 @@ SHIPPED = sorted((ROOT / "pipelines").glob("*.toml"))
 # apart there, so another CPU's rounding can make it ship a neighbour (96.4-98.3% on test).
 TOLERANCE = {"cifar10-subset": 6.0, "digits-sweep": 2.0}
 DEFAULT_TOLERANCE = 1.0
+# Recipes too long for CI, run there at these lengths instead: that they run end to end and
+# write a whole report is checked, not the accuracy their README states (benchmarks/pipelines.py
+# measured it at full length; tests/test_doc_figures.py checks the figures against that file).
+CI_LENGTH = {"cifar10-patient": {"views": 2, "epochs": 2}}
 ROW = re.compile(r"^\| (?P<model>[^|]+?) \| (?P<acc>[0-9.]+)% \|", re.M)
 
 
@@ -41,8 +45,20 @@ def test_every_recipe_has_a_readme_with_its_numbers():
 def shipped(request, tmp_path_factory):
     """Each recipe run once from an empty workspace: (recipe, pipeline state)."""
     recipe = request.param
-    work = tmp_path_factory.mktemp(recipe.stem) / "onnxkd-out"
-    return recipe, run_pipeline(recipe, work, log=lambda s: None)
+    folder = tmp_path_factory.mktemp(recipe.stem)
+    run = ci_length_variant(recipe, folder) if recipe.stem in CI_LENGTH else recipe
+    return recipe, run_pipeline(run, folder / "onnxkd-out", log=lambda s: None)
+
+
+def ci_length_variant(recipe, folder):
+    """The recipe with CI_LENGTH's keys set, its relative paths made absolute."""
+    text = recipe.read_text().replace('"../', f'"{ROOT}/')
+    for key, value in CI_LENGTH[recipe.stem].items():
+        text, found = re.subn(rf"^{key} = .*$", f"{key} = {value}", text, flags=re.M)
+        assert found == 1, f"{recipe.name} has {found} lines setting {key}"
+    variant = folder / recipe.name
+    variant.write_text(text)
+    return variant
 
 
 @pytest.mark.slow
@@ -56,7 +72,8 @@ def test_shipped_pipeline_reaches_its_readme_numbers(shipped):
         if r["status"] == "ok" and r["batch"] == batch and r.get("accuracy") is not None
     }
     tolerance = TOLERANCE.get(recipe.stem, DEFAULT_TOLERANCE)
-    for model, stated in readme_accuracies(recipe).items():
+    stated_accuracies = {} if recipe.stem in CI_LENGTH else readme_accuracies(recipe)
+    for model, stated in stated_accuracies.items():
         assert abs(produced[model] - stated) <= tolerance, (
             f"{recipe.stem}: {model} reached {produced[model]:.2f}%, README says {stated}%"
         )
