@@ -207,6 +207,13 @@ def train_run(args, suite: dict, caches: dict, method: str, seed: int, run: Path
     return result.export["onnxruntime_accuracy"], training_minutes(result.history)
 
 
+def resumable(run: Path) -> dict:
+    """DistillConfig's out/resume/overwrite for a benchmark run folder: resume one that has a
+    checkpoint; start over in one killed before its first epoch (a record, nothing to resume)."""
+    started = RunFolder(run).last_checkpoint.exists()
+    return {"out": run, "resume": started, "overwrite": run.exists() and not started}
+
+
 def finished_run(run: Path) -> tuple:
     """A finished run's exported accuracy and training minutes, from its folder."""
     folder = RunFolder(run)

@@ -46,7 +46,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distill_accuracy import SUITES, finished_run, summary, training_minutes
+from distill_accuracy import SUITES, finished_run, resumable, summary, training_minutes
 
 from onnxkd.bench.host import host_info
 from onnxkd.cache.build import CacheConfig, cache_teacher
@@ -207,10 +207,7 @@ def train_run(args, suite: dict, caches: dict, method: str, seed: int, run: Path
         seed=seed,
         threads=args.threads,
         workdir=args.work / "ws",
-        out=run,
-        resume=RunFolder(run).last_checkpoint.exists(),
-        # a run killed before its first epoch left a record and nothing to resume: start over
-        overwrite=run.exists() and not RunFolder(run).last_checkpoint.exists(),
+        **resumable(run),
         bf16=not args.fp32,
         channels_last=not args.fp32,
         **spec.settings,

@@ -36,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from distill_accuracy import SUITES
+from distill_accuracy import SUITES, resumable, training_minutes
 
 from onnxkd.bench.host import host_info
 from onnxkd.cache.build import CacheConfig, cache_teacher
@@ -119,10 +119,7 @@ def train(args, arm: str, cache: Path, seed: int) -> float:
         seed=seed,
         threads=args.threads,
         workdir=args.work / "ws",
-        out=run,
-        resume=RunFolder(run).last_checkpoint.exists(),
-        # a run killed before its first epoch left a record and nothing to resume: start over
-        overwrite=run.exists() and not RunFolder(run).last_checkpoint.exists(),
+        **resumable(run),
         bf16=True,
         channels_last=True,
     )
@@ -143,10 +140,7 @@ def finished_runs(args) -> dict[str, dict[int, dict]]:
                 "test_accuracy": round(100 * report.onnxruntime_accuracy, 2),
                 "val_accuracy_best": round(100 * max(r["val_accuracy"] for r in history), 2),
                 "curve_val_accuracy": [round(100 * r["val_accuracy"], 2) for r in history],
-                # median epoch x epochs: robust to a run paused or resumed midway
-                "train_seconds": round(
-                    statistics.median(r["epoch_seconds"] for r in history) * len(history), 1
-                ),
+                "train_seconds": round(60 * training_minutes(history), 1),
             }
     return runs
 

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from distill_accuracy import SUITES, finished_run
+from distill_accuracy import SUITES, finished_run, resumable
 
 from onnxkd.bench.host import host_info
 from onnxkd.cache.build import CacheConfig, cache_teacher
@@ -186,10 +186,7 @@ def train_arm(args, suite, caches, plan, arm: str, seed: int, folder: Path) -> f
         seed=seed,
         threads=args.threads,
         workdir=args.work / "ws",
-        out=run,
-        resume=RunFolder(run).last_checkpoint.exists(),
-        # a run killed before its first epoch left a record and nothing to resume: start over
-        overwrite=run.exists() and not RunFolder(run).last_checkpoint.exists(),
+        **resumable(run),
         bf16=True,
         channels_last=True,
     )
