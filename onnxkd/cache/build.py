@@ -80,11 +80,14 @@ class CacheConfig:
     ep: str = "cpu"
     threads: int | None = None
     batch_size: int = 256
-    shard: tuple[int, int] | None = None  # None: torchrun's RANK/WORLD_SIZE, else (0, 1)
+    shard: tuple[int, int] | None = None  # None: the launcher's rank (torchrun, Slurm), or (0, 1)
     overwrite: bool = False
     accept_low_accuracy: bool = False  # cache even when the teacher seems fed the wrong input
     workers: int | None = None  # photo decoding threads; None: one per core (at most 8)
     skip_bad: bool = False  # leave out images that do not decode (counted in the manifest)
+    # Rehash every photo instead of trusting the workspace's data record where a file's stat
+    # is unchanged (onnxkd.data.records)
+    verify_data: bool = False
 
     def __post_init__(self) -> None:
         if self.views is not None and self.views < 1:
@@ -92,9 +95,9 @@ class CacheConfig:
         # Defaults that depend on the launcher, resolved once here so that the CLI, recipes
         # and library callers get the same (views and augment depend on the teacher too).
         if self.shard is None:
-            from onnxkd.cache.shards import torchrun_shard
+            from onnxkd.cache.shards import launcher_shard
 
-            object.__setattr__(self, "shard", torchrun_shard())
+            object.__setattr__(self, "shard", launcher_shard())
         if self.batch_size < 1:
             raise CacheError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.dtype not in ("float16", "float32"):
@@ -157,8 +160,11 @@ class _Plan:
         )
         for src in self.sources.values():
             fit_source(src, self.spec, cfg.workers)
+            _use_record(src, cfg, log)
         if cfg.skip_bad:
-            self.sources = {n: _skip_bad(src, self.spec, log) for n, src in self.sources.items()}
+            self.sources = {
+                n: _skip_bad(src, self.spec, cfg, log) for n, src in self.sources.items()
+            }
         for note in getattr(self.teacher.preprocessing, "notes", ()):
             log(f"note: {note}")
         if self.spec_overrides:
@@ -319,6 +325,9 @@ class _Plan:
     def views(self, section: str, cfg: CacheConfig) -> int:
         return cfg.views if section == "train" else 1
 
+    def data_changes(self) -> str:
+        return _data_changes(self.sources)
+
     def bytes_needed(self, cfg: CacheConfig) -> tuple[int, int]:
         """(all arrays, features alone) in bytes, over every section and shard."""
         total = features = 0
@@ -331,9 +340,35 @@ class _Plan:
         return total, features
 
 
-def _skip_bad(source: Source, spec: InputSpec, log: Callable[[str], None]) -> Source:
-    """`source` without the images that do not decode (each fully decoded once to find them),
-    reopened so that its ref records them and every later stage leaves them out too."""
+def _data_changes(sources: dict[str, Source]) -> str:
+    """What the data records found changed in the sources' files, in one line ("" if none)."""
+    parts = []
+    for name, src in sources.items():
+        changes = getattr(src, "data_changes", None)
+        if changes:
+            parts.append(f"{name}: {changes.describe()}")
+    return "; ".join(parts)
+
+
+def _use_record(source: Source, cfg: CacheConfig, log: Callable[[str], None]) -> None:
+    """Photo sources keep their file facts in the workspace's data record; what changed since
+    it was written is named (the fingerprint then differs, and a cache made before says so)."""
+    if not hasattr(source, "use_record"):
+        return
+    changes = source.use_record(cfg.workdir, verify=cfg.verify_data).changes
+    if changes:
+        log(
+            f"note: {source.ref.split} data changed since this workspace last read it: "
+            f"{changes.describe()}"
+        )
+
+
+def _skip_bad(
+    source: Source, spec: InputSpec, cfg: CacheConfig, log: Callable[[str], None]
+) -> Source:
+    """`source` without the images that do not decode (each fully decoded once per workspace,
+    the verdicts kept in its data record), reopened so that its ref records them and every
+    later stage leaves them out too."""
     if not hasattr(source, "paths"):
         return source
     from onnxkd.data.loaders.image_folder import scan_bad_images
@@ -347,6 +382,7 @@ def _skip_bad(source: Source, spec: InputSpec, log: Callable[[str], None]) -> So
     ref = replace(source.ref, exclude=tuple(sorted({*source.ref.exclude, *(p for p, _ in bad)})))
     reopened = open_source(ref)
     fit_source(reopened, spec, source.workers)
+    reopened.use_record(cfg.workdir)
     return reopened
 
 
@@ -355,7 +391,7 @@ def _default_out(cfg: CacheConfig, plan: _Plan) -> Path:
     return cfg.workdir / "caches" / f"{cfg.teacher.stem}-{data_name}-{plan.key[:10]}"
 
 
-def _claim(out: Path, key: str, overwrite: bool, material: dict) -> str:
+def _claim(out: Path, key: str, overwrite: bool, material: dict, data_changes: str = "") -> str:
     """'complete', 'resume' or 'new'; refuses to clobber anything that is not ours to replace."""
     for name, state in ((MANIFEST, "complete"), (PENDING, "resume")):
         path = out / name
@@ -369,9 +405,10 @@ def _claim(out: Path, key: str, overwrite: bool, material: dict) -> str:
             return "new"
         differs = sorted(k for k in material if found.get("config", {}).get(k) != material[k])
         what = "a complete cache" if state == "complete" else "an unfinished cache"
+        changed = f" (files {data_changes})" if data_changes and "data" in differs else ""
         raise CacheError(
-            f"{out} holds {what} made with other inputs (differs in: {', '.join(differs)}); "
-            "pass --overwrite to replace it, or -o another folder"
+            f"{out} holds {what} made with other inputs (differs in: {', '.join(differs)})"
+            f"{changed}; pass --overwrite to replace it, or -o another folder"
         )
     if out.exists() and any(out.iterdir()):
         raise CacheError(f"{out} exists and is not an onnxkd cache; refusing to write into it")
@@ -425,7 +462,7 @@ def cache_teacher(
     plan = _Plan(cfg, log, source)
     cfg = plan.cfg
     out = Path(cfg.out) if cfg.out else _default_out(cfg, plan)
-    state = _claim(out, plan.key, cfg.overwrite, plan.key_material)
+    state = _claim(out, plan.key, cfg.overwrite, plan.key_material, plan.data_changes())
     if state == "complete":
         log(f"cache {out} is already complete for these inputs; nothing to do")
         manifest = Manifest.from_dict(read_json(out / MANIFEST), where=str(out))

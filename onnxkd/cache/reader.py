@@ -45,7 +45,11 @@ def incomplete_status(path: Path) -> str:
         lines.append(f"{name} ~{done}/{total} samples")
     status = ", ".join(lines)
     if shards > 1 and missing:
-        status += f"; shards not yet written: {', '.join(missing)} (run cache-teacher --shard i/n)"
+        status += (
+            f"; shards not yet written: {', '.join(missing)} (failed, stopped or never started: "
+            "rerun the same cache-teacher command for each, with --shard i/n or under the "
+            "launcher, and it resumes where it stopped)"
+        )
     return status
 
 
@@ -151,22 +155,35 @@ class CacheReader:
         recorded = self.manifest.section(section)
         found = source.fingerprint()
         if found != recorded.fingerprint:
+            changes = getattr(source, "data_changes", None)
+            named = (
+                f"; changed since the workspace last read it: {changes.describe()}"
+                if changes
+                else ""
+            )
             raise CacheError(
                 f"the data given ({source.ref.data}, {source.ref.split}, {len(source)} samples) "
                 f"is not the data this cache was made from ({recorded.data_ref.data}, "
-                f"{recorded.n} samples): fingerprints differ"
+                f"{recorded.n} samples): fingerprints differ{named}"
             )
 
     def open_data(
-        self, section: str = "train", data: str | None = None, workers: int | None = None
+        self,
+        section: str = "train",
+        data: str | None = None,
+        workers: int | None = None,
+        workdir: Path | None = None,
     ) -> Source:
         """The data a section was made from (at `data` if it moved), decoded as the teacher's
-        was (photos on `workers` threads), checked by fingerprint."""
+        was (photos on `workers` threads), checked by fingerprint (photos: against the data
+        record of the workspace `workdir` where given, so unchanged files are not reread)."""
         ref = self.manifest.section(section).data_ref
         if data is not None:
             ref = replace(ref, data=data)
         source = open_source(ref)
         fit_source(source, self.input_spec, workers)
+        if workdir is not None and hasattr(source, "use_record"):
+            source.use_record(workdir)
         self.check_data(source, section)
         return source
 

@@ -54,8 +54,15 @@ from onnxkd.providers import EP_NAMES
 @click.option(
     "--skip-bad",
     is_flag=True,
-    help="Image folders: leave out images that do not decode (each is decoded once to find "
-    "them; the count and paths go into the manifest) instead of stopping at the first.",
+    help="Image folders: leave out images that do not decode (each is decoded once per "
+    "workspace to find them; the count and paths go into the manifest) instead of stopping "
+    "at the first.",
+)
+@click.option(
+    "--verify-data",
+    is_flag=True,
+    help="Image folders and file lists: rehash every file instead of trusting the "
+    "workspace's record of it while its size and times are unchanged.",
 )
 @workers_option("and cutting their views")
 @click.option("--eval/--no-eval", "eval_split", default=True, show_default=True)

@@ -70,14 +70,22 @@ def load_image(path: Path, mode: str) -> Image.Image:
 
 def upright_size(path: Path) -> tuple[int, int]:
     """(width, height) of the image as displayed (EXIF orientation applied), from its header."""
+    width, height, _ = header(path)
+    return width, height
+
+
+def header(path: Path) -> tuple[int, int, str]:
+    """(width, height, mode) from the header: the size as displayed (EXIF orientation
+    applied) and the stored mode, without decoding pixels."""
     try:
         with Image.open(path) as image:
             width, height = image.size
             orientation = image.getexif().get(0x0112, 1)
+            mode = image.mode
     except DECODE_ERRORS as e:
         raise DataError(f"{path}: cannot be read as an image ({e}); fix or remove it") from e
     # Orientations 5-8 turn the image by 90 degrees, swapping its sides.
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+    return (height, width, mode) if orientation in (5, 6, 7, 8) else (width, height, mode)
 
 
 def _convert(image: Image.Image, mode: str) -> Image.Image:

@@ -44,7 +44,10 @@ def check_workers(workers: int | None) -> int:
 def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> list[R]:
     """`[fn(item) for item in items]`, on `workers` threads, in order; the first error raised."""
     items = list(items)
-    if workers <= 1 or len(items) <= 1:
+    # Called from one of the pool's own threads (a decode that needs the folder's common size
+    # the first time, say): run here, as waiting on the same pool could deadlock it.
+    nested = threading.current_thread().name.startswith("onnxkd-decode")
+    if workers <= 1 or len(items) <= 1 or nested:
         return [fn(item) for item in items]
     with _lock:
         pool = _pools.get(workers)

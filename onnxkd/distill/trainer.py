@@ -232,8 +232,8 @@ def _distill(
             f"--batch-size {cfg.batch_size} is more than the {len(split.train)} samples there "
             "are to train on; pass a smaller --batch-size"
         )
-    train_src = cache.open_data("train", cfg.data, cfg.workers)
-    eval_src = cache.open_data("eval", None, cfg.workers)
+    train_src = cache.open_data("train", cfg.data, cfg.workers, cfg.workdir)
+    eval_src = cache.open_data("eval", None, cfg.workers, cfg.workdir)
     spec = cache.input_spec
     device = torch.device(
         "cuda"

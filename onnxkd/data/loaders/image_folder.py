@@ -12,6 +12,7 @@ splits so that a class has the same index in train and test even when one split 
 from __future__ import annotations
 
 import hashlib
+import os
 from array import array
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from onnxkd.data import photo
 from onnxkd.data.loaders.common import holdout_indices
 from onnxkd.data.loaders.path_table import PathTable
 from onnxkd.data.loaders.registry import SourceKind, existing, register_source
+from onnxkd.data.records import Changes, DataRecord
 from onnxkd.data.source import UNLABELED, DataRef
 from onnxkd.data.workers import check_workers, default_workers, parallel_map
 from onnxkd.errors import DataError, MissingSplitError
@@ -113,8 +115,35 @@ class ImageFolderSource:
         first_mode = _probe_mode(self._folder_images[0][0])
         self.mode = "L" if first_mode in GRAY_MODES else "RGB"
         self._common_size: tuple[int, int] | None | bool = False  # False: not probed yet
-        self._sizes = np.full((len(self.paths), 2), -1, dtype=np.int32)
         self._fingerprint: str | None = None
+        self._record: DataRecord | None = None
+
+    def use_record(self, workdir: Path | None, verify: bool = False) -> DataRecord:
+        """Keep this folder's file facts (hashes, headers, decode verdicts) in the workspace
+        `workdir` and trust them while each file's stat is unchanged (`onnxkd.data.records`);
+        `verify` rehashes every file. Returns the record, whose `changes` name what changed
+        since it was last written."""
+        record = DataRecord.for_root(self.root, workdir)
+        record.refresh(self._all_names(), self.workers, verify=verify)
+        record.save()
+        self._record, self._fingerprint, self._common_size = record, None, False
+        return record
+
+    @property
+    def record(self) -> DataRecord:
+        """The file facts; without `use_record`, a record for this process alone."""
+        if self._record is None:
+            self._record = DataRecord.for_root(self.root, None)
+            self._record.refresh(self._all_names(), self.workers)
+        return self._record
+
+    @property
+    def data_changes(self) -> Changes | None:
+        """What the workspace's data record found changed when this source opened it."""
+        return None if self._record is None else self._record.changes
+
+    def _all_names(self) -> list[str]:
+        return [name for table in self._folder_images for name in table.names()]
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -126,16 +155,14 @@ class ImageFolderSource:
     def common_size(self) -> tuple[int, int] | None:
         """(H, W) every image of the folder shares upright, or None when sizes vary.
 
-        Headers only (PIL reads the size without decoding pixels), stopping at the first
-        image of another size.
+        Headers only (PIL reads the size without decoding pixels), each read once per
+        workspace and kept in the data record.
         """
         if self._common_size is False:
-            first = photo.upright_size(self._folder_images[0][0])
-            self._common_size = (first[1], first[0])
-            for table in self._folder_images:
-                if any(photo.upright_size(path) != first for path in table):
-                    self._common_size = None
-                    break
+            sizes, _ = self.record.headers(self._all_names(), self.workers, photo.header)
+            self.record.save()
+            same = bool((sizes == sizes[0]).all())
+            self._common_size = (int(sizes[0, 1]), int(sizes[0, 0])) if same else None
         return self._common_size
 
     @property
@@ -167,20 +194,16 @@ class ImageFolderSource:
 
     def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        _ = self.sample_shape  # resolved here, once, not by each decoding thread
         pixels = parallel_map(self._decode, indices.tolist(), self.workers)
         return self._stack(pixels), self.labels[indices]
 
     def image_sizes(self, indices: np.ndarray) -> np.ndarray:
-        """(width, height) of each image upright, read from headers once and remembered."""
+        """(width, height) of each image upright, from headers read once per workspace."""
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-        missing = [int(i) for i in indices if self._sizes[i, 0] < 0]
-        for i, size in zip(
-            missing,
-            parallel_map(lambda i: photo.upright_size(self.paths[i]), missing, self.workers),
-            strict=True,
-        ):
-            self._sizes[i] = size
-        return self._sizes[indices].copy()
+        names = [self.paths.name(int(i)) for i in indices]
+        sizes, _ = self.record.headers(names, self.workers, photo.header)
+        return sizes
 
     def read_boxes(self, indices: np.ndarray, params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Each image's box (random-resized-crop parameters) cut, resized and flipped."""
@@ -214,16 +237,19 @@ class ImageFolderSource:
         return out
 
     def fingerprint(self) -> str:
-        """sha256 of the decoding settings and each file's relative path, label and bytes."""
+        """sha256 of the decoding settings and each file's relative path, label and the sha256
+        of its bytes (the bytes read once per workspace while the file's stat is unchanged:
+        the data record)."""
         if self._fingerprint is None:
             h = hashlib.sha256()
             settings = (self.mode, self.ref.image_size, self.transform, self.ref.exclude)
             h.update(repr(settings).encode())
-            for i, label in enumerate(self.labels.tolist()):
-                h.update(f"\n{self.paths.name(i)}\0{label}\0".encode())
-                with self.paths[i].open("rb") as f:
-                    while chunk := f.read(1 << 20):
-                        h.update(chunk)
+            names = list(self.paths.names())
+            digests = self.record.digests(names, self.workers)
+            self.record.save()
+            for name, label, digest in zip(names, self.labels.tolist(), digests, strict=True):
+                h.update(f"\n{name}\0{label}\0".encode())
+                h.update(digest.tobytes())
             self._fingerprint = h.hexdigest()
         return self._fingerprint
 
@@ -256,21 +282,20 @@ class ImageFolderSource:
 
 
 def scan_bad_images(source: ImageFolderSource) -> list[tuple[str, str]]:
-    """(relative path, reason) of every image of `source` that does not decode, fully decoded
-    by the source's workers: what `--skip-bad` leaves out."""
+    """(relative path, reason) of every image of `source` that does not decode: what
+    `--skip-bad` leaves out. Each file is fully decoded once per workspace; the verdict is
+    kept in the data record while the file's stat is unchanged."""
 
-    def problem(i: int) -> tuple[str, str] | None:
+    def problem(path: Path) -> str | None:
         try:
-            photo.load_image(source.paths[i], source.mode)
+            photo.load_image(path, source.mode)
         except DataError as e:
-            return source.paths.name(i), str(e.__cause__ or e)
+            return str(e.__cause__ or e)
         return None
 
-    found = []
-    for start in range(0, len(source), 1024):  # in pieces: a few results in memory at a time
-        chunk = range(start, min(start + 1024, len(source)))
-        found.extend(parallel_map(problem, chunk, source.workers))
-    return [item for item in found if item is not None]
+    bad = source.record.bad_files(list(source.paths.names()), source.workers, problem)
+    source.record.save()
+    return bad
 
 
 def _without(ref: DataRef, listed: tuple[PathTable, np.ndarray]) -> tuple[PathTable, np.ndarray]:
@@ -343,13 +368,14 @@ def _list_images(
         class_dir = root / name
         if not class_dir.is_dir():
             continue
-        images = sorted(p for p in class_dir.rglob("*") if _is_image(p, class_dir))
+        images = _image_names(class_dir)
         if not images:
             raise DataError(
                 f"{class_dir}: class folder with no images (accepted: "
                 f"{', '.join(IMAGE_SUFFIXES)}); add images or remove the folder"
             )
-        names.extend(p.relative_to(folder).as_posix() for p in images)
+        prefix = class_dir.relative_to(folder).as_posix()
+        names.extend(f"{prefix}/{name}" for name in images)
         labels.extend([label] * len(images))
     if not names:
         raise DataError(
@@ -357,6 +383,26 @@ def _list_images(
             f"{root}/<class>/ (accepted: {', '.join(IMAGE_SUFFIXES)})"
         )
     return PathTable(folder, names), np.frombuffer(labels, dtype=np.int64).copy()
+
+
+def _image_names(folder: Path) -> list[str]:
+    """Every image file under `folder` (nested folders too, hidden ones not), as posix paths
+    relative to it, in the order of their path parts (as sorted `Path`s are). os.scandir,
+    not pathlib: a million photos are listed in seconds, not minutes."""
+    found: list[str] = []
+    pending = [("", os.fspath(folder))]
+    while pending:
+        prefix, path = pending.pop()
+        with os.scandir(path) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append((f"{prefix}{entry.name}/", entry.path))
+                elif entry.name.lower().endswith(IMAGE_SUFFIXES) and entry.is_file():
+                    found.append(prefix + entry.name)
+    found.sort(key=lambda name: name.split("/"))
+    return found
 
 
 def _subfolders(folder: Path) -> list[Path]:
