@@ -137,6 +137,97 @@ def test_torchrun_ranks_each_write_a_slice_and_the_last_completes_it(cli, tmp_pa
     assert merged.returncode == 0 and "teacher accuracy" in merged.stdout
 
 
+def test_torchrun_two_processes_write_the_single_process_cache_bit_for_bit(cli, tmp_path):
+    args = ["cache-teacher", str(DIGITS_TEACHER), "--data", "digits", "--views", "2"]
+    args += ["--workdir", str(tmp_path / "ws")]
+    launched = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "onnxkd"]
+        + args
+        + ["-o", str(tmp_path / "sharded")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    whole = cli(*args, "-o", tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr
+    sharded, single = CacheReader(tmp_path / "sharded"), CacheReader(tmp_path / "whole")
+    assert sharded.manifest.shards == 2 and single.manifest.shards == 1
+    assert sharded.verify() == []
+    for name in ("train", "eval"):
+        a, b = sharded.section(name), single.section(name)
+        idx = np.arange(a.n)
+        assert a.n == b.n and a.views == b.views
+        np.testing.assert_array_equal(a.labels(idx), b.labels(idx))
+        for view in range(a.views):
+            assert a.scores(idx, view).tobytes() == b.scores(idx, view).tobytes()
+            np.testing.assert_array_equal(a.aug_params(idx, view), b.aug_params(idx, view))
+
+
+def test_a_shard_that_never_finished_is_named(cli, tmp_path):
+    out = tmp_path / "c"
+    args = ("cache-teacher", DIGITS_TEACHER, "--data", "digits", "-o", out)
+    first = cli(
+        *args,
+        env={
+            "SLURM_ARRAY_TASK_ID": "1",
+            "SLURM_ARRAY_TASK_COUNT": "2",
+            "SLURM_ARRAY_TASK_MIN": "1",
+        },
+    )
+    assert first.returncode == 0, first.stderr
+    assert "shard 0/2 done" in first.stderr
+    merged = cli("cache-merge", out)
+    assert merged.returncode == 1 and "Traceback" not in merged.stderr
+    named = "shards not yet written: eval 1/2, train 1/2 (failed, stopped or never started"
+    assert named in merged.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "shard"),
+    [
+        ({}, (0, 1)),
+        ({"RANK": "1", "WORLD_SIZE": "3"}, (1, 3)),
+        ({"WORLD_SIZE": "1", "RANK": "0"}, (0, 1)),
+        (
+            {
+                "SLURM_ARRAY_TASK_ID": "7",
+                "SLURM_ARRAY_TASK_COUNT": "4",
+                "SLURM_ARRAY_TASK_MIN": "4",
+            },
+            (3, 4),
+        ),
+        ({"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "4"}, (2, 4)),
+        # torchrun inside a Slurm array job: torchrun's ranks decide
+        (
+            {
+                "RANK": "0",
+                "WORLD_SIZE": "2",
+                "SLURM_ARRAY_TASK_ID": "3",
+                "SLURM_ARRAY_TASK_COUNT": "4",
+            },
+            (0, 2),
+        ),
+        # a batch script's one process of --ntasks 4 is not a shard
+        ({"SLURM_PROCID": "0", "SLURM_NTASKS": "4"}, (0, 1)),
+    ],
+)
+def test_the_launcher_decides_the_shard(env, shard):
+    from onnxkd.cache.shards import launcher_shard
+
+    assert launcher_shard(env) == shard
+
+
+def test_a_shard_outside_the_array_is_refused():
+    from onnxkd.cache.shards import launcher_shard
+    from onnxkd.errors import CacheError
+
+    with pytest.raises(CacheError, match="SLURM_ARRAY_TASK_ID=9 is outside"):
+        launcher_shard({"SLURM_ARRAY_TASK_ID": "9", "SLURM_ARRAY_TASK_COUNT": "4"})
+
+
 BAD_INPUTS = [
     (["missing.onnx", "--data", "digits"], "does not exist"),
     (["NOT_ONNX", "--data", "digits"], "is not a readable ONNX model"),
