@@ -164,3 +164,35 @@ def test_a_changed_file_is_named_when_the_cache_refuses_it(folder, tmp_path, cli
     result = cli(*args)
     assert result.returncode != 0
     assert "class1/004.png" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_cache_made_before_the_record_still_opens(folder, tmp_path):
+    """Caches written before the data record hashed every file's bytes into one stream; the
+    reader accepts that fingerprint too (reading the files in full, once)."""
+    import json
+
+    from onnxkd.cache.build import CacheConfig, cache_teacher
+    from onnxkd.cache.reader import CacheReader
+    from onnxkd.errors import CacheError
+
+    out = tmp_path / "cache"
+    cfg = CacheConfig(
+        MODELS / "cifar10_resnet.onnx",
+        DataRef(str(folder), holdout=0.25),
+        out=out,
+        views=1,
+        workdir=tmp_path / "ws",
+        accept_low_accuracy=True,
+    )
+    cache_teacher(cfg, log=lambda s: None)
+    legacy = open_source(DataRef(str(folder), holdout=0.25))
+    from onnxkd.data.spec import fit_source
+
+    fit_source(legacy, CacheReader(out).input_spec, None)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["sections"]["train"]["fingerprint"] = legacy.legacy_fingerprint()
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert len(CacheReader(out).open_data("train")) == len(legacy)
+    Image.open(folder / "class2" / "000.png").save(folder / "class3" / "001.png")
+    with pytest.raises(CacheError, match="fingerprints differ"):
+        CacheReader(out).open_data("train", workdir=tmp_path / "ws")

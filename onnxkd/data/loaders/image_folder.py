@@ -253,6 +253,19 @@ class ImageFolderSource:
             self._fingerprint = h.hexdigest()
         return self._fingerprint
 
+    def legacy_fingerprint(self) -> str:
+        """The fingerprint as caches made before the data record have it (every file's bytes
+        streamed into one hash): read in full, and only to accept such a cache."""
+        h = hashlib.sha256()
+        settings = (self.mode, self.ref.image_size, self.transform, self.ref.exclude)
+        h.update(repr(settings).encode())
+        for i, label in enumerate(self.labels.tolist()):
+            h.update(f"\n{self.paths.name(i)}\0{label}\0".encode())
+            with self.paths[i].open("rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+        return h.hexdigest()
+
     def _decode(self, i: int) -> np.ndarray:
         path = self.paths[i]
         image = photo.load_image(path, self.mode)
