@@ -171,8 +171,9 @@ from onnxkd.providers import EP_NAMES
 @click.option(
     "--shard",
     type=Shard(),
-    help="Write slice i of n (torchrun's RANK/WORLD_SIZE "
-    "are used when set); the cache completes when every slice is written.",
+    help="Write slice i of n [default: the launcher's: torchrun's RANK/WORLD_SIZE, or a Slurm "
+    "array's SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT]; the cache completes when every "
+    "slice is written.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace a cache made from other inputs.")
 @workdir_option
