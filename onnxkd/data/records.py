@@ -33,6 +33,7 @@ RECORD_VERSION = 1
 # with its old size and times (a full check is --verify-data).
 SAMPLED_FILES = 16
 UNKNOWN = -1
+PIECE = 2048  # files handed to the decoding threads at once
 
 
 @dataclass
@@ -123,12 +124,13 @@ class DataRecord:
         trusted = np.flatnonzero(same[: len(names)] & self._has_digest[: len(names)])
         if len(trusted):
             checked = trusted if verify else _spread(trusted, SAMPLED_FILES)
-            digests = parallel_map(self._hash, [names[i] for i in checked], workers)
-            for i, digest in zip(checked.tolist(), digests, strict=True):
-                if not np.array_equal(self._digest[i], digest):
-                    changes.rewritten.append(names[i])
-                    self._forget(i)
-                    self._set_digest(i, digest)
+            for piece in _pieces(checked.tolist()):
+                digests = parallel_map(self._hash, [names[i] for i in piece], workers)
+                for i, digest in zip(piece, digests, strict=True):
+                    if not np.array_equal(self._digest[i], digest):
+                        changes.rewritten.append(names[i])
+                        self._forget(i)
+                        self._set_digest(i, digest)
         self.changes = changes
         if changes or not known.all():
             self._dirty = True
@@ -136,36 +138,34 @@ class DataRecord:
     def digests(self, names: list[str], workers: int) -> np.ndarray:
         """(n, 32) sha256 of each file's bytes, read only where the record has none."""
         rows = self._rows(names)
-        missing = rows[~self._has_digest[rows]]
-        for i, digest in zip(
-            missing.tolist(),
-            parallel_map(self._hash, [self._name_of(i) for i in missing], workers),
-            strict=True,
-        ):
-            self._set_digest(i, digest)
+        missing = rows[~self._has_digest[rows]].tolist()
+        for piece in _pieces(missing):
+            digests = parallel_map(self._hash, [self._name_of(i) for i in piece], workers)
+            for i, digest in zip(piece, digests, strict=True):
+                self._set_digest(i, digest)
         return self._digest[rows]
 
     def headers(self, names: list[str], workers: int, probe) -> tuple[np.ndarray, list[str]]:
         """((n, 2) upright width and height, modes) from each header, probed (`probe(path)` ->
         (width, height, mode)) only where the record has none."""
         rows = self._rows(names)
-        missing = rows[self._size[rows, 0] < 0]
-        probed = parallel_map(lambda i: probe(self._file(self._name_of(i))), missing, workers)
-        for i, (width, height, mode) in zip(missing.tolist(), probed, strict=True):
-            self._size[i] = (width, height)
-            self._mode[i] = mode
-            self._dirty = True
+        missing = rows[self._size[rows, 0] < 0].tolist()
+        for piece in _pieces(missing):
+            probed = parallel_map(lambda i: probe(self._file(self._name_of(i))), piece, workers)
+            for i, (width, height, mode) in zip(piece, probed, strict=True):
+                self._size[i] = (width, height)
+                self._mode[i] = mode
+                self._dirty = True
         return self._size[rows].copy(), [self._mode[i] for i in rows.tolist()]
 
     def bad_files(self, names: list[str], workers: int, decode) -> list[tuple[str, str]]:
         """(name, reason) of the files that do not decode: `decode(path)` returns None or the
         reason; tried only on files the record has no verdict for."""
         rows = self._rows(names)
-        untried = rows[self._decodes[rows] < 0]
-        for start in range(0, len(untried), 1024):  # in pieces: few decodes held at a time
-            piece = untried[start : start + 1024]
+        untried = rows[self._decodes[rows] < 0].tolist()
+        for piece in _pieces(untried):
             reasons = parallel_map(lambda i: decode(self._file(self._name_of(i))), piece, workers)
-            for i, reason in zip(piece.tolist(), reasons, strict=True):
+            for i, reason in zip(piece, reasons, strict=True):
                 self._decodes[i] = 0 if reason else 1
                 if reason:
                     self._bad_reasons[self._name_of(i)] = reason
@@ -274,6 +274,12 @@ class DataRecord:
             while chunk := f.read(1 << 20):
                 h.update(chunk)
         return np.frombuffer(h.digest(), dtype=np.uint8)
+
+
+def _pieces(items: list, size: int = PIECE) -> list[list]:
+    """`items` in pieces of `size`: the thread pool then holds one piece's futures and results
+    at a time, not a million of them."""
+    return [items[start : start + size] for start in range(0, len(items), size)]
 
 
 def _stat_key(path: str) -> tuple[int, int, int]:
