@@ -4,7 +4,12 @@ CIFAR-10 subset: test accuracy (onnxruntime, of the exported model) and FP32/INT
 latency (onnxruntime, 1 thread, interleaved so both models see the same machine state).
 
     .venv/bin/python benchmarks/prune_vs_narrow.py --seeds 0,1,2 [--wide-epochs 20]
-        [--prune-epochs 10]
+        [--prune-epochs 10] [--variants l2:1,l2:5,l1:5,bn:5]
+
+--variants compares pruning runs from the same wide student: Torch-Pruning's importance
+criteria (L2 or L1 weight magnitude, BN scale) and one step or several (iterative pruning, KD
+fine-tuning between steps); the prune epochs split evenly over the steps, so every variant
+trains the same total epochs as the narrow network.
 
 Each run is a resumable folder under --work; the results file is rewritten after every seed,
 so a grid stopped midway reports what finished. Goal: the pruned model is at least as accurate
@@ -48,7 +53,15 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--wide-epochs", type=int, default=20)
     parser.add_argument("--prune-epochs", type=int, default=10)
+    parser.add_argument(
+        "--variants",
+        default="l2:1",
+        help="pruning runs to compare, IMPORTANCE:STEPS each (l2, l1 or bn; the prune epochs "
+        "split evenly over the steps, so every variant trains the same total epochs), e.g. "
+        "l2:1,l2:3,l1:3,bn:3",
+    )
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=OUT, help="results file")
     parser.add_argument("--work", type=Path, default=Path("/tmp/onnxkd-prune-vs-narrow"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -82,27 +95,45 @@ def main() -> None:
         runs = args.work / f"seed{seed}"
         wide = _distill(runs / "wide", "mobilenetv2_w100", args.wide_epochs, common)
         narrow = _distill(runs / "narrow", "mobilenetv2_w050", total, common)
-        pruned = runs / "pruned"
-        if not RunFolder(pruned).finished:
-            prune(
-                PruneConfig(
-                    target=f"params={ratio:.6f}",
-                    init=wide,
-                    epochs=args.prune_epochs,
-                    workdir=ws,
-                    out=pruned,
-                    resume=(pruned / "prune.json").exists(),
-                    threads=args.threads,
-                ),
-                log=print,
-            )
+        pruned = {}
+        for importance, steps in _variants(args):
+            # the first study's single l2 step keeps its folder name, so its runs resume
+            name = "pruned" if (importance, steps) == ("l2", 1) else f"pruned-{importance}-x{steps}"
+            pruned[name] = run = runs / name
+            if not RunFolder(run).finished:
+                prune(
+                    PruneConfig(
+                        target=f"params={ratio:.6f}",
+                        init=wide,
+                        steps=steps,
+                        epochs=args.prune_epochs // steps,
+                        importance=importance,
+                        workdir=ws,
+                        out=run,
+                        resume=(run / "prune.json").exists(),
+                        threads=args.threads,
+                    ),
+                    log=print,
+                )
         row = {"seed": seed}
-        for name, run in (("narrow", narrow), ("pruned", pruned), ("wide", wide)):
+        for name, run in (("narrow", narrow), *pruned.items(), ("wide", wide)):
             row[name] = _measure(run, cache, args.threads)
-        row["latency"] = _latencies({n: row[n] for n in ("narrow", "pruned")})
+        row["latency"] = _latencies({n: row[n] for n in ("narrow", *pruned)})
         rows.append(row)
         _write(args, rows, ratio, started)
     print(json.dumps(_summary(rows), indent=2))
+
+
+def _variants(args) -> list[tuple[str, int]]:
+    out = []
+    for item in args.variants.split(","):
+        importance, _, steps = item.partition(":")
+        if importance not in ("l2", "l1", "bn") or not steps.isdigit() or int(steps) < 1:
+            raise SystemExit(f"--variants: {item!r} is not IMPORTANCE:STEPS (l2|l1|bn, >= 1)")
+        if args.prune_epochs % int(steps):
+            raise SystemExit(f"--variants {item}: {args.prune_epochs} epochs do not split evenly")
+        out.append((importance, int(steps)))
+    return out
 
 
 def _distill(out: Path, student: str, epochs: int, common: dict) -> Path:
@@ -174,7 +205,8 @@ def _summary(rows: list[dict]) -> dict:
         return {"mean": round(statistics.mean(values), 4), "std": round(sd, 4), "n": len(values)}
 
     out = {}
-    for name in ("narrow", "pruned", "wide"):
+    models = [k for k in rows[0] if k not in ("seed", "latency")]
+    for name in models:
         out[name] = {
             "test_accuracy": stats([100 * r[name]["test_accuracy"] for r in rows]),
             "int8_accuracy": stats(
@@ -192,21 +224,22 @@ def _write(args, rows, ratio, started) -> None:
     """The results file, with the rows of other seeds that another process running the same
     settings (`--seeds` split between processes) has written there kept."""
     ours = {r["seed"] for r in rows}
-    if OUT.exists():
-        old = json.loads(OUT.read_text())
+    if args.out.exists():
+        old = json.loads(args.out.read_text())
         flags = f"--wide-epochs {args.wide_epochs} --prune-epochs {args.prune_epochs} "
         same = old.get("settings", _settings(args)) == _settings(args) and flags in old["command"]
         rows = sorted(
             rows + [r for r in old["rows"] if same and r["seed"] not in ours],
             key=lambda r: r["seed"],
         )
-    OUT.write_text(
+    args.out.write_text(
         json.dumps(
             {
                 "benchmark": "prune_vs_narrow",
                 "command": "benchmarks/prune_vs_narrow.py "
                 f"--seeds {args.seeds} --wide-epochs {args.wide_epochs} "
-                f"--prune-epochs {args.prune_epochs} --threads {args.threads}",
+                f"--prune-epochs {args.prune_epochs} --variants {args.variants} "
+                f"--threads {args.threads}",
                 "settings": _settings(args),
                 "params_ratio": ratio,
                 "summary": _summary(rows),
@@ -220,7 +253,11 @@ def _write(args, rows, ratio, started) -> None:
 
 
 def _settings(args) -> dict:
-    return {"wide_epochs": args.wide_epochs, "prune_epochs": args.prune_epochs}
+    return {
+        "wide_epochs": args.wide_epochs,
+        "prune_epochs": args.prune_epochs,
+        "variants": args.variants,
+    }
 
 
 if __name__ == "__main__":
