@@ -29,6 +29,19 @@ def run_cli(
     )
 
 
+def run_torchrun(*args: str, cwd: Path, processes: int = 2, timeout: float = 600):
+    """Run `torchrun --nproc-per-node N -m onnxkd ARGS` as a user would (one thread each)."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes)]
+    return subprocess.run(
+        [*launcher, "-m", "onnxkd", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
 @pytest.fixture
 def cli(tmp_path):
     """`cli(*args)` runs onnxkd in tmp_path (so the workspace lands there)."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import MODELS, SHARED_DATA
+from conftest import MODELS, SHARED_DATA, run_torchrun
 
 from onnxkd.cache.reader import CacheReader
 from onnxkd.data.loaders import open_source
@@ -140,16 +140,7 @@ def test_torchrun_ranks_each_write_a_slice_and_the_last_completes_it(cli, tmp_pa
 def test_torchrun_two_processes_write_the_single_process_cache_bit_for_bit(cli, tmp_path):
     args = ["cache-teacher", str(DIGITS_TEACHER), "--data", "digits", "--views", "2"]
     args += ["--workdir", str(tmp_path / "ws")]
-    launched = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "onnxkd"]
-        + args
-        + ["-o", str(tmp_path / "sharded")],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    launched = run_torchrun(*args, "-o", tmp_path / "sharded", cwd=tmp_path, timeout=300)
     assert launched.returncode == 0, launched.stderr[-3000:]
     whole = cli(*args, "-o", tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 import threading
 from collections import Counter
 from pathlib import Path
@@ -34,7 +31,7 @@ from onnxkd.data.source import DataRef
 from onnxkd.data.spec import SpecOptions
 from onnxkd.distill.data import CachedBatches
 from onnxkd.errors import DataError, SpecError
-from tests.conftest import MODELS, SHARED_DATA, run_cli
+from tests.conftest import MODELS, SHARED_DATA, run_cli, run_torchrun
 
 TEACHER = MODELS / "cifar10_resnet.onnx"
 RESIZED_CROP_FIELDS = ("top", "left", "height", "width", "flip")
@@ -204,15 +201,10 @@ def test_two_shards_equal_one_and_torchrun_trains_on_photos(photos, photo_cache,
     for view in range(3):
         np.testing.assert_array_equal(a.aug_params(idx, view), b.aug_params(idx, view))
         np.testing.assert_allclose(a.scores(idx, view), b.scores(idx, view), atol=1e-5)
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m"]
-        + ["onnxkd", "distill", "--cache", str(tmp_path / "sharded"), "--student", "resnet8"]
-        + ["--epochs", "1", "--batch-size", "16", "--workers", "1", "-o", str(tmp_path / "ddp")],
+    done = run_torchrun(
+        *("distill", "--cache", tmp_path / "sharded", "--student", "resnet8", "--epochs", "1"),
+        *("--batch-size", "16", "--workers", "1", "-o", tmp_path / "ddp"),
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((tmp_path / "ddp" / "config.json").read_text())["world_size"] == 2

@@ -353,9 +353,9 @@ def _data_changes(sources: dict[str, Source]) -> str:
 def _use_record(source: Source, cfg: CacheConfig, log: Callable[[str], None]) -> None:
     """Photo sources keep their file facts in the workspace's data record; what changed since
     it was written is named (the fingerprint then differs, and a cache made before says so)."""
-    if not hasattr(source, "use_record"):
-        return
-    changes = source.use_record(cfg.workdir, verify=cfg.verify_data).changes
+    from onnxkd.data.records import use_data_record
+
+    changes = use_data_record(source, cfg.workdir, verify=cfg.verify_data)
     if changes:
         log(
             f"note: {source.ref.split} data changed since this workspace last read it: "
@@ -382,7 +382,7 @@ def _skip_bad(
     ref = replace(source.ref, exclude=tuple(sorted({*source.ref.exclude, *(p for p, _ in bad)})))
     reopened = open_source(ref)
     fit_source(reopened, spec, source.workers)
-    reopened.use_record(cfg.workdir)
+    _use_record(reopened, cfg, log)
     return reopened
 
 

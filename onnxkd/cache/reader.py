@@ -17,6 +17,7 @@ from onnxkd.cache.integrity import find_problems
 from onnxkd.cache.manifest import LABEL_VALUE, SCORES, TOPK_ARRAYS, Manifest, Section
 from onnxkd.data.augment import Augmentation
 from onnxkd.data.loaders import open_source
+from onnxkd.data.records import use_data_record
 from onnxkd.data.source import Source
 from onnxkd.data.spec import InputSpec, fit_source
 from onnxkd.data.views import read_view
@@ -185,8 +186,8 @@ class CacheReader:
             ref = replace(ref, data=data)
         source = open_source(ref)
         fit_source(source, self.input_spec, workers)
-        if workdir is not None and hasattr(source, "use_record"):
-            source.use_record(workdir)
+        if workdir is not None:
+            use_data_record(source, workdir)
         self.check_data(source, section)
         return source
 

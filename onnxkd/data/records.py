@@ -276,6 +276,14 @@ class DataRecord:
         return np.frombuffer(h.digest(), dtype=np.uint8)
 
 
+def use_data_record(source, workdir: Path | None, verify: bool = False) -> Changes | None:
+    """Have `source` keep its file facts in the workspace `workdir` (sources of photo files
+    do; others read their data another way): what changed since, or None for other sources."""
+    if not hasattr(source, "use_record"):
+        return None
+    return source.use_record(workdir, verify=verify).changes
+
+
 def _pieces(items: list, size: int = PIECE) -> list[list]:
     """`items` in pieces of `size`: the thread pool then holds one piece's futures and results
     at a time, not a million of them."""
