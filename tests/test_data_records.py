@@ -152,6 +152,35 @@ def test_skip_bad_verdicts_are_kept_and_a_fixed_file_is_tried_again(folder, tmp_
     assert counts["decode"] == 1
 
 
+def test_a_cache_teacher_rerun_reads_no_header_or_pixel_again(folder, tmp_path, counts):
+    """The whole command, not just the source: resolving the teacher's input spec reads every
+    header, so it must go through the workspace's record too (it once ran before the record
+    was taken up, probing every header on every rerun)."""
+    from onnxkd.cache.build import CacheConfig, cache_teacher
+
+    cfg = CacheConfig(
+        MODELS / "cifar10_resnet.onnx",
+        DataRef(str(folder), holdout=0.25),
+        workdir=tmp_path / "ws",
+        out=tmp_path / "cache",
+        views=1,
+        threads=1,
+        accept_low_accuracy=True,
+    )
+    assert cache_teacher(cfg, log=lambda s: None).complete
+    assert counts["header"] >= PER_CLASS * CLASSES
+    for key in counts:
+        counts[key] = 0
+    assert cache_teacher(cfg, log=lambda s: None).complete
+    assert counts["header"] == 0
+    # the 16 sampled files for each split's source (they share one record)
+    assert counts["hash"] == 2 * SAMPLED_FILES
+    # decoded: the 16-photo probe of the teacher's outputs and its accuracy check (up to 256
+    # train photos, a cost that does not grow with the folder), none of the held-out split
+    train = len(open_source(DataRef(str(folder), holdout=0.25)))
+    assert counts["decode"] <= 16 + train
+
+
 def test_a_changed_file_is_named_when_the_cache_refuses_it(folder, tmp_path, cli):
     teacher = MODELS / "cifar10_resnet.onnx"
     ws, out = tmp_path / "ws", tmp_path / "cache"

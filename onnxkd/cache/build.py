@@ -155,12 +155,15 @@ class _Plan:
                 self.sources["eval"] = open_source(cfg.data.with_split(other))
             except MissingSplitError as e:
                 log(f"note: no {other} split to cache for validation ({e})")
+        # The record first: resolving the spec reads every photo's header, which the record
+        # keeps (read before it, they would be probed again on every rerun).
+        for src in self.sources.values():
+            _use_record(src, cfg, log)
         self.spec, self.spec_origin, self.spec_overrides = resolve_input_spec(
             self.teacher, self.sources["train"], cfg.spec
         )
         for src in self.sources.values():
             fit_source(src, self.spec, cfg.workers)
-            _use_record(src, cfg, log)
         if cfg.skip_bad:
             self.sources = {
                 n: _skip_bad(src, self.spec, cfg, log) for n, src in self.sources.items()
@@ -355,7 +358,7 @@ def _use_record(source: Source, cfg: CacheConfig, log: Callable[[str], None]) ->
     it was written is named (the fingerprint then differs, and a cache made before says so)."""
     from onnxkd.data.records import use_data_record
 
-    changes = use_data_record(source, cfg.workdir, verify=cfg.verify_data)
+    changes = use_data_record(source, cfg.workdir, verify=cfg.verify_data, workers=cfg.workers)
     if changes:
         log(
             f"note: {source.ref.split} data changed since this workspace last read it: "

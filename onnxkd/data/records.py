@@ -11,7 +11,9 @@ with its times put back; `verify=True` (`--verify-data`) rehashes every file.
 
 The record lives in the workspace (`<workdir>/data-records/`), one file per root, written
 atomically; without a workspace it lives in memory for the process (as before: every byte
-read once per open).
+read once per open). Within a process, every source of one root (a folder's train and
+held-out splits) shares one record: two copies would each save what they learned and the
+last save would drop the other's facts.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +70,6 @@ class DataRecord:
     def __init__(self, root: Path, path: Path | None) -> None:
         self.root = Path(root)
         self.path = path  # None: in memory only
-        self.changes = Changes()
         self._index: dict[str, int] = {}
         self._stat = np.zeros((0, 3), dtype=np.int64)  # size, mtime_ns, ctime_ns
         self._digest = np.zeros((0, 32), dtype=np.uint8)
@@ -88,15 +90,20 @@ class DataRecord:
         if workdir is None:
             return cls(root, None)
         key = hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:20]
-        return cls(root, Path(workdir) / RECORDS_DIR / f"{key}.npz")
+        path = (Path(workdir) / RECORDS_DIR / f"{key}.npz").resolve()
+        record = _LIVE.get(path)
+        if record is None:
+            record = _LIVE[path] = cls(root, path)
+        return record
 
     # -- keeping the record in step with the files --------------------------------------
 
-    def refresh(self, names: Iterable[str], workers: int, verify: bool = False) -> None:
+    def refresh(self, names: Iterable[str], workers: int, verify: bool = False) -> Changes:
         """Stat every file named (relative to root): the facts of a file whose stat changed
         are forgotten, new files are added, recorded files that are gone are dropped (files
         merely not named this time, such as ones --skip-bad left out, keep their facts); then
-        a sample of the trusted files (all of them with `verify`) is rehashed and compared."""
+        a sample of the trusted files (all of them with `verify`) is rehashed and compared.
+        Returns what changed since the record was last refreshed (by any source)."""
         names = list(dict.fromkeys(names))
         listed = set(names)
         unlisted = [n for n in self._index if n not in listed]
@@ -131,9 +138,9 @@ class DataRecord:
                         changes.rewritten.append(names[i])
                         self._forget(i)
                         self._set_digest(i, digest)
-        self.changes = changes
         if changes or not known.all():
             self._dirty = True
+        return changes
 
     def digests(self, names: list[str], workers: int) -> np.ndarray:
         """(n, 32) sha256 of each file's bytes, read only where the record has none."""
@@ -276,12 +283,20 @@ class DataRecord:
         return np.frombuffer(h.digest(), dtype=np.uint8)
 
 
-def use_data_record(source, workdir: Path | None, verify: bool = False) -> Changes | None:
+def use_data_record(
+    source, workdir: Path | None, verify: bool = False, workers: int | None = None
+) -> Changes | None:
     """Have `source` keep its file facts in the workspace `workdir` (sources of photo files
-    do; others read their data another way): what changed since, or None for other sources."""
+    do; others read their data another way), hashing on `workers` threads (None: the
+    source's): what changed since, or None for other sources."""
     if not hasattr(source, "use_record"):
         return None
-    return source.use_record(workdir, verify=verify).changes
+    source.use_record(workdir, verify=verify, workers=workers)
+    return source.data_changes
+
+
+# The records sources of this process hold, by file: a record lives while a source uses it.
+_LIVE: weakref.WeakValueDictionary[Path, DataRecord] = weakref.WeakValueDictionary()
 
 
 def _pieces(items: list, size: int = PIECE) -> list[list]:

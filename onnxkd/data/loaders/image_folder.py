@@ -117,14 +117,18 @@ class ImageFolderSource:
         self._common_size: tuple[int, int] | None | bool = False  # False: not probed yet
         self._fingerprint: str | None = None
         self._record: DataRecord | None = None
+        self._changes: Changes | None = None  # what the record found when this source took it
 
-    def use_record(self, workdir: Path | None, verify: bool = False) -> DataRecord:
+    def use_record(
+        self, workdir: Path | None, verify: bool = False, workers: int | None = None
+    ) -> DataRecord:
         """Keep this folder's file facts (hashes, headers, decode verdicts) in the workspace
         `workdir` and trust them while each file's stat is unchanged (`onnxkd.data.records`);
-        `verify` rehashes every file. Returns the record, whose `changes` name what changed
-        since it was last written."""
+        `verify` rehashes every file, on `workers` threads (None: the source's). Returns the
+        record; `data_changes` then names what changed since it was last written."""
         record = DataRecord.for_root(self.root, workdir)
-        record.refresh(self._all_names(), self.workers, verify=verify)
+        workers = check_workers(workers or self.workers)
+        self._changes = record.refresh(self._all_names(), workers, verify=verify)
         record.save()
         self._record, self._fingerprint, self._common_size = record, None, False
         return record
@@ -134,13 +138,13 @@ class ImageFolderSource:
         """The file facts; without `use_record`, a record for this process alone."""
         if self._record is None:
             self._record = DataRecord.for_root(self.root, None)
-            self._record.refresh(self._all_names(), self.workers)
+            self._changes = self._record.refresh(self._all_names(), self.workers)
         return self._record
 
     @property
     def data_changes(self) -> Changes | None:
         """What the workspace's data record found changed when this source opened it."""
-        return None if self._record is None else self._record.changes
+        return None if self._record is None else self._changes
 
     def _all_names(self) -> list[str]:
         return [name for table in self._folder_images for name in table.names()]
