@@ -9,7 +9,9 @@ latency (onnxruntime, 1 thread, interleaved so both models see the same machine 
 --variants compares pruning runs from the same wide student: Torch-Pruning's importance
 criteria (L2 or L1 weight magnitude, BN scale) and one step or several (iterative pruning, KD
 fine-tuning between steps); the prune epochs split evenly over the steps, so every variant
-trains the same total epochs as the narrow network.
+trains the same total epochs as the narrow network. A third field `student` (l2:5:student)
+fine-tunes on the unpruned wide student's own outputs instead of the teacher's (its
+`student.onnx` cached over the same views with cache-teacher, then `prune --teacher-cache`).
 
 Each run is a resumable folder under --work; the results file is rewritten after every seed,
 so a grid stopped midway reports what finished. Goal: the pruned model is at least as accurate
@@ -56,9 +58,9 @@ def main() -> None:
     parser.add_argument(
         "--variants",
         default="l2:1",
-        help="pruning runs to compare, IMPORTANCE:STEPS each (l2, l1 or bn; the prune epochs "
-        "split evenly over the steps, so every variant trains the same total epochs), e.g. "
-        "l2:1,l2:3,l1:3,bn:3",
+        help="pruning runs to compare, IMPORTANCE:STEPS[:student] each (l2, l1 or bn; the "
+        "prune epochs split evenly over the steps, so every variant trains the same total "
+        "epochs; `student`: distil from the unpruned student), e.g. l2:1,l2:5,bn:5,l2:5:student",
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=OUT, help="results file")
@@ -96,10 +98,12 @@ def main() -> None:
         wide = _distill(runs / "wide", "mobilenetv2_w100", args.wide_epochs, common)
         narrow = _distill(runs / "narrow", "mobilenetv2_w050", total, common)
         pruned = {}
-        for importance, steps in _variants(args):
+        for importance, steps, from_student in _variants(args):
             # the first study's single l2 step keeps its folder name, so its runs resume
             name = "pruned" if (importance, steps) == ("l2", 1) else f"pruned-{importance}-x{steps}"
+            name += "-from-student" if from_student else ""
             pruned[name] = run = runs / name
+            targets = _student_cache(wide, ws, total, suite, args) if from_student else None
             if not RunFolder(run).finished:
                 prune(
                     PruneConfig(
@@ -108,6 +112,7 @@ def main() -> None:
                         steps=steps,
                         epochs=args.prune_epochs // steps,
                         importance=importance,
+                        teacher_cache=targets,
                         workdir=ws,
                         out=run,
                         resume=(run / "prune.json").exists(),
@@ -124,16 +129,42 @@ def main() -> None:
     print(json.dumps(_summary(rows), indent=2))
 
 
-def _variants(args) -> list[tuple[str, int]]:
+def _variants(args) -> list[tuple[str, int, bool]]:
     out = []
     for item in args.variants.split(","):
-        importance, _, steps = item.partition(":")
-        if importance not in ("l2", "l1", "bn") or not steps.isdigit() or int(steps) < 1:
-            raise SystemExit(f"--variants: {item!r} is not IMPORTANCE:STEPS (l2|l1|bn, >= 1)")
+        importance, steps, *rest = item.split(":") + [""]
+        from_student = rest[0] == "student"
+        if (
+            importance not in ("l2", "l1", "bn")
+            or not steps.isdigit()
+            or int(steps) < 1
+            or rest[0] not in ("", "student")
+            or len(rest) > 2
+        ):
+            raise SystemExit(
+                f"--variants: {item!r} is not IMPORTANCE:STEPS[:student] (l2|l1|bn, >= 1)"
+            )
         if args.prune_epochs % int(steps):
             raise SystemExit(f"--variants {item}: {args.prune_epochs} epochs do not split evenly")
-        out.append((importance, int(steps)))
+        out.append((importance, int(steps), from_student))
     return out
+
+
+def _student_cache(wide: Path, ws: Path, views: int, suite: dict, args) -> Path:
+    """The wide student's own outputs over the teacher cache's views (same data, augmentation
+    and seed), for pruned runs that learn from the network they were cut from."""
+    return cache_teacher(
+        CacheConfig(
+            wide / "student.onnx",
+            DataRef(suite["data"]),
+            workdir=ws,
+            out=wide / "own-targets",
+            views=views,
+            augment=suite["kd_augment"],
+            threads=args.threads,
+        ),
+        log=print,
+    ).path
 
 
 def _distill(out: Path, student: str, epochs: int, common: dict) -> Path:

@@ -171,3 +171,33 @@ def test_a_used_folder_is_not_overwritten_without_asking(cli, workspace, tmp_pat
     result = cli("prune", "--target", "params=0.5", "-o", root / "mine", cwd=root)
     assert result.returncode == 1 and "holds no prune run" in result.stderr
     assert (root / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_pruned_student_learns_from_the_unpruned_one(cli, workspace, tmp_path):
+    """--teacher-cache: the fine-tuning distils from the unpruned student's own outputs,
+    cached with cache-teacher; a cache of other samples is refused in one line."""
+    root = fresh(workspace, tmp_path)
+    state = json.loads((root / "onnxkd-out" / "state.json").read_text())
+    unpruned = Path(state["run"]) / "student.onnx"
+    student_cache = root / "student-cache"
+    cached = cli("cache-teacher", unpruned, "--data", "digits", "--views", "2",
+                 "--threads", "1", "-o", student_cache, cwd=root)  # fmt: skip
+    assert cached.returncode == 0, cached.stderr
+    out = root / "pruned"
+    args = ("--target", "params=0.5", "--epochs", "1", "--threads", "1")
+    result = cli("prune", *args, "--teacher-cache", student_cache, "-o", out, cwd=root)
+    assert result.returncode == 0, result.stderr
+    step = RunFolder(out / "steps" / "1").record()
+    assert step.cache.resolve() == student_cache.resolve()
+    record = json.loads((out / "prune.json").read_text())
+    assert Path(record["config"]["teacher_cache"]).resolve() == student_cache.resolve()
+
+    other = root / "other-samples"
+    cached = cli("cache-teacher", unpruned, "--data", "digits", "--holdout", "0.3",
+                 "--views", "1", "--threads", "1", "-o", other, cwd=root)  # fmt: skip
+    assert cached.returncode == 0, cached.stderr
+    refused = cli("prune", *args, "--teacher-cache", other, "-o", root / "p2", cwd=root)
+    assert refused.returncode == 1, refused.stderr
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "training samples differ" in errors[0], refused.stderr
+    assert "Traceback" not in refused.stderr

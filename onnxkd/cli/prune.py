@@ -42,6 +42,13 @@ from onnxkd.prune.config import DEFAULT_EPOCHS, IMPORTANCES
 @click.option("--seed", type=int, help="[default: the run's]")
 @click.option("--latency-threads", type=click.IntRange(1), default=1, show_default=True)
 @click.option(
+    "--teacher-cache",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Fine-tune from this cache instead of the run's own: another teacher's targets over "
+    "the same samples, e.g. the unpruned student's (`onnxkd cache-teacher RUN/student.onnx "
+    "--data …`).",
+)
+@click.option(
     "-o", "--out", type=click.Path(file_okay=False, path_type=Path), help="Prune run folder."
 )
 @click.option("--resume", is_flag=True, help="Continue the workspace's (or -o's) prune run.")

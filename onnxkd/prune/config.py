@@ -75,6 +75,10 @@ class PruneConfig:
     batch_size: int | None = None  # None: the run's
     seed: int | None = None  # None: the run's
     latency_threads: int = 1  # onnxruntime threads for latency targets (the deployed setting)
+    # None: fine-tune from the run's own cache. Given: another teacher's cache of the same
+    # samples, e.g. the unpruned student's own outputs (`cache-teacher RUN/student.onnx`), so
+    # the pruned network learns from the network it was cut from.
+    teacher_cache: Path | None = None
     workdir: Path = DEFAULT_WORKDIR
     out: Path | None = None  # None: a new folder under the workspace's runs/
     resume: bool = False
@@ -113,7 +117,7 @@ class PruneConfig:
     def from_dict(cls, d: dict) -> PruneConfig:
         known = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in known}
-        for key in ("init", "workdir", "out"):
+        for key in ("init", "workdir", "out", "teacher_cache"):
             if kw.get(key) is not None:
                 kw[key] = Path(kw[key])
         return cls(**kw)

@@ -100,7 +100,8 @@ def prune(cfg: PruneConfig, log: Callable[[str], None] = print) -> PruneResult:
         + (f", {start.latency_ms:.3f} ms" if start.latency_ms else "")
         + f") to {target} in {cfg.steps} step(s), {cfg.epochs} KD epochs each"
     )
-    finetune = _finetune_config(cfg, base_cfg, record.cache)
+    targets = _teacher_cache(cfg, cache, record.cache)
+    finetune = _finetune_config(cfg, base_cfg, targets)
     steps, arch = [], base_arch
     for k, goal in enumerate(goals, start=1):
         arch_path, weights = _step_files(out, k)
@@ -169,6 +170,31 @@ def _goals(target: PruneTarget, start: Size, steps: int) -> list[float]:
         return [start.latency_ms - step * k for k in range(1, steps + 1)]
     full = start.of(target.kind)
     return [full * target.value ** (k / steps) for k in range(1, steps + 1)]
+
+
+def _teacher_cache(cfg: PruneConfig, own: CacheReader, own_path: Path) -> Path:
+    """The cache the fine-tuning distils from: the run's own, or `--teacher-cache` when it
+    holds the same training samples for the same inputs and classes."""
+    if cfg.teacher_cache is None:
+        return own_path
+    other = CacheReader(cfg.teacher_cache)
+    checks = (
+        (
+            "training samples",
+            other.manifest.section("train").fingerprint,
+            own.manifest.section("train").fingerprint,
+        ),
+        ("input spec", other.input_spec, own.input_spec),
+        ("classes", other.num_classes, own.num_classes),
+    )
+    for what, theirs, ours in checks:
+        if theirs != ours:
+            raise PruneConfigError(
+                f"--teacher-cache {cfg.teacher_cache}: its {what} differ from those of the "
+                f"run's cache {own_path}; cache the other teacher over the same data (and "
+                "preprocessing) the run was distilled on"
+            )
+    return cfg.teacher_cache
 
 
 def _finetune_config(cfg: PruneConfig, base: DistillConfig, cache: Path) -> DistillConfig:
