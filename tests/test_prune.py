@@ -152,8 +152,9 @@ def test_killed_prune_resumes_without_redoing_a_step(cli, workspace, tmp_path):
         ((), "--target is required"),
         (("--target", "latency=0.00001ms", "--epochs", "1"), "cannot be reached"),
         (("--target", "params=0.5", "onnxkd-out"), "not a finished distill run"),
+        (("--target", "params=0.5", "--teacher-cache", "nowhere"), "nowhere does not exist"),
     ],
-    ids=["ratio-above-1", "no-target", "unreachable", "not-a-run"],
+    ids=["ratio-above-1", "no-target", "unreachable", "not-a-run", "no-teacher-cache"],
 )
 def test_bad_inputs_get_one_line(cli, workspace, tmp_path, args, message):
     root = fresh(workspace, tmp_path)
@@ -199,5 +200,6 @@ def test_pruned_student_learns_from_the_unpruned_one(cli, workspace, tmp_path):
     refused = cli("prune", *args, "--teacher-cache", other, "-o", root / "p2", cwd=root)
     assert refused.returncode == 1, refused.stderr
     errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "training samples differ" in errors[0], refused.stderr
+    assert len(errors) == 1 and "training samples do not match" in errors[0], refused.stderr
     assert "Traceback" not in refused.stderr
+    assert not (root / "p2").exists()  # refused before a prune folder was started

@@ -77,6 +77,7 @@ def prune(cfg: PruneConfig, log: Callable[[str], None] = print) -> PruneResult:
     target = cfg.parsed_target
     cache = CacheReader(record.cache)
     spec, classes = cache.input_spec, cache.num_classes
+    targets = _teacher_cache(cfg, cache, record.cache)  # checked before anything is written
     threads = cfg.latency_threads if target.kind == "latency" else None
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -100,7 +101,6 @@ def prune(cfg: PruneConfig, log: Callable[[str], None] = print) -> PruneResult:
         + (f", {start.latency_ms:.3f} ms" if start.latency_ms else "")
         + f") to {target} in {cfg.steps} step(s), {cfg.epochs} KD epochs each"
     )
-    targets = _teacher_cache(cfg, cache, record.cache)
     finetune = _finetune_config(cfg, base_cfg, targets)
     steps, arch = [], base_arch
     for k, goal in enumerate(goals, start=1):
@@ -190,8 +190,8 @@ def _teacher_cache(cfg: PruneConfig, own: CacheReader, own_path: Path) -> Path:
     for what, theirs, ours in checks:
         if theirs != ours:
             raise PruneConfigError(
-                f"--teacher-cache {cfg.teacher_cache}: its {what} differ from those of the "
-                f"run's cache {own_path}; cache the other teacher over the same data (and "
+                f"--teacher-cache {cfg.teacher_cache}: its {what} do not match those of "
+                f"the run's cache {own_path}; cache the other teacher over the same data (and "
                 "preprocessing) the run was distilled on"
             )
     return cfg.teacher_cache
