@@ -40,6 +40,7 @@ from pathlib import Path
 from onnxkd.bench.host import host_info
 from onnxkd.cache.build import CacheConfig, cache_teacher
 from onnxkd.cache.reader import CacheReader
+from onnxkd.cpu import lacks_native_bf16
 from onnxkd.data.source import DataRef
 from onnxkd.distill.config import DistillConfig
 from onnxkd.distill.run_folder import RunFolder
@@ -79,6 +80,16 @@ METHODS = {
     "dkd_warmup": ("k", "kd", {"loss": "dkd", "lr": 0.01, "alpha_warmup_epochs": 5}),
     "kd_online": ("k", "kd", {"loss": "kd", "online": True}),
 }
+
+
+def precision(fp32: bool) -> str:
+    """What the runs trained in, for the results file: distill trains in float32 where bf16 was
+    asked for on a CPU without bf16 arithmetic, so the request alone would mislabel them."""
+    if fp32:
+        return "fp32"
+    if lacks_native_bf16():
+        return "fp32, channels-last (bf16 asked for; this CPU has no bf16 arithmetic)"
+    return "bf16 autocast, channels-last"
 
 
 def main() -> None:
@@ -141,7 +152,7 @@ def main() -> None:
         "teacher_test_accuracy": teacher_accuracy(caches, args.work / args.suite),
         "epochs": args.epochs,
         "seeds": seeds,
-        "precision": "fp32" if args.fp32 else "bf16 autocast, channels-last",
+        "precision": precision(args.fp32),
         "accuracy_percent": {m: summary(r) for m, r in runs.items() if r},
         "cache_seconds": round(cache_seconds, 1),
         "total_seconds": round(time.perf_counter() - started, 1),

@@ -51,7 +51,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distill_accuracy import SUITES, finished_run, resumable, summary, training_minutes
+from distill_accuracy import (
+    SUITES,
+    finished_run,
+    precision,
+    resumable,
+    summary,
+    training_minutes,
+)
 
 from onnxkd.bench.host import host_info
 from onnxkd.cache.build import CacheConfig, cache_teacher
@@ -258,7 +265,7 @@ def write_results(args, suite, folder: Path, out: Path, started: float, echo=Fal
         "teacher": suite["teacher"].name,
         "teacher_test_accuracy": round(100 * teacher, 2),
         "epochs": args.epochs,
-        "precision": "fp32" if args.fp32 else "bf16 autocast, channels-last",
+        "precision": precision(args.fp32),
         "accuracy_percent": table,
         "goals": goals(table) if args.suite == "cifar" else {},
         "seconds_this_worker": round(time.perf_counter() - started, 1),

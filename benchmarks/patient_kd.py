@@ -36,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from distill_accuracy import SUITES, resumable, training_minutes
+from distill_accuracy import SUITES, precision, resumable, training_minutes
 
 from onnxkd.bench.host import host_info
 from onnxkd.cache.build import CacheConfig, cache_teacher
@@ -185,7 +185,7 @@ def write_results(args, echo: bool = False) -> None:
         "epochs": args.epochs,
         "views_per_sample": args.epochs,
         "loss": "kd, alpha 0.9, T 4",
-        "precision": "bf16 autocast, channels-last",
+        "precision": precision(fp32=False),
         "arms": arms,
     }
     if "patient" in arms:

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from distill_accuracy import SUITES, finished_run, resumable
+from distill_accuracy import SUITES, finished_run, precision, resumable
 
 from onnxkd.bench.host import host_info
 from onnxkd.cache.build import CacheConfig, cache_teacher
@@ -235,7 +235,7 @@ def write_results(args, folder: Path, out: Path, started: float, echo: bool = Fa
         "teacher_test_accuracy": round(100 * teacher, 2),
         "split": {k: plan[k] for k in ("labeled_images", "labeled_train_images", "pool_images")},
         "epochs": args.epochs,
-        "precision": "bf16 autocast, channels-last",
+        "precision": precision(fp32=False),
         "accuracy_percent": table,
         "gains": gains,
         "goal": f"steps-matched gain >= {GOAL} points",
