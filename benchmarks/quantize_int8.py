@@ -9,7 +9,7 @@ test images, top-1 agreement with FP32, batch-1 and batch-32 median latency (onn
 interleaved rounds in one process, ratio to FP32 from the same rounds; with 1 and 2
 intra-op threads) and size on disk.
 Goals: INT8 drop <= 0.5 points with accuracy-aware PTQ or QAT+KD; batch-1 INT8 >= 2x faster than
-FP32; size <= 0.3x. Results go to benchmarks/results/quantize_int8.json.
+FP32; size <= 0.3x. Results go to benchmarks/results/quantize_int8.json (or --out).
 """
 
 from __future__ import annotations
@@ -48,6 +48,12 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--work", type=Path, default=ROOT / "onnxkd-out" / "bench-quantize")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "benchmarks" / "results" / "quantize_int8.json",
+        help="results file [default: benchmarks/results/quantize_int8.json]",
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     threads = [int(t) for t in args.threads.split(",")]
@@ -108,7 +114,7 @@ def main() -> None:
         "seconds": round(time.perf_counter() - started, 1),
         "command": " ".join(sys.argv),
     }
-    out = ROOT / "benchmarks" / "results" / "quantize_int8.json"
+    out = args.out
     out.write_text(json.dumps(results, indent=1) + "\n")
     keys = list(latency)
     print(
@@ -121,7 +127,7 @@ def main() -> None:
             f"{name:16} {r['accuracy']:7.2f} {r['drop_points']:6.2f} "
             f"{r['agreement_with_fp32']:8.2f} {r['size_ratio']:6.3f}  {timings}"
         )
-    print(f"written to {out.relative_to(ROOT)} ({results['seconds'] / 60:.1f} min)")
+    print(f"written to {out} ({results['seconds'] / 60:.1f} min)")
 
 
 def qat(args) -> tuple[Path, dict]:
