@@ -23,6 +23,7 @@ from pathlib import Path
 from onnxkd.bench.host import host_info
 from onnxkd.bench.timing import interleaved_p50
 from onnxkd.cache.for_model import resolve_model_data
+from onnxkd.distill.run_folder import RunFolder
 from onnxkd.metadata import read_metadata
 from onnxkd.quantize import evaluate
 from onnxkd.quantize.config import QuantizeConfig
@@ -69,6 +70,9 @@ def main() -> None:
             out=args.work / f"{name}.onnx",
             workdir=args.work / "ws",
             threads=args.threads,
+            # --work is this benchmark's scratch: a rerun recomputes its PTQ models (seconds
+            # each) rather than refusing them; QAT, the long part, resumes instead
+            overwrite=True,
             **options,
         )
         result = quantize(cfg, log=lambda s: None)
@@ -76,7 +80,9 @@ def main() -> None:
         print(f"{name}: {100 * result.report['int8_accuracy']:.2f}%", flush=True)
     models["qat_kd"], reports["qat_kd"] = qat(args)
 
-    data = resolve_model_data(student, read_metadata(student), args.work / "ws")
+    # the cache the run recorded: a run's cache need not be in this benchmark's workspace
+    hints = RunFolder.cache_hints(student)
+    data = resolve_model_data(student, read_metadata(student), args.work / "ws", cache_hints=hints)
     sessions = {name: evaluate.session(path, args.threads) for name, path in models.items()}
     preds = evaluate.predictions(sessions, data.batches(data.eval, 256))
     x = next(data.batches(data.eval, 32))[0]
@@ -133,7 +139,6 @@ def main() -> None:
 def qat(args) -> tuple[Path, dict]:
     """QAT with KD from the float run, with the same cached teacher targets."""
     from onnxkd.distill.config import DistillConfig
-    from onnxkd.distill.run_folder import RunFolder
     from onnxkd.distill.trainer import distill
 
     out = args.work / "qat"
