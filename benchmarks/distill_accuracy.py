@@ -35,12 +35,12 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from onnxkd.bench.host import host_info
 from onnxkd.cache.build import CacheConfig, cache_teacher
 from onnxkd.cache.reader import CacheReader
-from onnxkd.cpu import lacks_native_bf16
 from onnxkd.data.source import DataRef
 from onnxkd.distill.config import DistillConfig
 from onnxkd.distill.run_folder import RunFolder
@@ -82,14 +82,18 @@ METHODS = {
 }
 
 
-def precision(fp32: bool) -> str:
-    """What the runs trained in, for the results file: distill trains in float32 where bf16 was
-    asked for on a CPU without bf16 arithmetic, so the request alone would mislabel them."""
-    if fp32:
-        return "fp32"
-    if lacks_native_bf16():
-        return "fp32, channels-last (bf16 asked for; this CPU has no bf16 arithmetic)"
-    return "bf16 autocast, channels-last"
+def precision(runs: Iterable[Path]) -> str:
+    """What the finished runs among `runs` trained in, read from their own records: distill
+    trains in float32 where bf16 was asked for on a CPU without bf16 arithmetic and records
+    that, so a results file collected from runs on several hosts names what each did."""
+    labels = set()
+    for run in runs:
+        folder = RunFolder(run)
+        if folder.finished:
+            config = folder.record().config
+            kind = "bf16 autocast" if config.bf16 else "fp32"
+            labels.add(kind + (", channels-last" if config.channels_last else ""))
+    return "; ".join(sorted(labels)) or "no finished runs"
 
 
 def main() -> None:
@@ -152,7 +156,7 @@ def main() -> None:
         "teacher_test_accuracy": teacher_accuracy(caches, args.work / args.suite),
         "epochs": args.epochs,
         "seeds": seeds,
-        "precision": precision(args.fp32),
+        "precision": precision((args.work / args.suite).glob("*-s*")),
         "accuracy_percent": {m: summary(r) for m, r in runs.items() if r},
         "cache_seconds": round(cache_seconds, 1),
         "total_seconds": round(time.perf_counter() - started, 1),

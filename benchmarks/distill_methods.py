@@ -265,7 +265,7 @@ def write_results(args, suite, folder: Path, out: Path, started: float, echo=Fal
         "teacher": suite["teacher"].name,
         "teacher_test_accuracy": round(100 * teacher, 2),
         "epochs": args.epochs,
-        "precision": precision(args.fp32),
+        "precision": precision(folder.glob("*-s*")),
         "accuracy_percent": table,
         "goals": goals(table) if args.suite == "cifar" else {},
         "seconds_this_worker": round(time.perf_counter() - started, 1),

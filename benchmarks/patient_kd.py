@@ -185,7 +185,7 @@ def write_results(args, echo: bool = False) -> None:
         "epochs": args.epochs,
         "views_per_sample": args.epochs,
         "loss": "kd, alpha 0.9, T 4",
-        "precision": precision(fp32=False),
+        "precision": precision(args.work.glob("*-s*")),
         "arms": arms,
     }
     if "patient" in arms:

@@ -235,7 +235,7 @@ def write_results(args, folder: Path, out: Path, started: float, echo: bool = Fa
         "teacher_test_accuracy": round(100 * teacher, 2),
         "split": {k: plan[k] for k in ("labeled_images", "labeled_train_images", "pool_images")},
         "epochs": args.epochs,
-        "precision": precision(fp32=False),
+        "precision": precision(folder.glob("*-s*")),
         "accuracy_percent": table,
         "gains": gains,
         "goal": f"steps-matched gain >= {GOAL} points",

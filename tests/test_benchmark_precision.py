@@ -1,10 +1,12 @@
-"""The accuracy benchmarks' results files say what the runs trained in: distill falls back to
-float32 where bf16 was asked for on a CPU without bf16 arithmetic, and a file that still said
-"bf16 autocast" would mislabel every figure in it."""
+"""The accuracy benchmarks' results files say what the runs trained in, read from each run's
+own record: distill falls back to float32 where bf16 was asked for on a CPU without bf16
+arithmetic, and a file that still said "bf16 autocast" would mislabel every figure in it."""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import ROOT
@@ -12,16 +14,40 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import distill_accuracy  # noqa: E402
 
+# what each run folder recorded (None: not finished)
+RECORDED = {
+    "bf16-s0": (True, True),
+    "fallback-s0": (False, True),
+    "fp32-s0": (False, False),
+    "killed-s0": None,
+}
+
+
+class RecordedRun:
+    def __init__(self, run: Path):
+        self.recorded = RECORDED[Path(run).name]
+        self.finished = self.recorded is not None
+
+    def record(self):
+        bf16, channels_last = self.recorded
+        return SimpleNamespace(config=SimpleNamespace(bf16=bf16, channels_last=channels_last))
+
 
 @pytest.mark.parametrize(
-    ("fp32", "lacks_bf16", "expected"),
+    ("runs", "expected"),
     [
-        (True, False, "fp32"),
-        (True, True, "fp32"),
-        (False, False, "bf16 autocast, channels-last"),
-        (False, True, "fp32, channels-last (bf16 asked for; this CPU has no bf16 arithmetic)"),
+        (["bf16-s0"], "bf16 autocast, channels-last"),
+        (["fallback-s0", "killed-s0"], "fp32, channels-last"),
+        (["fp32-s0"], "fp32"),
+        (["bf16-s0", "fallback-s0"], "bf16 autocast, channels-last; fp32, channels-last"),
+        (["killed-s0"], "no finished runs"),
     ],
 )
-def test_precision_names_what_trained(monkeypatch, fp32, lacks_bf16, expected):
-    monkeypatch.setattr(distill_accuracy, "lacks_native_bf16", lambda: lacks_bf16)
-    assert distill_accuracy.precision(fp32) == expected
+def test_precision_names_what_the_runs_recorded(monkeypatch, runs, expected):
+    monkeypatch.setattr(distill_accuracy, "RunFolder", RecordedRun)
+    assert distill_accuracy.precision(Path(r) for r in runs) == expected
+
+
+def test_precision_of_a_real_run_folder_reads_its_record(tmp_path):
+    # an empty folder is no finished run, whatever this host can do
+    assert distill_accuracy.precision([tmp_path / "kd-s0"]) == "no finished runs"
